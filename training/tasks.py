@@ -1,0 +1,238 @@
+"""What differs between the three families, in one place: the architectures of the full
+model and the student, the training settings, how a batch is collated, the loss and the
+test metric, the ONNX signature, and the serving contract written to the manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.cnn import CNNConfig, ImageClassifier
+from models.recsys import RatingPredictor, RecsysConfig
+from models.rnn import RNNConfig, TextClassifier
+from training.data import Dataset
+
+KINDS = ("full", "distilled")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]  # -1 marks a dynamic axis (always the batch on axis 0)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+class Task:
+    family: ClassVar[str]
+    kind: ClassVar[str]  # "classification" or "regression"
+    metric_name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    channels_last: ClassVar[bool] = False
+    model_class: ClassVar[type[nn.Module]]
+    config_class: ClassVar[type]
+
+    # ---- architectures and training settings (the trainer's TrainConfig fields)
+    def model_config(self, kind: str, data: Dataset) -> Any:
+        raise NotImplementedError
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        raise NotImplementedError
+
+    def build(self, kind: str, data: Dataset) -> nn.Module:
+        if kind not in KINDS:
+            raise ValueError(f"unknown variant kind {kind!r}: expected one of {KINDS}")
+        return self.model_class(self.model_config(kind, data))
+
+    # ---- data
+    def collate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inputs
+
+    # ---- signature
+    def input_specs(self, data: Dataset) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def output_spec(self) -> TensorSpec:
+        raise NotImplementedError
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.input_specs(None)]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {spec.name: {0: "batch"} for spec in self.input_specs(None)}
+        axes[self.output_spec().name] = {0: "batch"}
+        return axes
+
+    # ---- objective
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.kind == "classification":
+            return F.cross_entropy(outputs, targets)
+        return F.mse_loss(outputs, targets)
+
+    def metric(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        if self.kind == "classification":
+            return float((outputs.argmax(axis=1) == targets).mean())
+        return float(np.sqrt(np.mean((np.clip(outputs, 1.0, 5.0) - targets) ** 2)))
+
+    # ---- what serving needs; the preprocessing files are written by the repository
+    def serving_contract(self, data: Dataset) -> dict:
+        raise NotImplementedError
+
+    def rows_per_request(self, data: Dataset) -> int:
+        """How many model rows a typical request costs (the recommender scores a whole catalogue)."""
+        return 1
+
+
+class ImageTask(Task):
+    family = "cnn"
+    kind = "classification"
+    metric_name = "accuracy"
+    higher_is_better = True
+    channels_last = True  # oneDNN's convolutions train ~1.3x faster in NHWC on this CPU
+    model_class = ImageClassifier
+    config_class = CNNConfig
+
+    def model_config(self, kind: str, data: Dataset) -> CNNConfig:
+        classes = len(data.preprocessing["labels"])
+        if kind == "full":  # ~2.4 ms per image on one ORT CPU thread
+            return CNNConfig(num_classes=classes, widths=(80, 160, 320), blocks_per_stage=2, stem_stride=2)
+        return CNNConfig(num_classes=classes, widths=(24, 48, 96), blocks_per_stage=1, stem_stride=1)
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        if quick:
+            return {"epochs": 2, "batch_size": 128, "lr": 3e-3}
+        # The full model's epoch costs ~2 minutes on 2 cores; one-cycle converges in 4.
+        return {"epochs": 4 if kind == "full" else 5, "batch_size": 128, "lr": 3e-3}
+
+    def input_specs(self, data: Dataset | None) -> list[TensorSpec]:
+        return [TensorSpec("IMAGES", "float32", (-1, 1, 28, 28))]
+
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec("LOGITS", "float32", (-1, 10))
+
+    def serving_contract(self, data: Dataset) -> dict:
+        return {"labels": data.preprocessing["labels"], "input_range": [0.0, 255.0],
+                "typical_request": "one 28x28 grayscale image"}
+
+
+class TextTask(Task):
+    family = "rnn"
+    kind = "classification"
+    metric_name = "accuracy"
+    higher_is_better = True
+    model_class = TextClassifier
+    config_class = RNNConfig
+
+    def model_config(self, kind: str, data: Dataset) -> RNNConfig:
+        vocab = len(data.preprocessing["vocab"])
+        if kind == "full":  # a few ms for a 22-token snippet on one ORT CPU thread
+            return RNNConfig(vocab_size=vocab, embed_dim=192, hidden_size=384, bidirectional=True)
+        return RNNConfig(vocab_size=vocab, embed_dim=64, hidden_size=96, bidirectional=False)
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        # fp32: at this size bf16 autocast trained the packed LSTM no faster here (42 s vs 43 s an
+        # epoch), and it would run the recurrence in bf16.
+        if quick:
+            return {"epochs": 2, "batch_size": 64, "lr": 2e-3, "precision": "fp32"}
+        return {"epochs": 6, "batch_size": 64, "lr": 2e-3, "precision": "fp32", "patience": 2}
+
+    def collate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Trim the padding to the longest text in the batch: the sequence axis is dynamic.
+        longest = int(inputs["LENGTHS"].max())
+        return {"TOKENS": inputs["TOKENS"][:, :longest], "LENGTHS": inputs["LENGTHS"]}
+
+    def input_specs(self, data: Dataset | None) -> list[TensorSpec]:
+        return [TensorSpec("TOKENS", "int64", (-1, -1)), TensorSpec("LENGTHS", "int64", (-1,))]
+
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec("LOGITS", "float32", (-1, 2))
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {"TOKENS": {0: "batch", 1: "sequence"}, "LENGTHS": {0: "batch"}, "LOGITS": {0: "batch"}}
+
+    def serving_contract(self, data: Dataset) -> dict:
+        return {"labels": data.preprocessing["labels"], "tokenizer": data.preprocessing["tokenizer"],
+                "typical_request": "one review snippet (median 22 tokens)"}
+
+
+class RecsysTask(Task):
+    family = "recsys"
+    kind = "regression"
+    metric_name = "rmse"
+    higher_is_better = False
+    model_class = RatingPredictor
+    config_class = RecsysConfig
+
+    def model_config(self, kind: str, data: Dataset) -> RecsysConfig:
+        sizes = data.preprocessing["sizes"]
+        if kind == "full":  # ~5 ms to score the 1,682-movie catalogue on one ORT CPU thread
+            return RecsysConfig(**sizes, embed_dim=64, tower_dim=128, head_hidden=(256, 128))
+        return RecsysConfig(**sizes, embed_dim=32, tower_dim=32, head_hidden=(32,), dropout=0.1)
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        if quick:
+            return {"epochs": 2, "batch_size": 512, "lr": 3e-3, "max_steps_per_epoch": 60}
+        return {"epochs": 12, "batch_size": 512, "lr": 3e-3, "weight_decay": 0.1, "patience": 3}
+
+    def input_specs(self, data: Dataset | None) -> list[TensorSpec]:
+        genres = data.preprocessing["sizes"]["num_genres"] if data else -1
+        return [TensorSpec("USER_FEATURES", "int64", (-1, 4)), TensorSpec("ITEM_FEATURES", "int64", (-1, 2)),
+                TensorSpec("ITEM_GENRES", "float32", (-1, genres)), TensorSpec("ITEM_TITLE", "int64", (-1, -1))]
+
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec("RATING", "float32", (-1,))
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = super().dynamic_axes()
+        axes["ITEM_TITLE"] = {0: "batch", 1: "title_tokens"}
+        return axes
+
+    def sample_unlabelled(self, data: Dataset, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Random (user, item) pairs from the catalogue, as model inputs (for distillation)."""
+        catalog = data.preprocessing["catalog"]
+        users = rng.integers(0, len(catalog["users"]), n)
+        items = rng.integers(0, len(catalog["items"]), n)
+        genres = catalog["genres"]
+        item_genres = np.zeros((n, len(genres)), dtype=np.float32)
+        for row, i in enumerate(items):
+            item_genres[row, [genres.index(g) for g in catalog["items"][i]["genres"]]] = 1.0
+        return {
+            "USER_FEATURES": np.array([catalog["users"][u]["features"] for u in users], dtype=np.int64),
+            "ITEM_FEATURES": np.array([catalog["items"][i]["features"] for i in items], dtype=np.int64),
+            "ITEM_GENRES": item_genres,
+            "ITEM_TITLE": np.array([catalog["items"][i]["title_tokens"] for i in items], dtype=np.int64),
+        }
+
+    def serving_contract(self, data: Dataset) -> dict:
+        return {"rating_range": [1.0, 5.0], "rows_per_request": self.rows_per_request(data),
+                "typical_request": "score the whole catalogue for one user"}
+
+    def rows_per_request(self, data: Dataset) -> int:
+        return data.preprocessing["sizes"]["num_items"]
+
+
+TASKS: dict[str, Task] = {task.family: task for task in (ImageTask(), TextTask(), RecsysTask())}
+
+
+def get_task(family: str) -> Task:
+    if family not in TASKS:
+        raise ValueError(f"unknown family {family!r}: expected one of {sorted(TASKS)}")
+    return TASKS[family]
+
+
+def config_to_json(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_json(task: Task, values: dict) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(task.config_class)}
+    return task.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})

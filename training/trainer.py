@@ -1,0 +1,180 @@
+"""The training loop shared by every family and every variant.
+
+AdamW with a one-cycle learning-rate schedule, early stopping on the validation metric
+(the best weights are restored), mixed precision through `torch.autocast` (bfloat16 on CPUs
+with native bf16 support, float16 with a gradient scaler on CUDA), seeded, with a progress
+bar per epoch on a terminal and one summary line per epoch everywhere.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.data import Split
+from training.tasks import Task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # an upper bound: early stopping usually ends sooner
+    batch_size: int = 128
+    lr: float = 3e-3  # peak of the one-cycle schedule
+    weight_decay: float = 0.05  # AdamW's decoupled decay
+    patience: int = 3  # epochs without a better validation metric before stopping
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 on bf16-capable CPUs, fp16 on CUDA
+    grad_clip: float = 1.0  # LSTMs blow up without it
+    max_steps_per_epoch: int | None = None  # caps an epoch (the --quick run)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_metric: float
+    epochs_run: int
+    seconds: float
+    precision: str
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported: expected auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Pick the autocast dtype. bf16 on a CPU without native support is slower than fp32."""
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"precision {precision!r} is not supported: expected auto, bf16, fp16 or fp32")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def batches(split: Split, task: Task, batch_size: int, rng: np.random.Generator | None):
+    """(row indices, collated numpy inputs, targets) per batch; shuffled when rng is given."""
+    order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
+    for start in range(0, len(split), batch_size):
+        index = order[start:start + batch_size]
+        yield index, task.collate({k: v[index] for k, v in split.inputs.items()}), split.targets[index]
+
+
+def to_tensors(inputs: dict[str, np.ndarray], task: Task, device: torch.device) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(device) for name in task.input_names]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, task: Task, batch_size: int = 512,
+            device: torch.device | None = None) -> np.ndarray:
+    """Model outputs (logits or ratings) for a whole split, in fp32, in row order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    outputs = [model(*to_tensors(inputs, task, device)).float().cpu().numpy()
+               for _, inputs, _ in batches(split, task, batch_size, None)]
+    return np.concatenate(outputs)
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    name: str,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train `model` in place and return it with its best validation weights.
+
+    loss_fn(outputs, targets, row_index) overrides the task's hard-label loss (distillation
+    uses the row index to look up the teacher's outputs for the same rows).
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
+    model.to(device)
+    if task.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn or (lambda outputs, targets, _: task.loss(outputs, targets))
+
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # OneCycleLR needs a few steps per phase; tiny (synthetic) runs simply stop before the end.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps_per_epoch, 20), pct_start=0.25
+    )
+    sign = 1.0 if task.higher_is_better else -1.0
+    best_score, best_state, stale, history = -math.inf, None, 0, []
+    started = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start, total_loss, seen = time.perf_counter(), 0.0, 0
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
+                   disable=not interactive, unit="batch")
+        # Without a terminal (CI, nohup) there is no bar: log each quarter of the epoch instead.
+        quarter = max(1, steps_per_epoch // 4)
+        for step, (index, inputs, targets) in enumerate(batches(train_split, task, config.batch_size, rng)):
+            if step >= steps_per_epoch:
+                break
+            tensors = to_tensors(inputs, task, device)
+            target = torch.from_numpy(targets).to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                outputs = model(*tensors)
+            loss = loss_fn(outputs.float(), target, index)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total_loss += loss.item() * len(index)
+            seen += len(index)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            if not interactive and (step + 1) % quarter == 0 and (step + 1) // quarter < 4:
+                print(f"[{name}] epoch {epoch}: {step + 1}/{steps_per_epoch} batches, loss {total_loss / seen:.4f}, "
+                      f"{time.perf_counter() - epoch_start:.0f}s", file=sys.stderr, flush=True)
+        bar.close()
+        metric = task.metric(predict(model, val_split, task, device=device), val_split.targets)
+        improved = sign * metric > best_score
+        if improved:
+            best_score, best_state, stale = sign * metric, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        seconds = time.perf_counter() - epoch_start
+        history.append({"epoch": epoch, "loss": total_loss / max(seen, 1), f"val_{task.metric_name}": metric,
+                        "seconds": round(seconds, 2)})
+        print(f"[{name}] epoch {epoch}/{config.epochs} loss {total_loss / max(seen, 1):.4f} "
+              f"val_{task.metric_name} {metric:.4f}{' *' if improved else ''} ({seconds:.1f}s, {precision})",
+              file=sys.stderr, flush=True)
+        if stale >= config.patience:
+            print(f"[{name}] early stop: no better val_{task.metric_name} for {stale} epochs", file=sys.stderr)
+            break
+    assert best_state is not None, "training ran no epoch"
+    model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(model, sign * best_score, epoch, time.perf_counter() - started, precision, history)
