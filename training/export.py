@@ -1,0 +1,95 @@
+"""ONNX export, ONNX Runtime evaluation, and the parity check that fails the build.
+
+Export uses the TorchScript exporter (`dynamo=False`), which writes one self-contained file
+and turns the packed LSTM into an ONNX LSTM with `sequence_lens`. The batch axis (and the
+text's sequence axis) stay dynamic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from training.data import Split
+from training.tasks import Task
+from training.trainer import batches, predict, to_tensors
+
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """An exported variant disagrees with the PyTorch model beyond its precision's tolerance."""
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    max_abs: float  # on probabilities (classifiers) or ratings (recommender)
+    mean_abs: float
+    min_top1_agreement: float  # classifiers only
+
+
+# Looser for reduced precision: fp16 rounds every activation, int8 every weight.
+PARITY_TOLERANCES = {
+    "fp32": ParityTolerance(max_abs=1e-4, mean_abs=1e-5, min_top1_agreement=1.0),
+    "fp16": ParityTolerance(max_abs=2e-2, mean_abs=2e-3, min_top1_agreement=0.98),
+    "int8": ParityTolerance(max_abs=0.5, mean_abs=5e-2, min_top1_agreement=0.90),
+}
+
+
+def export_onnx(model: nn.Module, task: Task, sample: dict[str, np.ndarray], path: Path) -> None:
+    model = model.cpu().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = tuple(to_tensors(task.collate(sample), task, torch.device("cpu")))
+    torch.onnx.export(
+        model, args, str(path), input_names=task.input_names, output_names=[task.output_spec().name],
+        dynamic_axes=task.dynamic_axes(), opset_version=OPSET, dynamo=False,
+    )
+    onnx.checker.check_model(str(path))
+
+
+def session(path: Path | str, threads: int = 1, providers: list[str] | None = None) -> ort.InferenceSession:
+    """An ORT session with explicit thread counts (serving runs one thread per request)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # hide ORT's warnings about unused initialisers
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_onnx(sess: ort.InferenceSession, split: Split, task: Task, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([sess.run(None, inputs)[0] for _, inputs, _ in batches(split, task, batch_size, None)])
+
+
+def _comparable(outputs: np.ndarray, task: Task) -> np.ndarray:
+    if task.kind != "classification":
+        return outputs
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def check_parity(model: nn.Module, onnx_path: Path, task: Task, split: Split, precision: str) -> dict:
+    """Compare the ONNX file with the PyTorch model on real rows; raise ParityError past tolerance."""
+    tolerance = PARITY_TOLERANCES[precision]
+    reference = predict(model.cpu(), split, task, device=torch.device("cpu"))
+    candidate = run_onnx(session(onnx_path, threads=2), split, task)
+    ref, cand = _comparable(reference, task), _comparable(candidate, task)
+    diff = np.abs(ref - cand)
+    report = {"rows": len(split), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    problems = []
+    if task.kind == "classification":
+        report["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
+        if report["top1_agreement"] < tolerance.min_top1_agreement:
+            problems.append(f"top-1 agreement {report['top1_agreement']:.4f} < {tolerance.min_top1_agreement}")
+    if report["max_abs_diff"] > tolerance.max_abs:
+        problems.append(f"max |diff| {report['max_abs_diff']:.3g} > {tolerance.max_abs}")
+    if report["mean_abs_diff"] > tolerance.mean_abs:
+        problems.append(f"mean |diff| {report['mean_abs_diff']:.3g} > {tolerance.mean_abs}")
+    if problems:
+        raise ParityError(f"{onnx_path} ({precision}) disagrees with PyTorch on {len(split)} real rows: "
+                          + "; ".join(problems))
+    return report

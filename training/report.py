@@ -1,0 +1,170 @@
+"""`flexserve report`: the variant table and the issue's targets, measured on this machine.
+
+For every variant: the test metric from the manifest (measured in ONNX Runtime at build
+time), parameters, file size, and ONNX Runtime CPU p50 latency for one typical request and
+for 32 of them, on one intra-op thread (how serving runs a request). Variants of a family
+are timed round-robin in the same loop, so a noisy neighbour slows them all alike and the
+ratios hold. Then each target is checked and printed PASS or FAIL.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.export import session
+from training.repository import load_manifest
+
+BATCH_SIZES = (1, 32)
+WARMUP = 3
+
+
+def _typical_rows(repo: Path, family: str, section: dict, requests: int, rng: np.random.Generator) -> dict:
+    """Inputs for `requests` typical requests, built from the repository's own artifacts."""
+    if family == "cnn":
+        # Real pixels are not in the repository; a uniform image costs the same as a real one.
+        return {"IMAGES": rng.uniform(0, 255, (requests, 1, 28, 28)).astype(np.float32)}
+    if family == "rnn":
+        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text())
+        length = 22  # the median Rotten Tomatoes snippet, in tokens
+        tokens = rng.integers(2, len(vocab), (requests, length)).astype(np.int64)
+        return {"TOKENS": tokens, "LENGTHS": np.full(requests, length, dtype=np.int64)}
+    catalog = json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text())
+    items, genres = catalog["items"], catalog["genres"]
+    users = rng.integers(0, len(catalog["users"]), requests)
+    item_genres = np.zeros((len(items), len(genres)), dtype=np.float32)
+    for row, item in enumerate(items):
+        item_genres[row, [genres.index(g) for g in item["genres"]]] = 1.0
+    return {  # each request scores the whole catalogue for one user
+        "USER_FEATURES": np.repeat(np.array([catalog["users"][u]["features"] for u in users], dtype=np.int64),
+                                   len(items), axis=0),
+        "ITEM_FEATURES": np.tile(np.array([it["features"] for it in items], dtype=np.int64), (requests, 1)),
+        "ITEM_GENRES": np.tile(item_genres, (requests, 1)),
+        "ITEM_TITLE": np.tile(np.array([it["title_tokens"] for it in items], dtype=np.int64), (requests, 1)),
+    }
+
+
+def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict[int, float]]:
+    """p50 ms per variant per batch size (in requests), variants of a family interleaved."""
+    rng = np.random.default_rng(0)
+    result: dict[str, dict[int, float]] = {}
+    for family, section in manifest["families"].items():
+        sessions = {v["name"]: session(repo / v["onnx"], threads=1) for v in section["variants"]}
+        for batch in BATCH_SIZES:
+            feed = _typical_rows(repo, family, section, batch, rng)
+            times: dict[str, list[float]] = {name: [] for name in sessions}
+            runs = max(5, rounds if batch == 1 else rounds // 4)
+            for round_index in range(WARMUP + runs):
+                for name, sess in sessions.items():
+                    start = time.perf_counter()
+                    sess.run(None, feed)
+                    if round_index >= WARMUP:
+                        times[name].append((time.perf_counter() - start) * 1e3)
+            for name, samples in times.items():
+                result.setdefault(name, {})[batch] = float(np.median(samples))
+            print(f"[report] {family} batch {batch}: timed {runs} rounds", file=sys.stderr, flush=True)
+    return result
+
+
+def _targets(manifest: dict, latency: dict[str, dict[int, float]]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each of the issue's targets present in the repository."""
+    floors = {"cnn": ("accuracy >= 0.91", lambda m: m >= 0.91), "rnn": ("accuracy >= 0.74", lambda m: m >= 0.74),
+              "recsys": ("RMSE <= 0.94", lambda m: m <= 0.94)}
+    rows = []
+    for family, section in manifest["families"].items():
+        variants = {v["name"]: v for v in section["variants"]}
+        metric = section["metric"]
+        full, student = variants[f"{family}_full_fp32"], variants[f"{family}_distilled_fp32"]
+        full_m, student_m = full["metrics"][metric], student["metrics"][metric]
+        label, ok = floors[family]
+        rows.append((f"{family} full {label}", f"{full_m:.4f}", ok(full_m)))
+        rows.append((f"{family} full >= 2 ms per typical request", f"{latency[full['name']][1]:.2f} ms",
+                     latency[full["name"]][1] >= 2.0))
+        rows.append((f"{family} student >= 3x fewer params", f"{full['params'] / student['params']:.1f}x",
+                     full["params"] / student["params"] >= 3))
+        speedup = latency[full["name"]][1] / latency[student["name"]][1]
+        rows.append((f"{family} student >= 2x faster at batch 1", f"{speedup:.1f}x", speedup >= 2))
+        if section["higher_is_better"]:
+            kept = student_m / full_m
+            rows.append((f"{family} student keeps >= 97% of accuracy", f"{kept:.1%}", kept >= 0.97))
+        else:
+            rows.append((f"{family} student RMSE <= full + 0.03", f"+{student_m - full_m:.4f}", student_m - full_m <= 0.03))
+        plain = section["training"]["student_without_distillation"]["test_metric_pytorch"]
+        kd = section["training"]["distilled"]["test_metric_pytorch"]
+        better = kd > plain if section["higher_is_better"] else kd < plain
+        rows.append((f"{family} distilled beats the same student without a teacher",
+                     f"{kd:.4f} vs {plain:.4f} (PyTorch)", better))
+        for kind in ("full", "distilled"):
+            parent = variants[f"{family}_{kind}_fp32"]["metrics"][metric]
+            for precision, limit in (("fp16", 0.003), ("int8", 0.01)):
+                # Points of accuracy; for RMSE the same absolute limits.
+                delta = abs(variants[f"{family}_{kind}_{precision}"]["metrics"][metric] - parent)
+                rows.append((f"{family}_{kind}_{precision} within {limit * 100:g} point(s) of fp32",
+                             f"{delta * 100:.2f} points" if section["higher_is_better"] else f"{delta:.4f}",
+                             delta <= limit))
+    return rows
+
+
+def _tables(manifest: dict, latency: dict[str, dict[int, float]], targets: list) -> str:
+    lines = ["| variant | test metric | params | file size | p50 batch 1 (ms) | p50 batch 32 (ms) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for family, section in manifest["families"].items():
+        for v in section["variants"]:
+            lines.append(f"| {v['name']} | {section['metric']} {v['metrics'][section['metric']]:.4f} | "
+                         f"{v['params']:,} | {v['size_bytes'] / 1e6:.2f} MB | {latency[v['name']][1]:.3f} | "
+                         f"{latency[v['name']][32]:.2f} |")
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in targets]
+    return "\n".join(lines)
+
+
+def _plot(manifest: dict, latency: dict[str, dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(manifest["families"])
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    for ax, family in zip(axes[0], families):
+        section = manifest["families"][family]
+        for v in section["variants"]:
+            ax.scatter(latency[v["name"]][1], v["metrics"][section["metric"]], marker=markers[v["precision"]],
+                       color="tab:blue" if v["kind"] == "full" else "tab:orange", s=60)
+            ax.annotate(v["name"].split("_", 1)[1], (latency[v["name"]][1], v["metrics"][section["metric"]]),
+                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("ONNX Runtime CPU p50, one typical request (ms, log)")
+        ax.set_ylabel(f"test {section['metric']}" + (" (lower is better)" if not section["higher_is_better"] else ""))
+        ax.set_title(family)
+        ax.grid(alpha=0.3)
+    fig.suptitle("FlexServe variants: accuracy against latency (blue full, orange distilled)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def report(repo: Path, markdown: Path | None = None, plot: Path | None = None, json_out: Path | None = None,
+           rounds: int = 40) -> int:
+    manifest = load_manifest(repo)
+    if not manifest["families"]:
+        raise FileNotFoundError(f"no model repository at {repo}: build one with `flexserve train`")
+    latency = measure_latencies(repo, manifest, rounds)
+    targets = _targets(manifest, latency)
+    text = _tables(manifest, latency, targets)
+    print(text)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text + "\n")
+    if plot:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        _plot(manifest, latency, plot)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"latency_p50_ms": latency,
+                                        "targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in targets]},
+                                       indent=2))
+    return 0
