@@ -1,0 +1,1 @@
+"""Serving side of FlexServe: reads a model repository (never imports `training`)."""
