@@ -1,0 +1,84 @@
+"""The `flexserve` command as a user runs it, on the real datasets (the --quick build).
+
+This is the issue's definition of done: `flexserve train --quick --family all --out DIR`
+builds a repository whose every ONNX file loads in ONNX Runtime and matches its sha256 and
+its manifest spec. It takes about two minutes on two cores.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.repository import check_signature, load_repository
+from training.export import session
+
+FLEXSERVE = [sys.executable, "-m", "training.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args, **kwargs):
+    return subprocess.run(FLEXSERVE + args, cwd=ROOT, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def quick_repo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quick") / "model_repository"
+    env = {**os.environ, "BENTOML_HOME": str(out.parent / "bentoml")}
+    result = _run(["train", "--quick", "--family", "all", "--out", str(out)], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/" in result.stderr  # progress is shown
+    return out
+
+
+@pytest.mark.slow
+def test_quick_build_on_real_data_serves_every_variant(quick_repo):
+    repo = load_repository(quick_repo)
+    assert repo.families == ["cnn", "recsys", "rnn"]
+    for family in repo.families:
+        section = repo.family(family)
+        assert "subset" in section["dataset"]["source"]  # real data, --quick subset
+        variants = repo.variants(family)
+        assert len(variants) == 6
+        for variant in variants:
+            check_signature(repo, family, variant, session(variant.path))
+    cnn = repo.family("cnn")
+    assert cnn["contract"]["labels"][7] == "Sneaker"
+    assert repo.family("recsys")["rows_per_request"] == 1682
+    full = next(v for v in repo.variants("cnn") if v.name == "cnn_full_fp32")
+    assert full.metric > 0.5  # real Fashion-MNIST, two short epochs: far above chance (0.1)
+
+
+@pytest.mark.slow
+def test_quick_build_is_registered_with_bentoml(quick_repo):
+    env = {**os.environ, "BENTOML_HOME": str(quick_repo.parent / "bentoml")}
+    listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "flexserve-model-repository" in listed.stdout
+
+
+@pytest.mark.slow
+def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path):
+    result = _run(["report", "--repo", str(quick_repo), "--rounds", "5", "--markdown", str(tmp_path / "r.md"),
+                   "--plot", str(tmp_path / "r.png"), "--json", str(tmp_path / "r.json")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| cnn_full_fp32 |" in result.stdout and "| recsys_distilled_int8 |" in result.stdout
+    assert "student >= 2x faster at batch 1" in result.stdout
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert set(rows["latency_p50_ms"]["rnn_full_fp32"]) == {"1", "32"}
+
+
+def test_unknown_family_is_a_clear_usage_error():
+    result = _run(["train", "--family", "gan"])
+    assert result.returncode == 2
+    assert "invalid choice: 'gan'" in result.stderr and "cnn" in result.stderr
+
+
+def test_missing_repository_report_says_how_to_build_one(tmp_path):
+    result = _run(["report", "--repo", str(tmp_path / "nowhere")])
+    assert result.returncode == 2
+    assert "flexserve train" in result.stderr

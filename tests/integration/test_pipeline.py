@@ -1,0 +1,101 @@
+"""The real pipeline (training, distillation, export, quantisation, ONNX Runtime, BentoML's
+model store) on generated data: fast, and independent of the installed datasets."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serving.repository import check_signature, load_repository, sha256_file
+from training.data import load_dataset
+from training.export import ParityError, check_parity, export_onnx, session
+from training.pipeline import FAMILIES, load_checkpoint
+from training.tasks import get_task
+
+REQUIRED_VARIANT_FIELDS = {"name", "kind", "precision", "onnx", "sha256", "params", "size_bytes", "metrics"}
+
+
+def test_every_family_gets_every_variant_with_a_complete_manifest_entry(synthetic_repo):
+    manifest = json.loads((synthetic_repo / "manifest.json").read_text())
+    assert set(manifest["families"]) == set(FAMILIES)
+    for family, section in manifest["families"].items():
+        names = {v["name"] for v in section["variants"]}
+        assert names == {f"{family}_{k}_{p}" for k in ("full", "distilled") for p in ("fp32", "fp16", "int8")}
+        for variant in section["variants"]:
+            assert REQUIRED_VARIANT_FIELDS <= set(variant)
+            assert section["metric"] in variant["metrics"]
+            assert (synthetic_repo / variant["name"] / "config.pbtxt").exists()
+        full = next(v for v in section["variants"] if v["name"] == f"{family}_full_fp32")
+        student = next(v for v in section["variants"] if v["name"] == f"{family}_distilled_fp32")
+        assert full["params"] > student["params"]
+        assert "test_metric_pytorch" in section["training"]["student_without_distillation"]
+
+
+def test_every_onnx_file_loads_matches_its_sha256_and_its_manifest_spec(synthetic_repo):
+    repo = load_repository(synthetic_repo)  # checks every sha256
+    for family in repo.families:
+        for variant in repo.variants(family):
+            assert sha256_file(variant.path) == variant.sha256
+            check_signature(repo, family, variant, session(variant.path))
+
+
+def test_reduced_precision_files_are_smaller(synthetic_repo):
+    repo = load_repository(synthetic_repo, verify=False)
+    for family in repo.families:
+        sizes = {(v.kind, v.precision): v.size_bytes for v in repo.variants(family)}
+        for kind in ("full", "distilled"):
+            assert sizes[(kind, "fp16")] < sizes[(kind, "fp32")]
+            assert sizes[(kind, "int8")] < sizes[(kind, "fp32")]
+
+
+def test_checkpoints_rebuild_the_model_that_was_exported(synthetic_repo):
+    """The safetensors checkpoint + its config rebuild a model equal to the fp32 ONNX file."""
+    task = get_task("cnn")
+    model = load_checkpoint(task, synthetic_repo.parent / "checkpoints" / "cnn_full")
+    data = load_dataset("cnn", synthetic=True)
+    images = data.test.inputs["IMAGES"][:8]
+    onnx_out = session(synthetic_repo / "cnn_full_fp32" / "1" / "model.onnx").run(None, {"IMAGES": images})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(images)).numpy(), onnx_out, atol=1e-4)
+
+
+def test_repository_is_registered_in_the_bentoml_model_store(synthetic_repo):
+    import bentoml
+
+    models = bentoml.models.list("flexserve-model-repository")
+    assert models, "the build registered nothing"
+    model = models[-1]
+    assert "cnn_full_fp32" in model.info.metadata
+    assert "accuracy" in model.info.metadata["cnn_full_fp32"]
+    assert (model.path_of("manifest.json")) and json.loads(open(model.path_of("manifest.json")).read())
+
+
+def test_text_preprocessing_can_be_repeated_from_the_manifest_alone(synthetic_repo):
+    """Serving must tokenise raw text exactly as training did, knowing only the repository."""
+    import re
+
+    repo = load_repository(synthetic_repo)
+    spec = repo.family("rnn")["contract"]["tokenizer"]
+    vocab = {tok: i for i, tok in enumerate(repo.artifact("rnn", "vocab"))}
+    from training.data import encode_texts
+
+    texts = ["The film is GREAT, superb!", "dull dull mess", "unseen words only"]
+    expected_tokens, expected_lengths = encode_texts(texts, repo.artifact("rnn", "vocab"))
+    for row, text in enumerate(texts):
+        words = re.findall(spec["pattern"], text.lower() if spec["lowercase"] else text)[: spec["max_tokens"]]
+        ids = [vocab.get(w, spec["unk_id"]) for w in words] or [spec["unk_id"]]
+        assert ids == expected_tokens[row, : expected_lengths[row]].tolist()
+
+
+def test_parity_check_fails_the_build_when_the_export_is_wrong(tmp_path):
+    task = get_task("cnn")
+    data = load_dataset("cnn", synthetic=True)
+    from models.cnn import CNNConfig, ImageClassifier
+
+    torch.manual_seed(0)
+    exported = ImageClassifier(CNNConfig(widths=(8,), blocks_per_stage=1)).eval()
+    other = ImageClassifier(CNNConfig(widths=(8,), blocks_per_stage=1)).eval()  # different random weights
+    export_onnx(exported, task, data.test.take(np.arange(2)).inputs, tmp_path / "m.onnx")
+    assert check_parity(exported, tmp_path / "m.onnx", task, data.test, "fp32")["max_abs_diff"] < 1e-4
+    with pytest.raises(ParityError, match="disagrees with PyTorch"):
+        check_parity(other, tmp_path / "m.onnx", task, data.test, "fp32")
