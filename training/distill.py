@@ -17,7 +17,7 @@ from torch import nn
 
 from training.data import Dataset
 from training.tasks import Task
-from training.trainer import TrainConfig, TrainResult, predict, to_tensors, train
+from training.trainer import TrainConfig, TrainResult, predict, resolve_device, resolve_precision, to_tensors, train
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, c
             distill_config: DistillConfig, name: str) -> TrainResult:
     """Train `student` against `teacher`'s outputs on the training split (computed once)."""
     teacher.eval()
-    teacher_outputs = torch.from_numpy(predict(teacher, data.train, task))
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    teacher_outputs = torch.from_numpy(predict(teacher, data.train, task, precision=precision))
     device = next(teacher.parameters()).device
     rng = np.random.default_rng(config.seed + 1)
 
