@@ -126,25 +126,39 @@ def _plot(manifest: dict, latency: dict[str, dict[int, float]], path: Path) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     families = list(manifest["families"])
-    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.4), squeeze=False)
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    colours = {"full": "tab:blue", "distilled": "tab:orange"}
+    label_offsets = {"fp32": (6, 5), "fp16": (6, -11), "int8": (6, 5)}  # fp32 and fp16 often coincide
     for ax, family in zip(axes[0], families):
         section = manifest["families"][family]
         for v in section["variants"]:
-            ax.scatter(latency[v["name"]][1], v["metrics"][section["metric"]], marker=markers[v["precision"]],
-                       color="tab:blue" if v["kind"] == "full" else "tab:orange", s=60)
-            ax.annotate(v["name"].split("_", 1)[1], (latency[v["name"]][1], v["metrics"][section["metric"]]),
-                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+            x, y = latency[v["name"]][1], v["metrics"][section["metric"]]
+            ax.scatter(x, y, marker=markers[v["precision"]], color=colours[v["kind"]], s=70, zorder=3)
+            ax.annotate(v["precision"], (x, y), fontsize=8, xytext=label_offsets[v["precision"]],
+                        textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("ONNX Runtime CPU p50, one typical request (ms, log)")
-        ax.set_ylabel(f"test {section['metric']}" + (" (lower is better)" if not section["higher_is_better"] else ""))
-        ax.set_title(family)
+        ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.25, y=0.2)
+        if not section["higher_is_better"]:
+            ax.invert_yaxis()  # better is up in every panel
+        ax.set_xlabel("ONNX Runtime CPU p50 per typical request (ms, log scale)")
+        ax.set_ylabel(f"test {section['metric']}" + (" (lower is better, axis inverted)"
+                                                      if not section["higher_is_better"] else ""))
+        ax.set_title(f"{family}: {section['contract'].get('typical_request', '')}", fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("FlexServe variants: accuracy against latency (blue full, orange distilled)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colours.items()]
+    handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=p) for p, m in markers.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False)
+    fig.suptitle("FlexServe variants: accuracy against latency (up and left is better)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
 
 
 def report(repo: Path, markdown: Path | None = None, plot: Path | None = None, json_out: Path | None = None,
