@@ -6,6 +6,7 @@ text's sequence axis) stay dynamic.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,17 @@ def export_onnx(model: nn.Module, task: Task, sample: dict[str, np.ndarray], pat
     model = model.cpu().eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     args = tuple(to_tensors(task.collate(sample), task, torch.device("cpu")))
-    torch.onnx.export(
-        model, args, str(path), input_names=task.input_names, output_names=[task.output_spec().name],
-        dynamic_axes=task.dynamic_axes(), opset_version=OPSET, dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The exporter warns that an LSTM exported at batch size != 1 may fail at other batch
+        # sizes unless h0/c0 are inputs; ours default to zeros, and the parity check (256 rows)
+        # and the report (1 and 32 requests) run other batch sizes. The legacy exporter is
+        # chosen on purpose (one self-contained file, packed LSTM -> ONNX LSTM).
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model, args, str(path), input_names=task.input_names, output_names=[task.output_spec().name],
+            dynamic_axes=task.dynamic_axes(), opset_version=OPSET, dynamo=False,
+        )
     onnx.checker.check_model(str(path))
 
 
