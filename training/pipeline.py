@@ -21,7 +21,7 @@ from training.distill import DistillConfig, distill
 from training.export import check_parity, export_onnx, run_onnx, session
 from training.tasks import Task, config_from_json, config_to_json, get_task
 from training.trainer import TrainConfig, TrainResult, batches, predict, train
-from training.variants import to_fp16, to_int8_dynamic, to_int8_static
+from training.variants import PRECISIONS, to_fp16, to_int8_dynamic, to_int8_static
 
 FAMILIES = ("cnn", "rnn", "recsys")
 # --quick: seeded subsets (train, val, test) small enough to build everything in ~2 minutes.
@@ -126,7 +126,7 @@ def build_family(family: str, config: BuildConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind, result in (("full", full), ("distilled", student)):
             model = result.model.cpu().eval()
-            files = {precision: Path(tmp) / f"{kind}_{precision}.onnx" for precision in ("fp32", "fp16", "int8")}
+            files = {precision: Path(tmp) / f"{kind}_{precision}.onnx" for precision in PRECISIONS}
             export_onnx(model, task, data.test.take(np.arange(2)).inputs, files["fp32"])
             to_fp16(files["fp32"], files["fp16"])
             if calibration is not None:  # CNN: static QDQ (dynamic ConvInteger is slow on CPU)
