@@ -217,48 +217,62 @@ def _year_bucket(year: str) -> int:
     return 0 if not year.isdigit() else 1 + max(0, min(int(year) // 10 - 192, 8))
 
 
+def catalog_tables(catalog: dict) -> dict[str, np.ndarray]:
+    """The recommender catalogue (the `recsys_catalog.json` artifact) as per-user and per-item
+    arrays. The one place that turns catalogue entries into model features: training rows,
+    distillation's unrated pairs and the report's typical requests all go through it."""
+    genre_index = {g: i for i, g in enumerate(catalog["genres"])}
+    items = catalog["items"]
+    item_genres = np.zeros((len(items), len(genre_index)), dtype=np.float32)
+    for row, item in enumerate(items):
+        item_genres[row, [genre_index[g] for g in item["genres"]]] = 1.0
+    return {
+        "USER_FEATURES": np.array([u["features"] for u in catalog["users"]], dtype=np.int64),
+        "ITEM_FEATURES": np.array([it["features"] for it in items], dtype=np.int64),
+        "ITEM_GENRES": item_genres,
+        "ITEM_TITLE": np.array([it["title_tokens"] for it in items], dtype=np.int64),
+    }
+
+
+def catalog_rows(tables: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+    """Model inputs for (user, item) pairs given as catalogue row indices."""
+    return {"USER_FEATURES": tables["USER_FEATURES"][users], "ITEM_FEATURES": tables["ITEM_FEATURES"][items],
+            "ITEM_GENRES": tables["ITEM_GENRES"][items], "ITEM_TITLE": tables["ITEM_TITLE"][items]}
+
+
 def _recsys_dataset(users: list[dict], items: list[dict], ratings: list[tuple[str, str, float]],
                     seed: int, source: str) -> Dataset:
     """users: user_id, age, gender, occupation; items: item_id, title, year, genres (list)."""
     genders = sorted({u["gender"] for u in users})
     occupations = sorted({u["occupation"] for u in users})
-    genres = sorted({g for it in items for g in it["genres"]})
-    user_rows = {u["user_id"]: [i, _age_bucket(int(u["age"])), genders.index(u["gender"]),
-                                occupations.index(u["occupation"])] for i, u in enumerate(users)}
-    train, val, test = _split_indices(len(ratings), (0.1, 0.1), seed)
-    title_vocab = build_vocab([items[i]["title"] for i in range(len(items))], min_count=2)
+    title_vocab = build_vocab([it["title"] for it in items], min_count=2)
     title_tokens, _ = encode_texts([it["title"] for it in items], title_vocab, TITLE_MAX_TOKENS)
     title_tokens[title_tokens == UNK_ID] = PAD_ID  # rare title words carry no signal; drop them
-    item_index = {it["item_id"]: i for i, it in enumerate(items)}
-    item_rows = np.array([[i, _year_bucket(it["year"])] for i, it in enumerate(items)], dtype=np.int64)
-    item_genres = np.zeros((len(items), len(genres)), dtype=np.float32)
-    for i, it in enumerate(items):
-        item_genres[i, [genres.index(g) for g in it["genres"]]] = 1.0
-
-    user_ids = [user_rows[u] for u, _, _ in ratings]
-    item_ids = np.array([item_index[i] for _, i, _ in ratings])
-    inputs = {
-        "USER_FEATURES": np.array(user_ids, dtype=np.int64),
-        "ITEM_FEATURES": item_rows[item_ids],
-        "ITEM_GENRES": item_genres[item_ids],
-        "ITEM_TITLE": title_tokens[item_ids],
+    catalog = {
+        "genres": sorted({g for it in items for g in it["genres"]}),
+        "users": [{"user_id": u["user_id"], "features": [i, _age_bucket(int(u["age"])), genders.index(u["gender"]),
+                                                         occupations.index(u["occupation"])]}
+                  for i, u in enumerate(users)],
+        "items": [{"item_id": it["item_id"], "title": it["title"], "year": it["year"], "genres": it["genres"],
+                   "features": [i, _year_bucket(it["year"])], "title_tokens": title_tokens[i].tolist()}
+                  for i, it in enumerate(items)],
     }
+    tables = catalog_tables(catalog)
+    user_index = {u["user_id"]: i for i, u in enumerate(users)}
+    item_index = {it["item_id"]: i for i, it in enumerate(items)}
+    inputs = catalog_rows(tables, np.array([user_index[u] for u, _, _ in ratings]),
+                          np.array([item_index[i] for _, i, _ in ratings]))
     targets = np.array([r for _, _, r in ratings], dtype=np.float32)
+    train, val, test = _split_indices(len(ratings), (0.1, 0.1), seed)
 
     def split(idx: np.ndarray) -> Split:
         return Split({k: v[idx] for k, v in inputs.items()}, targets[idx])
 
-    catalog = {
-        "genres": genres,
-        "users": [{"user_id": u["user_id"], "features": user_rows[u["user_id"]]} for u in users],
-        "items": [{"item_id": it["item_id"], "title": it["title"], "year": it["year"], "genres": it["genres"],
-                   "features": item_rows[i].tolist(), "title_tokens": title_tokens[i].tolist()}
-                  for i, it in enumerate(items)],
-    }
     sizes = {"num_users": len(users), "num_items": len(items), "num_ages": len(AGE_BUCKETS) + 1,
              "num_genders": len(genders), "num_occupations": len(occupations), "num_years": 10,
-             "num_genres": len(genres), "title_vocab_size": len(title_vocab)}
-    return Dataset("recsys", split(train), split(val), split(test), source, {"catalog": catalog, "sizes": sizes})
+             "num_genres": len(catalog["genres"]), "title_vocab_size": len(title_vocab)}
+    return Dataset("recsys", split(train), split(val), split(test), source,
+                   {"catalog": catalog, "tables": tables, "sizes": sizes})
 
 
 def load_movielens_100k(seed: int = 0) -> Dataset:

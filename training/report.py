@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data import catalog_rows, catalog_tables
 from training.export import session
 from training.repository import load_manifest
 
@@ -32,19 +33,11 @@ def _typical_rows(repo: Path, family: str, section: dict, requests: int, rng: np
         length = 22  # the median Rotten Tomatoes snippet, in tokens
         tokens = rng.integers(2, len(vocab), (requests, length)).astype(np.int64)
         return {"TOKENS": tokens, "LENGTHS": np.full(requests, length, dtype=np.int64)}
-    catalog = json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text())
-    items, genres = catalog["items"], catalog["genres"]
-    users = rng.integers(0, len(catalog["users"]), requests)
-    item_genres = np.zeros((len(items), len(genres)), dtype=np.float32)
-    for row, item in enumerate(items):
-        item_genres[row, [genres.index(g) for g in item["genres"]]] = 1.0
-    return {  # each request scores the whole catalogue for one user
-        "USER_FEATURES": np.repeat(np.array([catalog["users"][u]["features"] for u in users], dtype=np.int64),
-                                   len(items), axis=0),
-        "ITEM_FEATURES": np.tile(np.array([it["features"] for it in items], dtype=np.int64), (requests, 1)),
-        "ITEM_GENRES": np.tile(item_genres, (requests, 1)),
-        "ITEM_TITLE": np.tile(np.array([it["title_tokens"] for it in items], dtype=np.int64), (requests, 1)),
-    }
+    tables = catalog_tables(json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text()))
+    num_items = len(tables["ITEM_FEATURES"])
+    users = rng.integers(0, len(tables["USER_FEATURES"]), requests)
+    # Each request scores the whole catalogue for one user.
+    return catalog_rows(tables, np.repeat(users, num_items), np.tile(np.arange(num_items), requests))
 
 
 def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict[int, float]]:

@@ -16,7 +16,7 @@ from torch import nn
 from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
-from training.data import Dataset
+from training.data import Dataset, catalog_rows
 
 KINDS = ("full", "distilled")
 
@@ -205,19 +205,9 @@ class RecsysTask(Task):
 
     def sample_unlabelled(self, data: Dataset, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Random (user, item) pairs from the catalogue, as model inputs (for distillation)."""
-        catalog = data.preprocessing["catalog"]
-        users = rng.integers(0, len(catalog["users"]), n)
-        items = rng.integers(0, len(catalog["items"]), n)
-        genres = catalog["genres"]
-        item_genres = np.zeros((n, len(genres)), dtype=np.float32)
-        for row, i in enumerate(items):
-            item_genres[row, [genres.index(g) for g in catalog["items"][i]["genres"]]] = 1.0
-        return {
-            "USER_FEATURES": np.array([catalog["users"][u]["features"] for u in users], dtype=np.int64),
-            "ITEM_FEATURES": np.array([catalog["items"][i]["features"] for i in items], dtype=np.int64),
-            "ITEM_GENRES": item_genres,
-            "ITEM_TITLE": np.array([catalog["items"][i]["title_tokens"] for i in items], dtype=np.int64),
-        }
+        tables = data.preprocessing["tables"]
+        return catalog_rows(tables, rng.integers(0, len(tables["USER_FEATURES"]), n),
+                            rng.integers(0, len(tables["ITEM_FEATURES"]), n))
 
     def serving_contract(self, data: Dataset) -> dict:
         return {"rating_range": [1.0, 5.0], "rows_per_request": self.rows_per_request(data),
