@@ -12,3 +12,19 @@ class RepositoryError(FlexServeError):
 
 class IntegrityError(RepositoryError):
     """A file's sha256 differs from the one in the manifest: it is refused, never served."""
+
+
+class InvalidRequestError(FlexServeError):
+    """A client's mistake (HTTP 4xx, gRPC INVALID_ARGUMENT): names the field, the problem and what is accepted."""
+
+    def __init__(self, field: str, problem: str, accepted: str):
+        self.field, self.problem, self.accepted = field, problem, accepted
+        super().__init__(f"{field}: {problem}; accepted: {accepted}")
+
+
+class OverloadError(FlexServeError):
+    """A strict request that no variant is predicted to answer within its budget (HTTP 503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

@@ -1,0 +1,301 @@
+"""The routing policy on a fake clock: pure logic, no runtime."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from serving.errors import InvalidRequestError, OverloadError
+from serving.policy import Policy, PolicyConfig, ServiceProfile, VariantProfile, policy_from_manifest
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def flat(p50: float, p95: float | None = None) -> ServiceProfile:
+    """A profile whose service time grows linearly with the batch size."""
+    p95 = p95 if p95 is not None else 1.2 * p50
+    return ServiceProfile((1, 4, 16, 64), tuple(p50 * b for b in (1, 4, 16, 64)),
+                          tuple(p95 * b for b in (1, 4, 16, 64)), tuple(1.5 * p95 * b for b in (1, 4, 16, 64)))
+
+
+# full: p95 10 ms, accuracy 0.92; int8: p95 4 ms, 0.915; student: p95 1 ms, 0.90.
+VARIANTS = [VariantProfile("m_student", 0.90, flat(0.8, 1.0)), VariantProfile("m_full", 0.92, flat(8.0, 10.0)),
+            VariantProfile("m_int8", 0.915, flat(3.0, 4.0))]
+
+
+def make(clock=None, parallelism=1, **config) -> Policy:
+    return Policy("m", VARIANTS, executors={"local": parallelism}, config=PolicyConfig(**config),
+                  clock=clock or FakeClock())
+
+
+def test_variants_are_considered_most_accurate_first():
+    assert make().variant_names == ["m_full", "m_int8", "m_student"]
+
+
+def test_budget_boundaries_with_the_safety_margin():
+    policy = make(safety_margin=0.1)
+    # full's p95 is 10 ms: it fits from 10 / 0.9 = 11.11 ms on, not below.
+    assert policy.route(11.2).variant == "m_full"
+    fresh = make(safety_margin=0.1)
+    d = fresh.route(11.0)
+    assert d.variant == "m_int8" and d.budget_met and "1 more accurate variant" in d.reason
+    assert make(safety_margin=0.1).route(4.0 / 0.9 + 0.01).variant == "m_int8"
+    assert make(safety_margin=0.1).route(4.0 / 0.9 - 0.01).variant == "m_student"
+
+
+def test_batch_size_scales_the_prediction():
+    policy = make(safety_margin=0.0)
+    assert policy.route(40.0, batch_size=4).variant == "m_full"  # 4 x 10 ms
+    assert make(safety_margin=0.0).route(39.0, batch_size=4).variant == "m_int8"
+    # Between profiled sizes: linear; 8 rows of full = 80 ms at p95.
+    assert make(safety_margin=0.0).route(80.0, batch_size=8).variant == "m_full"
+    assert make(safety_margin=0.0).route(79.0, batch_size=8).variant == "m_int8"
+
+
+def test_equal_accuracy_prefers_the_cheaper():
+    variants = [VariantProfile("slow", 0.9, flat(5.0)), VariantProfile("quick", 0.9, flat(1.0))]
+    policy = Policy("m", variants)
+    assert policy.variant_names == ["quick", "slow"]
+    assert policy.route(100.0).variant == "quick"
+
+
+def test_quality_tolerance_treats_near_equals_as_equal():
+    policy = make(quality_tolerance=0.01)  # 0.92 and 0.915 round to the same 0.92
+    assert policy.variant_names[0] == "m_int8"
+
+
+def test_accuracy_floor_excludes_and_an_unmeetable_floor_is_an_error():
+    policy = make()
+    d = policy.route(2.0, min_quality=0.91)  # nothing above 0.91 fits 2 ms: the fastest of the two
+    assert d.variant == "m_int8" and not d.budget_met
+    with pytest.raises(InvalidRequestError) as error:
+        make().route(100.0, min_quality=0.95)
+    assert error.value.field == "min_accuracy" and "m_full" in str(error.value) and "0.9200" in str(error.value)
+
+
+def test_lower_is_better_metric_names_its_floor_max():
+    variants = [VariantProfile("r_full", 0.93, flat(10.0)), VariantProfile("r_student", 0.95, flat(1.0))]
+    policy = Policy("r", variants, metric="rmse", higher_is_better=False)
+    assert policy.variant_names == ["r_full", "r_student"]
+    assert policy.route(100.0, min_quality=0.94).variant == "r_full"
+    with pytest.raises(InvalidRequestError) as error:
+        policy.route(100.0, min_quality=0.9)
+    assert error.value.field == "max_rmse"
+
+
+def test_an_impossible_budget_does_not_push_later_requests_off_the_best_variant():
+    clock = FakeClock()
+    policy = make(clock, parallelism=2, safety_margin=0.0)
+    policy.finish(policy.route(0.01), 0.8)  # nobody can meet 0.01 ms
+    clock.now += 0.01
+    # A free worker leaves no queue: full is served (protecting 0.01 ms would forbid it).
+    assert policy.route(1000.0).variant == "m_full"
+    # Both workers busy: another full would queue past what the student needs for a 1 ms
+    # budget, the tightest one that can be met.
+    assert policy.route(1000.0).variant == "m_student"
+
+
+def test_a_floor_that_excludes_the_fastest_still_reports_a_fit():
+    policy = make(parallelism=1, safety_margin=0.0)
+    policy.route(5.0)  # a tight request (int8): loose requests now keep the queue short
+    d = policy.route(1000.0, min_quality=0.91)  # only full and int8 qualify; both crowd the queue
+    assert d.variant in {"m_full", "m_int8"} and d.budget_met
+
+
+def test_nothing_fits_serves_the_fastest_and_says_so():
+    d = make().route(0.5)
+    assert d.variant == "m_student" and not d.budget_met
+    assert "no variant fits" in d.reason
+
+
+def test_nothing_fits_in_strict_mode_is_an_overload_error():
+    with pytest.raises(OverloadError) as error:
+        make().route(0.5, strict=True)
+    assert error.value.retry_after_s > 0 and "strict" in str(error.value)
+
+
+def test_pinned_variant_is_served_even_when_it_does_not_fit():
+    policy = make()
+    d = policy.route(1.0, variant="m_full")
+    assert d.variant == "m_full" and not d.budget_met and d.reason.startswith("pinned")
+    with pytest.raises(OverloadError):
+        make().route(1.0, variant="m_full", strict=True)
+    with pytest.raises(InvalidRequestError) as error:
+        make().route(10.0, variant="m_nope")
+    assert error.value.field == "variant" and "m_full" in error.value.accepted
+    with pytest.raises(InvalidRequestError):
+        make().route(100.0, variant="m_student", min_quality=0.91)
+
+
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), 1e9, "10", True, None])
+def test_bad_budgets_name_the_field(budget):
+    with pytest.raises(InvalidRequestError) as error:
+        make().route(budget)
+    assert error.value.field == "latency_budget_ms"
+
+
+@pytest.mark.parametrize("batch", [0, -3, 1.5, True])
+def test_bad_batch_sizes_name_the_field(batch):
+    with pytest.raises(InvalidRequestError) as error:
+        make().route(10.0, batch_size=batch)
+    assert error.value.field == "batch_size"
+
+
+def test_queueing_delay_moves_traffic_to_a_faster_variant():
+    policy = make(parallelism=1, safety_margin=0.0, protect_tight_budgets=False)
+    first = policy.route(30.0)
+    assert first.variant == "m_full"  # idle: 10 ms fits 30 ms
+    # One request in flight on a single worker, 10 ms of (p95) work: full predicts 5 + 10 = 15 ms.
+    assert policy.route(30.0).variant == "m_full"
+    # Two in flight (20 ms of work): full predicts 20 - 5 + 10 = 25 ms; three: 30 - 5 + 10 = 35 ms,
+    # where int8 predicts 25 + 4 = 29 ms.
+    assert policy.route(30.0).variant == "m_full"
+    fourth = policy.route(30.0)
+    assert fourth.variant == "m_int8" and "predicted" in fourth.reason
+    for d in (first, fourth):
+        policy.finish(d, None)
+    snapshot = {row["name"]: row for row in policy.snapshot()}
+    assert snapshot["m_full"]["in_flight"] == 2 and snapshot["m_int8"]["in_flight"] == 0
+
+
+def test_loose_requests_leave_headroom_for_tight_ones():
+    policy = make(parallelism=1, safety_margin=0.0)
+    assert policy.route(5.0).variant == "m_int8"  # a tight request: queues must stay short for its kind
+    # The student (p95 1 ms) needs the queue under 5 - 1 = 4 ms. Behind int8's 4 ms, full would
+    # leave the next request 14 - 0.5 * 14 / 2 = 10.5 ms of queue, int8 6 ms: both are passed
+    # over, though the loose budget fits them easily.
+    loose = policy.route(1000.0)
+    assert loose.variant != "m_full" and "crowd out" in loose.reason
+    unprotected = make(parallelism=1, safety_margin=0.0, protect_tight_budgets=False)
+    unprotected.route(5.0)
+    assert unprotected.route(1000.0).variant == "m_full"
+
+
+def test_parallel_executor_does_not_queue_until_full():
+    policy = make(parallelism=4, safety_margin=0.0)
+    assert [policy.route(11.0).variant for _ in range(4)] == ["m_full"] * 4
+    assert policy.route(11.0).variant == "m_int8"
+
+
+def test_static_policy_ignores_queueing():
+    policy = make(parallelism=1, queue_aware=False, online=False)
+    assert {policy.route(20.0).variant for _ in range(10)} == {"m_full"}
+
+
+def test_a_slow_variant_loses_traffic_within_a_few_requests_and_wins_it_back():
+    clock = FakeClock()
+    policy = make(clock, safety_margin=0.1, correction_half_life_s=1.0)
+    budget = 15.0  # full fits (10 / 0.9 = 11.1 ms) while it runs as profiled
+    served = []
+    for _ in range(10):  # full turns 3x slower (a noisy neighbour)
+        d = policy.route(budget)
+        served.append(d.variant)
+        clock.now += 0.01
+        policy.finish(d, 24.0 if d.variant == "m_full" else 3.0)
+    assert served[0] == "m_full"
+    assert served.index("m_int8") <= 3, served  # lost within a few requests
+    assert set(served[4:]) == {"m_int8"}
+    # The neighbour leaves. Unobserved, full's slowdown decays; within seconds it is tried again ...
+    clock.now += 5.0
+    d = policy.route(budget)
+    assert d.variant == "m_full"
+    policy.finish(d, 8.0)
+    # ... and, answering at profile speed, keeps its traffic.
+    for _ in range(5):
+        clock.now += 0.01
+        d = policy.route(budget)
+        assert d.variant == "m_full"
+        policy.finish(d, 8.0)
+
+
+def test_a_variant_faster_than_its_profile_wins_traffic():
+    clock = FakeClock()
+    policy = make(clock, safety_margin=0.0)
+    assert make(FakeClock(), safety_margin=0.0).route(6.0).variant == "m_int8"
+    for _ in range(10):  # a faster machine than the profile's: full answers in 3 ms
+        d = policy.route(1000.0)
+        policy.finish(d, 3.0)
+        clock.now += 0.001
+    assert policy.route(6.0).variant == "m_full"
+
+
+def test_finishing_twice_does_not_corrupt_counts():
+    policy = make()
+    d = policy.route(100.0)
+    policy.finish(d, 8.0)
+    policy.finish(d, 8.0)
+    assert all(row["in_flight"] == 0 and row["executor_in_flight"] == 0 for row in policy.snapshot())
+
+
+def test_concurrent_threads_keep_in_flight_counts_exact():
+    policy = make(parallelism=2)
+    start = threading.Barrier(8)
+    held: list = []
+    lock = threading.Lock()
+
+    def worker():
+        start.wait()
+        for i in range(2000):
+            d = policy.route(12.0)
+            if i % 100 == 0:
+                with lock:
+                    held.append(d)  # still in flight at the end
+            else:
+                policy.finish(d, 5.0)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = policy.snapshot()
+    assert sum(r["in_flight"] for r in rows) == len(held) == 8 * 20
+    assert rows[0]["executor_in_flight"] == len(held)
+    assert sum(r["served"] for r in rows) == 8 * 2000
+    for d in held:
+        policy.finish(d, 5.0)
+    assert all(r["in_flight"] == 0 and r["executor_in_flight"] == 0 for r in policy.snapshot())
+
+
+def test_asyncio_tasks_see_each_others_in_flight_work():
+    policy = make(parallelism=1, safety_margin=0.0)
+
+    async def request():
+        d = policy.route(25.0)
+        await asyncio.sleep(0.001)  # the model runs elsewhere; the lock is not held across awaits
+        policy.finish(d, 8.0)
+        return d.variant
+
+    async def main():
+        return await asyncio.gather(*(request() for _ in range(6)))
+
+    chosen = asyncio.run(main())
+    assert chosen[:2] == ["m_full", "m_full"] and "m_int8" in chosen  # later ones saw the queue
+    assert all(r["in_flight"] == 0 for r in policy.snapshot())
+
+
+def test_profile_interpolation_and_extrapolation():
+    p = ServiceProfile((1, 4, 16), (1.0, 2.0, 5.0), (2.0, 3.0, 6.0), (3.0, 4.0, 7.0))
+    assert p.at(1) == 1.0 and p.at(4, "p95") == 3.0
+    assert p.at(10) == pytest.approx(3.5)
+    assert p.at(32) == pytest.approx(9.0)  # along the last segment
+    with pytest.raises(ValueError):
+        ServiceProfile((4, 1), (1.0, 2.0), (1.0, 2.0), (1.0, 2.0))
+
+
+def test_policy_from_manifest_needs_a_profile():
+    section = {"metric": "accuracy", "higher_is_better": True, "variants": [
+        {"name": "a", "metrics": {"accuracy": 0.9}, "latency_ms": {"1": {"p50": 1, "p95": 2, "p99": 3}}},
+        {"name": "b", "metrics": {"accuracy": 0.8}}]}
+    with pytest.raises(Exception) as error:
+        policy_from_manifest("m", section)
+    assert "flexserve profile" in str(error.value)
+    policy = policy_from_manifest("m", section, names=["a"])
+    assert policy.variant_names == ["a"] and policy.route(10.0).variant == "a"
