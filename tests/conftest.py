@@ -22,3 +22,16 @@ def synthetic_repo(tmp_path_factory) -> Path:
     os.environ["BENTOML_HOME"] = str(tmp_path_factory.getbasetemp() / "bentoml")
     build(list(FAMILIES), BuildConfig(out=out, quick=True, synthetic=True, register=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def profiled_repo(synthetic_repo, tmp_path_factory) -> Path:
+    """A copy of the synthetic repository with latency profiles (a few seconds, few runs)."""
+    import shutil
+
+    from training.profile import ProfileSettings, profile
+
+    out = tmp_path_factory.mktemp("profiled") / "model_repository"
+    shutil.copytree(synthetic_repo, out)
+    profile(out, ProfileSettings(warmup_runs=2, min_runs=10, seconds_per_point=0.01))
+    return out

@@ -15,29 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import catalog_rows, catalog_tables
 from training.export import session
+from training.profile import typical_feed
 from training.repository import load_manifest
 
 BATCH_SIZES = (1, 32)
 WARMUP = 3
-
-
-def _typical_rows(repo: Path, family: str, section: dict, requests: int, rng: np.random.Generator) -> dict:
-    """Inputs for `requests` typical requests, built from the repository's own artifacts."""
-    if family == "cnn":
-        # Real pixels are not in the repository; a uniform image costs the same as a real one.
-        return {"IMAGES": rng.uniform(0, 255, (requests, 1, 28, 28)).astype(np.float32)}
-    if family == "rnn":
-        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text())
-        length = 22  # the median Rotten Tomatoes snippet, in tokens
-        tokens = rng.integers(2, len(vocab), (requests, length)).astype(np.int64)
-        return {"TOKENS": tokens, "LENGTHS": np.full(requests, length, dtype=np.int64)}
-    tables = catalog_tables(json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text()))
-    num_items = len(tables["ITEM_FEATURES"])
-    users = rng.integers(0, len(tables["USER_FEATURES"]), requests)
-    # Each request scores the whole catalogue for one user.
-    return catalog_rows(tables, np.repeat(users, num_items), np.tile(np.arange(num_items), requests))
 
 
 def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict[int, float]]:
@@ -47,7 +30,7 @@ def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict
     for family, section in manifest["families"].items():
         sessions = {v["name"]: session(repo / v["onnx"], threads=1) for v in section["variants"]}
         for batch in BATCH_SIZES:
-            feed = _typical_rows(repo, family, section, batch, rng)
+            feed = typical_feed(repo, family, section, batch * int(section.get("rows_per_request", 1)), rng)
             times: dict[str, list[float]] = {name: [] for name in sessions}
             runs = max(5, rounds if batch == 1 else rounds // 4)
             for round_index in range(WARMUP + runs):

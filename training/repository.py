@@ -95,12 +95,16 @@ def write_family(repo: Path, family: str, section: dict) -> dict:
     for name in stale - {v["name"] for v in section["variants"]}:
         shutil.rmtree(repo / name, ignore_errors=True)
     manifest["families"][family] = section
+    save_manifest(repo, manifest)
+    return manifest
+
+
+def save_manifest(repo: Path, manifest: dict) -> None:
     manifest["schema_version"] = SCHEMA_VERSION
     manifest["updated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     tmp = repo / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, repo / MANIFEST)  # atomic: a reader never sees half a manifest
-    return manifest
 
 
 def register_in_bentoml(repo: Path, manifest: dict) -> str:

@@ -1,0 +1,165 @@
+"""`flexserve profile`: measure every variant's service time on this machine, into the manifest.
+
+For each family and batch size (1, 4, 16, 64 model rows, plus one whole typical request for
+the recommender: 1,682 rows), every variant runs the same input round-robin, so a noisy
+neighbour slows all of them alike. After warm-up, runs continue until each variant has at
+least `min_runs` samples and the batch size has had its time slice (or `max_runs`). p50, p95
+and p99 go into the manifest as each variant's `latency_ms` (keyed by batch size, in model
+rows), and the hardware and ONNX Runtime settings they were taken with as `latency_profile`.
+Serving builds its sessions from those same settings, so the profile describes what serving
+runs; the routing policy then corrects it online with the latencies it observes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from training.data import catalog_rows, catalog_tables
+from training.export import session
+from training.repository import load_manifest, save_manifest
+
+BATCH_SIZES = (1, 4, 16, 64)
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    device: str = "cpu"
+    # Intra-op threads per request: serving runs one request per core, one thread each.
+    threads: int = 1
+    warmup_runs: int = 5
+    # 30 runs put the p95 between the 2nd and 3rd slowest sample; more when time allows.
+    min_runs: int = 30
+    max_runs: int = 400
+    # Time slice per batch size and variant (seconds), after which min_runs is enough.
+    seconds_per_point: float = 0.25
+
+    def __post_init__(self):
+        if self.device not in PROVIDERS:
+            raise ValueError(f"device must be one of {', '.join(PROVIDERS)}, got {self.device!r}")
+        if self.threads < 1 or self.min_runs < 1 or self.max_runs < self.min_runs:
+            raise ValueError("threads and min_runs must be >= 1 and max_runs >= min_runs")
+
+
+def typical_feed(repo: Path, family: str, section: dict, rows: int, rng: np.random.Generator) -> dict:
+    """`rows` model rows shaped like real traffic, built from the repository's own artifacts."""
+    if family == "cnn":
+        # Real pixels are not in the repository; a uniform image costs the same as a real one.
+        return {"IMAGES": rng.uniform(0, 255, (rows, 1, 28, 28)).astype(np.float32)}
+    if family == "rnn":
+        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text())
+        length = 22  # the median Rotten Tomatoes snippet, in tokens
+        tokens = rng.integers(2, len(vocab), (rows, length)).astype(np.int64)
+        return {"TOKENS": tokens, "LENGTHS": np.full(rows, length, dtype=np.int64)}
+    tables = catalog_tables(json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text()))
+    num_items = len(tables["ITEM_FEATURES"])
+    users = rng.integers(0, len(tables["USER_FEATURES"]), -(-rows // num_items))
+    # A typical request scores the whole catalogue for one user; smaller batches, part of it.
+    return catalog_rows(tables, np.repeat(users, num_items)[:rows], np.tile(np.arange(num_items), len(users))[:rows])
+
+
+def batch_sizes_for(section: dict) -> list[int]:
+    rows = int(section.get("rows_per_request", 1))
+    return sorted(set(BATCH_SIZES) | ({rows} if rows > 1 else set()))
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": round(float(p50), 4), "p95": round(float(p95), 4), "p99": round(float(p99), 4),
+            "mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4), "max": round(float(a.max()), 4),
+            "runs": len(samples)}
+
+
+def hardware(device: str) -> dict:
+    info = {"machine": platform.machine(), "logical_cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
+    return info
+
+
+def profile_family(repo: Path, family: str, section: dict, settings: ProfileSettings,
+                   rng: np.random.Generator) -> dict[str, dict[str, dict]]:
+    """{variant: {"<batch>": stats}} for one family, variants timed round-robin."""
+    providers = PROVIDERS[settings.device]
+    sessions = {v["name"]: session(repo / v["onnx"], threads=settings.threads, providers=providers)
+                for v in section["variants"]}
+    result: dict[str, dict[str, dict]] = {name: {} for name in sessions}
+    for batch in batch_sizes_for(section):
+        feed = typical_feed(repo, family, section, batch, rng)
+        samples: dict[str, list[float]] = {name: [] for name in sessions}
+        for sess in sessions.values():
+            for _ in range(settings.warmup_runs):
+                sess.run(None, feed)
+        started = time.perf_counter()
+        deadline = started + settings.seconds_per_point * len(sessions)
+        runs = 0
+        while runs < settings.max_runs and (runs < settings.min_runs or time.perf_counter() < deadline):
+            for name, sess in sessions.items():
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+            runs += 1
+        for name, values in samples.items():
+            result[name][str(batch)] = _stats(values)
+        fastest = min(result.values(), key=lambda r: r[str(batch)]["p50"])[str(batch)]["p50"]
+        print(f"[profile] {family} batch {batch:>5}: {len(sessions)} variants x {runs} runs in "
+              f"{time.perf_counter() - started:.1f} s (fastest p50 {fastest:.3f} ms)", file=sys.stderr, flush=True)
+    return result
+
+
+def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families: list[str] | None = None,
+            missing_only: bool = False) -> dict:
+    """Profile the repository's variants and write `latency_ms` into its manifest; returns the manifest."""
+    manifest = load_manifest(repo)
+    if not manifest["families"]:
+        raise FileNotFoundError(f"no model repository at {repo}: build one with `flexserve train --quick` "
+                                "(minutes) or `flexserve train`")
+    unknown = sorted(set(families or []) - set(manifest["families"]))
+    if unknown:
+        raise ValueError(f"family {', '.join(unknown)} is not in {repo}: it holds {', '.join(manifest['families'])}")
+    if settings.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError("--device cuda needs ONNX Runtime's CUDA execution provider: "
+                           "`pip install 'flexserve[gpu]'` (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+    if missing_only:  # only families with a variant that has no profile yet (e.g. just retrained)
+        families = [f for f in families or manifest["families"]
+                    if any(not v.get("latency_ms") for v in manifest["families"][f]["variants"])]
+        if not families:
+            print(f"[profile] every variant in {repo} has a latency profile; nothing to do", file=sys.stderr)
+            return manifest
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for family in families or list(manifest["families"]):
+        section = manifest["families"][family]
+        measured = profile_family(repo, family, section, settings, rng)
+        for variant in section["variants"]:
+            variant["latency_ms"] = measured[variant["name"]]
+    manifest["latency_profile"] = {
+        "taken_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware(settings.device),
+        "settings": {**asdict(settings), "provider": PROVIDERS[settings.device][0],
+                     "inter_op_threads": 1, "onnxruntime": ort.__version__},
+        "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
+    }
+    save_manifest(repo, manifest)
+    print(f"[profile] wrote latency_ms for {sum(len(manifest['families'][f]['variants']) for f in families or manifest['families'])} "
+          f"variants into {repo / 'manifest.json'} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return manifest
