@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test report clean
+.PHONY: setup run test report simulate clean
 
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
@@ -25,10 +25,14 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-# The main job: train every variant if the repository is missing, then show what was built.
+# The main job: train every variant if the repository is missing, profile what is unprofiled
+# on this machine, then show the variants and simulate the routing policies on their profiles.
 run: setup
 	@[ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
+	$(BIN)/flexserve profile --repo $(REPO) --missing-only
 	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png
+	$(BIN)/flexserve simulate --repo $(REPO) --json reports/simulation.json --markdown reports/simulation.md \
+		--plot reports/simulation.png
 
 # The test suite, as CI runs it. pytest's exit code 5 (no tests collected) is not a failure.
 test: setup
@@ -36,6 +40,10 @@ test: setup
 
 report: setup
 	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png
+
+simulate: setup
+	$(BIN)/flexserve simulate --repo $(REPO) --json reports/simulation.json --markdown reports/simulation.md \
+		--plot reports/simulation.png
 
 clean:
 	rm -rf artifacts reports

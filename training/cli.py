@@ -1,9 +1,15 @@
-"""The `flexserve` command line."""
+"""The `flexserve` command line.
+
+The one module that reaches both halves: each command imports its own code when it runs, so
+`flexserve simulate` never loads torch and `flexserve train` never loads the serving side.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from serving.errors import FlexServeError
 
 DEFAULT_REPO = Path("artifacts/model_repository")
 
@@ -29,6 +35,77 @@ def _report(args: argparse.Namespace) -> int:
     return report(args.repo, markdown=args.markdown, plot=args.plot, json_out=args.json, rounds=args.rounds)
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from training.profile import ProfileSettings, profile
+
+    families = None if args.family == "all" else [args.family]
+    settings = ProfileSettings(device=args.device, threads=args.threads, min_runs=args.min_runs,
+                               seconds_per_point=args.seconds)
+    manifest = profile(args.repo, settings, families, missing_only=args.missing_only)
+    for family in families or manifest["families"]:
+        for variant in manifest["families"][family]["variants"]:
+            cells = "  ".join(f"b{b}: {s['p50']:.3f}/{s['p95']:.3f}/{s['p99']:.3f}"
+                              for b, s in variant["latency_ms"].items())
+            print(f"{variant['name']:<26} p50/p95/p99 ms  {cells}")
+    return 0
+
+
+def _budgets(text: str) -> tuple[tuple[float, float], ...]:
+    """`5:0.3,20:0.5,200:0.2` -> ((5, 0.3), ...); a budget without `:weight` weighs 1."""
+    out = []
+    for item in text.split(","):
+        budget, _, weight = item.partition(":")
+        try:
+            out.append((float(budget), float(weight) if weight else 1.0))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected MS or MS:WEIGHT, e.g. 5:0.3,20:0.5,200:0.2")
+    if any(b <= 0 or w <= 0 for b, w in out):
+        raise argparse.ArgumentTypeError("budgets and weights must be > 0")
+    return tuple(out)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from serving import simulator
+    from serving.repository import load_repository
+
+    repo = load_repository(args.repo, verify=False)
+    families = repo.families if args.family == "all" else [args.family]
+    rows = []
+    for family in families:
+        rows += simulator.sweep(family, repo.family(family), replicas=args.replicas, workers=args.workers,
+                                loads=args.loads, budgets=args.budgets, policies=args.policies,
+                                arrivals=args.arrivals, duration_s=args.duration, seed=args.seed,
+                                progress=simulator.progress_line)
+    checks = simulator.targets(rows)
+    text = simulator.markdown(rows, checks)
+    print(text)
+    for path, content in ((args.json, lambda: json.dumps(rows, indent=1)), (args.markdown, lambda: text + "\n")):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content())
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        simulator.plot(rows, args.plot)
+    return 0
+
+
+def _bench_policy(args: argparse.Namespace) -> int:
+    from serving.policy_bench import decision_overhead
+    from serving.repository import load_repository
+
+    repo = load_repository(args.repo, verify=False)
+    worst = 0.0
+    for family in repo.families:
+        result = decision_overhead(family, repo.family(family), decisions=args.decisions)
+        worst = max(worst, result["median_us"])
+        print(f"{family:<7} route() over {result['decisions']:,} decisions: median {result['median_us']:.2f} us, "
+              f"p99 {result['p99_us']:.2f} us; finish() median {result['finish_median_us']:.2f} us")
+    print(f"target: median <= 20 us per decision: {'PASS' if worst <= 20 else 'FAIL'} (worst family {worst:.2f} us)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", type=Path, help="also write the rows as JSON")
     report.add_argument("--rounds", type=int, default=40, help="timed runs per variant and batch size")
     report.set_defaults(func=_report)
+
+    prof = commands.add_parser("profile", help="measure p50/p95/p99 per variant and batch size into the manifest")
+    prof.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    prof.add_argument("--family", choices=["cnn", "rnn", "recsys", "all"], default="all")
+    prof.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    prof.add_argument("--threads", type=int, default=1, help="intra-op threads per request, as serving runs them")
+    prof.add_argument("--min-runs", type=int, default=30, help="timed runs per variant and batch size, at least")
+    prof.add_argument("--seconds", type=float, default=0.25, help="time slice per variant and batch size")
+    prof.add_argument("--missing-only", action="store_true", help="only families with unprofiled variants")
+    prof.set_defaults(func=_profile)
+
+    sim = commands.add_parser("simulate", help="discrete-event simulation of the routing policies on the profiles")
+    sim.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    sim.add_argument("--family", choices=["cnn", "rnn", "recsys", "all"], default="all")
+    sim.add_argument("--replicas", type=int, default=1, help="gateway replicas behind a random load balancer")
+    sim.add_argument("--workers", type=int, default=2, help="concurrent requests per replica (one thread each)")
+    sim.add_argument("--loads", type=float, nargs="+", help="offered loads, requests/s over all replicas "
+                     "(default: 0.1x to 5x the replicas' capacity on the full model)")
+    sim.add_argument("--budgets", type=_budgets, help="latency budgets MS[:WEIGHT],... (default: 2x, 4x and "
+                     "10x the full model's p99, weights 0.3/0.5/0.2)")
+    sim.add_argument("--policies", nargs="+", choices=["adaptive", "full", "fastest", "static"],
+                     default=["adaptive", "full", "fastest", "static"])
+    sim.add_argument("--arrivals", nargs="+", choices=["poisson", "bursty"], default=["poisson", "bursty"])
+    sim.add_argument("--duration", type=float, help="simulated seconds per load (default: 30, fewer above "
+                     "~7k requests/s, to keep ~200k requests per load)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", type=Path, help="write the rows as JSON")
+    sim.add_argument("--markdown", type=Path, help="write the table and target checks as Markdown")
+    sim.add_argument("--plot", type=Path, help="plot SLO attainment and served accuracy against load (PNG)")
+    sim.set_defaults(func=_simulate)
+
+    bench = commands.add_parser("bench-policy", help="time one routing decision on the repository's profiles")
+    bench.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    bench.add_argument("--decisions", type=int, default=20_000)
+    bench.set_defaults(func=_bench_policy)
     return parser
 
 
@@ -58,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError, FlexServeError) as error:
         print(f"flexserve {args.command}: {error}", file=sys.stderr)
         return 2
 

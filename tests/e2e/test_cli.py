@@ -82,3 +82,60 @@ def test_missing_repository_report_says_how_to_build_one(tmp_path):
     result = _run(["report", "--repo", str(tmp_path / "nowhere")])
     assert result.returncode == 2
     assert "flexserve train" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def profiled_quick_repo(quick_repo) -> Path:
+    result = _run(["profile", "--repo", str(quick_repo), "--min-runs", "10", "--seconds", "0.02"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[profile] cnn batch    64" in result.stderr  # progress is shown
+    assert "cnn_full_fp32" in result.stdout and "b64:" in result.stdout
+    return quick_repo
+
+
+@pytest.mark.slow
+def test_profile_writes_latency_into_the_manifest(profiled_quick_repo):
+    manifest = json.loads((profiled_quick_repo / "manifest.json").read_text())
+    for section in manifest["families"].values():
+        for variant in section["variants"]:
+            assert {"1", "4", "16", "64"} <= set(variant["latency_ms"])
+    recsys = manifest["families"]["recsys"]["variants"][0]["latency_ms"]
+    assert "1682" in recsys  # a whole typical request: the catalogue for one user
+    load_repository(profiled_quick_repo)  # still verifies
+
+
+@pytest.mark.slow
+def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path):
+    result = _run(["simulate", "--repo", str(profiled_quick_repo), "--family", "cnn", "--duration", "3",
+                   "--loads", "50", "500", "5000", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png"),
+                   "--markdown", str(tmp_path / "s.md")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[simulate] cnn" in result.stderr
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert len(rows) == 3 * 4 * 2  # loads x policies x arrival patterns
+    assert {"policy", "load_rps", "slo_attainment", "mean_accuracy", "p99_ms"} <= set(rows[0])
+    assert "adaptive holds 99% SLO" in result.stdout
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_policy_prints_the_decision_overhead(profiled_quick_repo):
+    result = _run(["bench-policy", "--repo", str(profiled_quick_repo), "--decisions", "2000"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "median" in result.stdout and "target: median <= 20 us per decision" in result.stdout
+
+
+def test_simulate_without_profiles_says_how_to_make_them(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "manifest.json").write_text(json.dumps({"schema_version": 1, "families": {"cnn": {
+        "metric": "accuracy", "higher_is_better": True, "variants": [
+            {"name": "cnn_full_fp32", "metrics": {"accuracy": 0.9}}]}}}))
+    result = _run(["simulate", "--repo", str(repo)])
+    assert result.returncode == 2
+    assert "flexserve profile" in result.stderr
+
+
+def test_simulate_rejects_malformed_budgets():
+    result = _run(["simulate", "--budgets", "fast"])
+    assert result.returncode == 2 and "MS:WEIGHT" in result.stderr
