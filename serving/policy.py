@@ -168,7 +168,10 @@ class Decision:
 
 
 @dataclass(slots=True)
-class _Executor:
+class Executor:
+    """What the policy knows of one executor: how many requests it runs at once, and what is in
+    flight on it. Policies of several families may share one (pass the same `lock` too)."""
+
     parallelism: int
     in_flight: int = 0
     work_ms: float = 0.0  # predicted (p95) service of everything in flight
@@ -177,7 +180,7 @@ class _Executor:
 @dataclass(slots=True)
 class _VariantState:
     spec: VariantProfile
-    executor: _Executor
+    executor: Executor
     correction: float = 1.0  # observed / profiled service time, smoothed
     observed_at: float = -math.inf
     in_flight: int = 0
@@ -198,22 +201,23 @@ class Policy:
     """Routes one family's requests; see the module docstring for the algorithm."""
 
     def __init__(self, family: str, variants: Iterable[VariantProfile], *, metric: str = "accuracy",
-                 higher_is_better: bool = True, executors: Mapping[str, int] | None = None,
-                 config: PolicyConfig = PolicyConfig(), clock: Callable[[], float] = time.monotonic):
+                 higher_is_better: bool = True, executors: Mapping[str, int | Executor] | None = None,
+                 config: PolicyConfig = PolicyConfig(), clock: Callable[[], float] = time.monotonic,
+                 lock: threading.Lock | None = None):
         variants = list(variants)
         if not variants:
             raise ValueError(f"family {family!r} has no variants to route between")
         self.family, self.metric, self.higher_is_better, self.config = family, metric, higher_is_better, config
         self.floor_field = f"min_{metric}" if higher_is_better else f"max_{metric}"
         self._clock = clock
-        self._lock = threading.Lock()
-        parallelism = dict(executors or {})
+        self._lock = lock or threading.Lock()
+        given = dict(executors or {})
         for v in variants:
-            parallelism.setdefault(v.executor, 1)
-        bad = {k: p for k, p in parallelism.items() if int(p) < 1}
+            given.setdefault(v.executor, 1)
+        self._executors = {name: e if isinstance(e, Executor) else Executor(int(e)) for name, e in given.items()}
+        bad = {k: e.parallelism for k, e in self._executors.items() if e.parallelism < 1}
         if bad:
             raise ValueError(f"executor parallelism must be >= 1, got {bad}")
-        self._executors = {name: _Executor(int(p)) for name, p in parallelism.items()}
         sign = 1.0 if higher_is_better else -1.0
         tol = config.quality_tolerance
         # Best first; equal (within tolerance) quality: the faster first.
@@ -362,7 +366,7 @@ class Policy:
         age = now - state.observed_at
         return 1.0 + (c - 1.0) * 2.0 ** (-age / self.config.correction_half_life_s) if age > 0 else c
 
-    def _wait(self, executor: _Executor) -> float:
+    def _wait(self, executor: Executor) -> float:
         n = executor.in_flight
         if not self.config.queue_aware or n < executor.parallelism:
             return 0.0
@@ -423,8 +427,9 @@ def _check_budget(value: object) -> float:
 
 
 def policy_from_manifest(family: str, section: Mapping, *, executor_of: Callable[[str], str] = lambda name: "local",
-                         executors: Mapping[str, int] | None = None, config: PolicyConfig = PolicyConfig(),
-                         clock: Callable[[], float] = time.monotonic, names: Iterable[str] | None = None) -> Policy:
+                         executors: Mapping[str, int | Executor] | None = None, config: PolicyConfig = PolicyConfig(),
+                         clock: Callable[[], float] = time.monotonic, names: Iterable[str] | None = None,
+                         lock: threading.Lock | None = None) -> Policy:
     """A policy over a manifest family section (only `names`, if given), using its `latency_ms` profiles."""
     metric = section["metric"]
     wanted = set(names) if names is not None else None
@@ -438,4 +443,4 @@ def policy_from_manifest(family: str, section: Mapping, *, executor_of: Callable
         variants.append(VariantProfile(v["name"], float(v["metrics"][metric]),
                                        ServiceProfile.from_manifest(v["latency_ms"]), executor_of(v["name"])))
     return Policy(family, variants, metric=metric, higher_is_better=bool(section["higher_is_better"]),
-                  executors=executors, config=config, clock=clock)
+                  executors=executors, config=config, clock=clock, lock=lock)

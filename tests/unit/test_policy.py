@@ -299,3 +299,19 @@ def test_policy_from_manifest_needs_a_profile():
     assert "flexserve profile" in str(error.value)
     policy = policy_from_manifest("m", section, names=["a"])
     assert policy.variant_names == ["a"] and policy.route(10.0).variant == "a"
+
+
+def test_families_sharing_an_executor_see_each_others_work():
+    import threading as _threading
+
+    from serving.policy import Executor
+
+    shared, lock = Executor(parallelism=1), _threading.Lock()
+    a = Policy("a", VARIANTS, executors={"local": shared}, lock=lock, config=PolicyConfig(safety_margin=0.0,
+                                                                                         protect_tight_budgets=False))
+    b = Policy("b", VARIANTS, executors={"local": shared}, lock=lock, config=PolicyConfig(safety_margin=0.0,
+                                                                                         protect_tight_budgets=False))
+    for _ in range(3):
+        a.route(1000.0)  # 30 ms of full's work queued by family a
+    assert shared.in_flight == 3
+    assert b.route(20.0).variant != "m_full"  # family b's full would wait behind a's work
