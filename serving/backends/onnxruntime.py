@@ -1,0 +1,80 @@
+"""The in-process backend: one ONNX Runtime session per variant, run from the gateway's threads.
+
+Sessions are built with the settings the variants were profiled with (the manifest's
+`latency_profile`: one intra-op thread per request on CPU), so the policy's predictions hold.
+`device="auto"` takes the CUDA execution provider when onnxruntime-gpu and a GPU are present.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.errors import RepositoryError
+from serving.repository import Repository, check_signature
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def providers_for(device: str) -> list[str]:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RepositoryError("device cuda needs ONNX Runtime's CUDA execution provider: "
+                              "`pip install 'flexserve[gpu]'` (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _warmup_feed(section: dict) -> dict[str, np.ndarray]:
+    """One row of ones per input (a valid id, length and pixel for every family)."""
+    feed = {}
+    for spec in section["inputs"]:
+        shape = [1 if d == -1 else d for d in spec["shape"]]
+        feed[spec["name"]] = np.ones(shape, dtype=spec["dtype"])
+    return feed
+
+
+class OnnxRuntimeBackend:
+    """Runs any variant of the repository's families in this process."""
+
+    name = "onnxruntime"
+
+    def __init__(self, repo: Repository, families: list[str], device: str = "auto", threads: int | None = None):
+        self.repo, self.families = repo, families
+        self.providers = providers_for(device)
+        settings = repo.manifest.get("latency_profile", {}).get("settings", {})
+        self.threads = threads or int(settings.get("threads", 1))
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def start(self) -> None:
+        for family in self.families:
+            for variant in self.repo.variants(family):
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                options.log_severity_level = 3
+                sess = ort.InferenceSession(str(variant.path), options, providers=self.providers)
+                check_signature(self.repo, family, variant, sess)
+                sess.run(None, _warmup_feed(self.repo.family(family)))  # the first run allocates: not a request's
+                self._sessions[variant.name] = sess
+
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """(first output, service time in ms) for one batch; called from a worker thread."""
+        sess = self._sessions[variant]
+        start = time.perf_counter()
+        output = sess.run(None, feeds)[0]
+        return output, (time.perf_counter() - start) * 1e3
+
+    def healthy(self) -> bool:
+        return bool(self._sessions)
+
+    def close(self) -> None:
+        self._sessions.clear()

@@ -1,0 +1,217 @@
+"""Raw requests -> model tensors, from the manifest's contract and artifacts alone.
+
+Every check raises `InvalidRequestError(field, problem, accepted)`: the front end turns it
+into HTTP 400 / gRPC INVALID_ARGUMENT. Nothing here imports `training/`; an integration test
+checks that these tensors equal the ones training built.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.errors import InvalidRequestError
+
+MAX_BATCH = 64  # images or texts per request
+MAX_TEXT_CHARS = 5_000  # per text: ~50x the longest Rotten Tomatoes snippet
+MAX_K = 100  # recommendations per request
+
+
+def _batch(value: object, field: str, what: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidRequestError(field, f"expected a list of {what}, got {type(value).__name__}",
+                                  f"a list of 1 to {MAX_BATCH} {what}")
+    if not 1 <= len(value) <= MAX_BATCH:
+        raise InvalidRequestError(field, f"{len(value)} {what}", f"a list of 1 to {MAX_BATCH} {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class ImageCodec:
+    labels: list[str]
+    low: float = 0.0
+    high: float = 255.0
+    height: int = 28
+    width: int = 28
+
+    @classmethod
+    def from_manifest(cls, section: dict) -> ImageCodec:
+        low, high = section["contract"]["input_range"]
+        _, _, height, width = section["inputs"][0]["shape"]
+        return cls(section["contract"]["labels"], float(low), float(high), int(height), int(width))
+
+    @property
+    def accepted(self) -> str:
+        return (f"a list of 1 to {MAX_BATCH} images, each {self.height} rows of {self.width} grayscale "
+                f"pixel values in [{self.low:g}, {self.high:g}]")
+
+    def encode(self, images: object) -> dict[str, np.ndarray]:
+        images = _batch(images, "images", "images")
+        for i, image in enumerate(images):  # shape first: a ragged list must not reach numpy
+            if not isinstance(image, list) or len(image) != self.height or any(
+                    not isinstance(row, list) or len(row) != self.width for row in image):
+                raise InvalidRequestError(f"images[{i}]", f"is not a {self.height}x{self.width} array", self.accepted)
+        try:
+            pixels = np.array(images, dtype=np.float32)
+        except (TypeError, ValueError):
+            bad = next(i for i, image in enumerate(images)
+                       if any(isinstance(p, bool) or not isinstance(p, (int, float)) for row in image for p in row))
+            raise InvalidRequestError(f"images[{bad}]", "holds a value that is not a number", self.accepted) from None
+        if any(isinstance(p, bool) for image in images for row in image for p in row):
+            raise InvalidRequestError("images", "holds true/false, not pixel values", self.accepted)
+        finite = np.isfinite(pixels).all(axis=(1, 2))
+        if not finite.all():
+            raise InvalidRequestError(f"images[{int(np.argmin(finite))}]", "holds NaN or infinity", self.accepted)
+        inside = ((pixels >= self.low) & (pixels <= self.high)).all(axis=(1, 2))
+        if not inside.all():
+            i = int(np.argmin(inside))
+            raise InvalidRequestError(f"images[{i}]", f"has pixels outside [{self.low:g}, {self.high:g}] "
+                                      f"(min {pixels[i].min():g}, max {pixels[i].max():g})", self.accepted)
+        return {"IMAGES": pixels[:, None, :, :]}
+
+    def decode(self, logits: np.ndarray) -> list[dict]:
+        return _classes(logits, self.labels)
+
+
+def _classes(logits: np.ndarray, labels: list[str]) -> list[dict]:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    best = probabilities.argmax(axis=1)
+    return [{"label": labels[c], "class_id": int(c), "probability": round(float(probabilities[i, c]), 6)}
+            for i, c in enumerate(best)]
+
+
+@dataclass(frozen=True)
+class TextCodec:
+    labels: list[str]
+    index: dict[str, int]
+    pattern: re.Pattern
+    lowercase: bool
+    max_tokens: int
+    pad_id: int
+    unk_id: int
+
+    @classmethod
+    def from_manifest(cls, section: dict, vocab: list[str]) -> TextCodec:
+        spec = section["contract"]["tokenizer"]
+        return cls(section["contract"]["labels"], {tok: i for i, tok in enumerate(vocab)}, re.compile(spec["pattern"]),
+                   bool(spec["lowercase"]), int(spec["max_tokens"]), int(spec["pad_id"]), int(spec["unk_id"]))
+
+    accepted = f"a list of 1 to {MAX_BATCH} non-empty strings of at most {MAX_TEXT_CHARS} characters"
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.pattern.findall(text.lower() if self.lowercase else text)
+
+    def encode(self, texts: object) -> dict[str, np.ndarray]:
+        texts = _batch(texts, "texts", "texts")
+        ids = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequestError(f"texts[{i}]", f"expected a string, got {type(text).__name__}", self.accepted)
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidRequestError(f"texts[{i}]", f"{len(text)} characters is too long", self.accepted)
+            tokens = self.tokenize(text)
+            if not tokens:
+                raise InvalidRequestError(f"texts[{i}]", "is empty (no word or punctuation mark)", self.accepted)
+            # Longer texts are truncated, as in training (99% of the snippets fit).
+            ids.append([self.index.get(tok, self.unk_id) for tok in tokens[: self.max_tokens]])
+        width = max(len(row) for row in ids)  # the sequence axis is dynamic; padding is ignored
+        matrix = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        for row, values in enumerate(ids):
+            matrix[row, : len(values)] = values
+        return {"TOKENS": matrix, "LENGTHS": np.array([len(r) for r in ids], dtype=np.int64)}
+
+    def decode(self, logits: np.ndarray) -> list[dict]:
+        return _classes(logits, self.labels)
+
+
+class Catalog:
+    """The recommender's users and movies (the `recsys_catalog.json` artifact) as model features."""
+
+    def __init__(self, catalog: dict, rating_range: tuple[float, float]):
+        genre_index = {g: i for i, g in enumerate(catalog["genres"])}
+        items = catalog["items"]
+        self.user_row = {_id_key(u["user_id"]): i for i, u in enumerate(catalog["users"])}
+        self.item_row = {_id_key(it["item_id"]): i for i, it in enumerate(items)}
+        self.items = items
+        self.user_features = np.array([u["features"] for u in catalog["users"]], dtype=np.int64)
+        self.item_features = np.array([it["features"] for it in items], dtype=np.int64)
+        self.item_genres = np.zeros((len(items), len(genre_index)), dtype=np.float32)
+        for row, item in enumerate(items):
+            self.item_genres[row, [genre_index[g] for g in item["genres"]]] = 1.0
+        self.item_title = np.array([it["title_tokens"] for it in items], dtype=np.int64)
+        self.rating_range = rating_range
+
+    @classmethod
+    def from_manifest(cls, section: dict, catalog: dict) -> Catalog:
+        low, high = section["contract"]["rating_range"]
+        return cls(catalog, (float(low), float(high)))
+
+    def rows(self, user: int, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Model inputs scoring catalogue rows `items` for catalogue user row `user`."""
+        return {"USER_FEATURES": np.repeat(self.user_features[user][None, :], len(items), axis=0),
+                "ITEM_FEATURES": self.item_features[items], "ITEM_GENRES": self.item_genres[items],
+                "ITEM_TITLE": self.item_title[items]}
+
+    def encode(self, user_id: object, k: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """(model inputs, candidate rows, k) for one recommend request."""
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise InvalidRequestError("user_id", f"expected an integer, got {user_id!r}",
+                                      f"a MovieLens user id, 1 to {len(self.user_row)}")
+        user = self.user_row.get(str(user_id))
+        if user is None:
+            raise InvalidRequestError("user_id", f"{user_id} is not a known user",
+                                      f"a MovieLens user id, 1 to {len(self.user_row)}")
+        if candidate_item_ids is None:
+            candidates = np.arange(len(self.items))
+        else:
+            accepted = f"a list of 1 to {len(self.items)} distinct known movie ids (integers)"
+            if not isinstance(candidate_item_ids, list) or not 1 <= len(candidate_item_ids) <= len(self.items):
+                raise InvalidRequestError("candidate_item_ids", "is not a list of the accepted length", accepted)
+            rows = []
+            for i, item_id in enumerate(candidate_item_ids):
+                if isinstance(item_id, bool) or not isinstance(item_id, int):
+                    raise InvalidRequestError(f"candidate_item_ids[{i}]", f"expected an integer, got {item_id!r}",
+                                              accepted)
+                row = self.item_row.get(str(item_id))
+                if row is None:
+                    raise InvalidRequestError(f"candidate_item_ids[{i}]", f"{item_id} is not a known movie", accepted)
+                rows.append(row)
+            if len(set(rows)) != len(rows):
+                raise InvalidRequestError("candidate_item_ids", "lists a movie twice", accepted)
+            candidates = np.array(rows, dtype=np.int64)
+        limit = min(MAX_K, len(candidates))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
+            raise InvalidRequestError("k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})")
+        return self.rows(user, candidates), candidates, k
+
+    def decode(self, ratings: np.ndarray, candidates: np.ndarray, k: int) -> list[dict]:
+        scores = ratings.reshape(-1)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [{"item_id": _as_int(self.items[candidates[i]]["item_id"]), "title": self.items[candidates[i]]["title"],
+                 "predicted_rating": round(float(scores[i]), 4)} for i in top]
+
+
+def _id_key(value: object) -> str:
+    return str(value)
+
+
+def _as_int(value: object) -> int | str:
+    text = str(value)
+    return int(text) if text.isdigit() else text
+
+
+def check_budget_header(value: str | None) -> float | None:
+    """The `X-Latency-Budget-Ms` header as a number (the policy checks its range)."""
+    if value is None:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise InvalidRequestError("X-Latency-Budget-Ms", f"{value!r} is not a number",
+                                  "a number of milliseconds, e.g. 20") from None
+    if not math.isfinite(budget):
+        raise InvalidRequestError("X-Latency-Budget-Ms", f"{value!r} is not finite", "a number of milliseconds, e.g. 20")
+    return budget
