@@ -8,30 +8,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from serving.repository import check_signature, load_repository
 from training.export import session
-
-FLEXSERVE = [sys.executable, "-m", "training.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(args, **kwargs):
-    return subprocess.run(FLEXSERVE + args, cwd=ROOT, capture_output=True, text=True, timeout=900, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def quick_repo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("quick") / "model_repository"
-    env = {**os.environ, "BENTOML_HOME": str(out.parent / "bentoml")}
-    result = _run(["train", "--quick", "--family", "all", "--out", str(out)], env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 1/" in result.stderr  # progress is shown
-    return out
-
 
 @pytest.mark.slow
 def test_quick_build_on_real_data_serves_every_variant(quick_repo):
@@ -61,8 +42,8 @@ def test_quick_build_is_registered_with_bentoml(quick_repo):
 
 
 @pytest.mark.slow
-def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path):
-    result = _run(["report", "--repo", str(quick_repo), "--rounds", "5", "--markdown", str(tmp_path / "r.md"),
+def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path, cli):
+    result = cli(["report", "--repo", str(quick_repo), "--rounds", "5", "--markdown", str(tmp_path / "r.md"),
                    "--plot", str(tmp_path / "r.png"), "--json", str(tmp_path / "r.json")])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| cnn_full_fp32 |" in result.stdout and "| recsys_distilled_int8 |" in result.stdout
@@ -72,25 +53,16 @@ def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path)
     assert set(rows["latency_p50_ms"]["rnn_full_fp32"]) == {"1", "32"}
 
 
-def test_unknown_family_is_a_clear_usage_error():
-    result = _run(["train", "--family", "gan"])
+def test_unknown_family_is_a_clear_usage_error(cli):
+    result = cli(["train", "--family", "gan"])
     assert result.returncode == 2
     assert "invalid choice: 'gan'" in result.stderr and "cnn" in result.stderr
 
 
-def test_missing_repository_report_says_how_to_build_one(tmp_path):
-    result = _run(["report", "--repo", str(tmp_path / "nowhere")])
+def test_missing_repository_report_says_how_to_build_one(tmp_path, cli):
+    result = cli(["report", "--repo", str(tmp_path / "nowhere")])
     assert result.returncode == 2
     assert "flexserve train" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def profiled_quick_repo(quick_repo) -> Path:
-    result = _run(["profile", "--repo", str(quick_repo), "--min-runs", "10", "--seconds", "0.02"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "[profile] cnn batch    64" in result.stderr  # progress is shown
-    assert "cnn_full_fp32" in result.stdout and "b64:" in result.stdout
-    return quick_repo
 
 
 @pytest.mark.slow
@@ -105,8 +77,8 @@ def test_profile_writes_latency_into_the_manifest(profiled_quick_repo):
 
 
 @pytest.mark.slow
-def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path):
-    result = _run(["simulate", "--repo", str(profiled_quick_repo), "--family", "cnn", "--duration", "3",
+def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path, cli):
+    result = cli(["simulate", "--repo", str(profiled_quick_repo), "--family", "cnn", "--duration", "3",
                    "--loads", "50", "500", "5000", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png"),
                    "--markdown", str(tmp_path / "s.md")])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,23 +91,23 @@ def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_policy_prints_the_decision_overhead(profiled_quick_repo):
-    result = _run(["bench-policy", "--repo", str(profiled_quick_repo), "--decisions", "2000"])
+def test_bench_policy_prints_the_decision_overhead(profiled_quick_repo, cli):
+    result = cli(["bench-policy", "--repo", str(profiled_quick_repo), "--decisions", "2000"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "median" in result.stdout and "target: median <= 20 us per decision" in result.stdout
 
 
-def test_simulate_without_profiles_says_how_to_make_them(tmp_path):
+def test_simulate_without_profiles_says_how_to_make_them(tmp_path, cli):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "manifest.json").write_text(json.dumps({"schema_version": 1, "families": {"cnn": {
         "metric": "accuracy", "higher_is_better": True, "variants": [
             {"name": "cnn_full_fp32", "metrics": {"accuracy": 0.9}}]}}}))
-    result = _run(["simulate", "--repo", str(repo)])
+    result = cli(["simulate", "--repo", str(repo)])
     assert result.returncode == 2
     assert "flexserve profile" in result.stderr
 
 
-def test_simulate_rejects_malformed_budgets():
-    result = _run(["simulate", "--budgets", "fast"])
+def test_simulate_rejects_malformed_budgets(cli):
+    result = cli(["simulate", "--budgets", "fast"])
     assert result.returncode == 2 and "MS:WEIGHT" in result.stderr

@@ -1,0 +1,147 @@
+"""A real `bentoml serve` in a subprocess on the --quick repository (real data, real models),
+called over HTTP with httpx and with `bentoml.SyncHTTPClient`; and the built bento."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving.policy import policy_from_manifest
+from serving.repository import load_repository
+from training.data import encode_texts, load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[2]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(target: str, env: dict, log: Path, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([BENTOML, "serve", target, "--port", str(port)], cwd=cwd, env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"bentoml serve exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop(process)
+    raise AssertionError(f"bentoml serve was not ready in 90 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(profiled_quick_repo, tmp_path_factory):
+    env = {**os.environ, "FLEXSERVE_REPO": str(profiled_quick_repo),
+           "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve"))}
+    process, url = start_server("serving.service:FlexServe", env, tmp_path_factory.mktemp("logs") / "serve.log")
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def images():
+    data = load_fashion_mnist()
+    return data.test.inputs["IMAGES"][:4, 0].astype(float).tolist(), data.test.targets[:4]
+
+
+@pytest.mark.slow
+def test_classify_image_over_http_equals_onnx_runtime(server, images, profiled_quick_repo):
+    pixels, _ = images
+    response = httpx.post(f"{server}/v1/classify_image", json={"images": pixels, "latency_budget_ms": 10_000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["x-flexserve-variant"] == body["variant"]
+    variant = next(v for v in load_repository(profiled_quick_repo).variants("cnn") if v.name == body["variant"])
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"IMAGES": np.array(pixels, np.float32)[:, None]})[0]
+    assert [p["class_id"] for p in body["predictions"]] == logits.argmax(1).tolist()
+
+
+@pytest.mark.slow
+def test_a_tight_budget_gets_a_faster_variant_than_a_loose_one(server, images, profiled_quick_repo):
+    pixels, _ = images
+    repo = load_repository(profiled_quick_repo)
+    policy = policy_from_manifest("cnn", repo.family("cnn"))
+    full_p95 = policy.profile_of(policy.most_accurate).at(1, "p95")
+    fastest_p95 = policy.profile_of(policy.fastest()).at(1, "p95")
+    tight_budget = (full_p95 + fastest_p95) / 2 / 0.9  # fits the fastest, not the most accurate
+    loose = httpx.post(f"{server}/v1/classify_image", json={"images": pixels[:1], "latency_budget_ms": 10_000}).json()
+    tight = httpx.post(f"{server}/v1/classify_image", json={"images": pixels[:1]},
+                       headers={"X-Latency-Budget-Ms": f"{tight_budget:.3f}"}).json()
+    assert loose["variant"] == policy.most_accurate
+    assert tight["variant"] != loose["variant"]
+    assert policy.profile_of(tight["variant"]).at(1) < policy.profile_of(loose["variant"]).at(1)
+
+
+@pytest.mark.slow
+def test_text_and_recommend_with_the_bentoml_client(server, profiled_quick_repo):
+    import bentoml
+
+    repo = load_repository(profiled_quick_repo)
+    texts = ["A gorgeous, moving film with a great cast.", "Tedious, overlong and badly acted."]
+    with bentoml.SyncHTTPClient(server) as client:
+        answer = client.classify_text(texts=texts, latency_budget_ms=10_000)
+        top = client.recommend(user_id=1, k=5)
+    assert [p["label"] for p in answer["predictions"]] and answer["variant"].startswith("rnn_")
+    variant = next(v for v in repo.variants("rnn") if v.name == answer["variant"])
+    tokens, lengths = encode_texts(texts, repo.artifact("rnn", "vocab"))
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"TOKENS": tokens, "LENGTHS": lengths})[0]
+    assert [p["class_id"] for p in answer["predictions"]] == logits.argmax(1).tolist()
+    assert len(top["items"]) == 5 and all(item["title"] for item in top["items"])
+    assert top["variant"].startswith("recsys_") and top["budget_ms"] > 0
+
+
+@pytest.mark.slow
+def test_errors_metrics_and_variants_over_http(server):
+    bad = httpx.post(f"{server}/v1/classify_image", json={"images": [[[1e6] * 28] * 28]})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "images[0]"
+    assert httpx.post(f"{server}/v1/recommend", json={"user_id": 1, "k": 0}).status_code == 400
+    overload = httpx.post(f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 0.001,
+                                                               "strict": True})
+    assert overload.status_code == 503 and "retry-after" in overload.headers
+    variants = httpx.get(f"{server}/v1/variants").json()
+    assert set(variants["families"]) == {"cnn", "rnn", "recsys"}
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'flexserve_requests_total{family="cnn",outcome="client_error"' in metrics
+    assert 'outcome="budget_met"' in metrics and "flexserve_request_latency_seconds_bucket" in metrics
+    assert 'flexserve_requests_total{family="rnn",outcome="overload"' in metrics
+
+
+@pytest.mark.slow
+def test_the_built_bento_serves_the_same_api(profiled_quick_repo, tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "FLEXSERVE_REPO": str(profiled_quick_repo),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    built = subprocess.run([BENTOML, "build", "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    process, url = start_server("flexserve:latest", env, tmp_path / "bento.log", cwd=tmp_path)
+    try:
+        answer = httpx.post(f"{url}/v1/classify_text", json={"texts": ["a fine film"], "latency_budget_ms": 50})
+        assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
+    finally:
+        stop(process)

@@ -1,0 +1,285 @@
+"""The BentoML gateway in-process (ASGI), on the profiled synthetic repository: routing, the
+JSON contract, and every client error. Real ONNX Runtime sessions; no server process."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from serving.errors import IntegrityError, RepositoryError
+from serving.gateway import Gateway, GatewayConfig
+from serving.repository import load_repository
+from training.data import encode_texts
+
+IMAGE = [[float((r * 28 + c) % 256) for c in range(28)] for r in range(28)]
+
+
+@pytest.fixture(scope="module")
+def client(profiled_repo):
+    from serving.service import FlexServe
+
+    saved = {k: os.environ.get(k) for k in ("FLEXSERVE_REPO", "FLEXSERVE_MAX_BODY_BYTES")}
+    os.environ["FLEXSERVE_REPO"] = str(profiled_repo)
+    os.environ["FLEXSERVE_MAX_BODY_BYTES"] = "400000"
+    try:
+        with TestClient(FlexServe.to_asgi()) as test_client:
+            yield test_client
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def repo(profiled_repo):
+    return load_repository(profiled_repo)
+
+
+def policy_order(repo, family):
+    from serving.policy import policy_from_manifest
+
+    policy = policy_from_manifest(family, repo.family(family))
+    return policy.most_accurate, policy.fastest(1)
+
+
+def error_of(response, status=400):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+# -- the contract -----------------------------------------------------------------------------
+def test_classify_image_answers_with_predictions_and_routing_fields(client, repo):
+    response = client.post("/v1/classify_image", json={"images": [IMAGE, IMAGE], "latency_budget_ms": 5000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    labels = repo.family("cnn")["contract"]["labels"]
+    assert len(body["predictions"]) == 2
+    for p in body["predictions"]:
+        assert p["label"] == labels[p["class_id"]] and 0 < p["probability"] <= 1
+    assert body["variant"] == policy_order(repo, "cnn")[0]  # a loose budget: the most accurate
+    assert body["backend"] == "onnxruntime" and body["budget_ms"] == 5000 and body["budget_met"] is True
+    assert body["latency_ms"] > 0 and body["reason"]
+    assert response.headers["X-FlexServe-Variant"] == body["variant"]
+    assert response.headers["X-FlexServe-Budget-Met"] == "true"
+
+
+def test_answers_equal_a_direct_onnx_runtime_run_of_the_chosen_variant(client, repo):
+    import onnxruntime as ort
+
+    body = client.post("/v1/classify_image", json={"images": [IMAGE], "variant": "cnn_distilled_fp32"}).json()
+    variant = next(v for v in repo.variants("cnn") if v.name == body["variant"])
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"IMAGES": np.array([[IMAGE]], dtype=np.float32)})[0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert body["predictions"][0]["class_id"] == int(probabilities.argmax())
+    assert body["predictions"][0]["probability"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+
+def test_a_tight_budget_gets_a_faster_variant_than_a_loose_one(client, repo):
+    best, fastest = policy_order(repo, "cnn")
+    loose = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 5000}).json()
+    tight = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 0.001}).json()
+    assert loose["variant"] == best
+    assert tight["variant"] != best and tight["budget_met"] is False
+    assert "no variant fits" in tight["reason"]
+
+
+def test_the_budget_header_is_used_when_the_body_has_none(client):
+    response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Latency-Budget-Ms": "0.001"})
+    assert response.status_code == 200 and response.json()["budget_ms"] == 0.001
+    default = client.post("/v1/classify_image", json={"images": [IMAGE]}).json()
+    assert default["budget_ms"] == GatewayConfig().default_budget_ms
+
+
+def test_classify_text_tokenises_like_training(client, repo):
+    texts = ["A wonderful, moving film.", "dull and far too long"]
+    response = client.post("/v1/classify_text", json={"texts": texts, "variant": "rnn_full_fp32"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["label"] for p in body["predictions"]] and body["variant"] == "rnn_full_fp32"
+    # The server's tensors equal training's: same ids, and the same answer from the same file.
+    import onnxruntime as ort
+
+    vocab = repo.artifact("rnn", "vocab")
+    tokens, lengths = encode_texts(texts, vocab)
+    variant = next(v for v in repo.variants("rnn") if v.name == "rnn_full_fp32")
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"TOKENS": tokens, "LENGTHS": lengths})[0]
+    assert [p["class_id"] for p in body["predictions"]] == logits.argmax(1).tolist()
+
+
+def test_recommend_returns_top_k_from_the_catalogue_or_the_candidates(client, repo):
+    catalog = repo.artifact("recsys", "catalog")
+    user = int(catalog["users"][0]["user_id"])
+    body = client.post("/v1/recommend", json={"user_id": user, "k": 5}).json()
+    assert len(body["items"]) == 5 and body["variant"].startswith("recsys_")
+    ratings = [item["predicted_rating"] for item in body["items"]]
+    assert ratings == sorted(ratings, reverse=True)
+    candidates = [int(it["item_id"]) for it in catalog["items"][:4]]
+    some = client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": candidates}).json()
+    assert {it["item_id"] for it in some["items"]} <= set(candidates) and len(some["items"]) == 2
+    assert all(it["title"] for it in some["items"])
+
+
+def test_variants_lists_every_family_with_live_state(client, repo):
+    response = client.get("/v1/variants", follow_redirects=False)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body["families"]) == set(repo.families)
+    cnn = body["families"]["cnn"]["variants"]
+    assert {v["name"] for v in cnn} == {v.name for v in repo.variants("cnn")}
+    for v in cnn:
+        assert {"accuracy", "profiled_p50_ms", "predicted_ms", "in_flight", "slowdown"} <= set(v)
+        assert v["in_flight"] == 0
+    assert client.post("/v1/variants").status_code == 405
+
+
+def test_health_endpoints_follow_the_repository(client):
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
+# -- client errors: 4xx naming the field, never a 500 ---------------------------------------
+@pytest.mark.parametrize("body, field", [
+    ({}, "images"),
+    ({"images": "cat.png"}, "images"),
+    ({"images": []}, "images"),
+    ({"images": [IMAGE] * 65}, "images"),
+    ({"images": [[[0.0] * 27] * 28]}, "images[0]"),
+    ({"images": [IMAGE, [[0.0] * 28] * 3]}, "images[1]"),
+    ({"images": [[["x"] * 28] * 28]}, "images[0]"),
+    ({"images": [[[True] * 28] * 28]}, "images"),
+    ({"images": [[[256.0] * 28] * 28]}, "images[0]"),
+    ({"images": [[[-1.0] * 28] * 28]}, "images[0]"),
+    ({"images": [IMAGE], "latency_budget_ms": -5}, "latency_budget_ms"),
+    ({"images": [IMAGE], "latency_budget_ms": 0}, "latency_budget_ms"),
+    ({"images": [IMAGE], "latency_budget_ms": 1e12}, "latency_budget_ms"),
+    ({"images": [IMAGE], "latency_budget_ms": "fast"}, "latency_budget_ms"),
+    ({"images": [IMAGE], "variant": "cnn_huge_fp64"}, "variant"),
+    ({"images": [IMAGE], "variant": "rnn_full_fp32"}, "variant"),
+    ({"images": [IMAGE], "min_accuracy": 1.5}, "min_accuracy"),
+    ({"images": [IMAGE], "min_accuracy": "high"}, "min_accuracy"),
+    ({"images": [IMAGE], "strict": "yes"}, "strict"),
+])
+def test_bad_image_requests(client, body, field):
+    error = error_of(client.post("/v1/classify_image", json=body))
+    assert error["field"] == field and error["problem"] and error["accepted"]
+    assert field in error["message"]
+
+
+def test_nan_pixels_are_refused(client):
+    raw = json.dumps({"images": [[[float("nan")] * 28] * 28]})  # Python writes NaN; JSON has none
+    response = client.post("/v1/classify_image", content=raw, headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+def test_malformed_json_is_a_400(client):
+    response = client.post("/v1/classify_image", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "texts"),
+    ({"texts": "one string"}, "texts"),
+    ({"texts": [""]}, "texts[0]"),
+    ({"texts": ["ok", "   "]}, "texts[1]"),
+    ({"texts": [42]}, "texts[0]"),
+    ({"texts": ["x" * 5001]}, "texts[0]"),
+    ({"texts": ["fine"] * 65}, "texts"),
+])
+def test_bad_text_requests(client, body, field):
+    assert error_of(client.post("/v1/classify_text", json=body))["field"] == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "user_id"),
+    ({"user_id": "one"}, "user_id"),
+    ({"user_id": 10**9}, "user_id"),
+    ({"user_id": 1, "k": 0}, "k"),
+    ({"user_id": 1, "k": 101}, "k"),
+    ({"user_id": 1, "k": 3, "candidate_item_ids": [10**9]}, "candidate_item_ids[0]"),
+    ({"user_id": 1, "k": 3, "candidate_item_ids": ["a"]}, "candidate_item_ids[0]"),
+    ({"user_id": 1, "k": 3, "candidate_item_ids": []}, "candidate_item_ids"),
+    ({"user_id": 1, "min_accuracy": 0.9}, "min_accuracy"),
+    ({"user_id": 1, "max_rmse": 0.01}, "max_rmse"),
+])
+def test_bad_recommend_requests(client, repo, body, field):
+    catalog = repo.artifact("recsys", "catalog")
+    if body.get("user_id") == 1:
+        body = {**body, "user_id": int(catalog["users"][0]["user_id"])}
+    assert error_of(client.post("/v1/recommend", json=body))["field"] == field
+
+
+def test_k_above_the_candidates_and_duplicate_candidates(client, repo):
+    catalog = repo.artifact("recsys", "catalog")
+    user, item = int(catalog["users"][0]["user_id"]), int(catalog["items"][0]["item_id"])
+    assert error_of(client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": [item]}))[
+        "field"] == "k"
+    assert error_of(client.post("/v1/recommend", json={"user_id": user, "k": 1, "candidate_item_ids": [item, item]}))[
+        "field"] == "candidate_item_ids"
+
+
+def test_bad_budget_header(client):
+    response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Latency-Budget-Ms": "soon"})
+    assert error_of(response)["field"] == "X-Latency-Budget-Ms"
+
+
+def test_strict_overload_is_a_503_with_retry_after(client):
+    response = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 0.001, "strict": True})
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1 and "strict" in response.json()["error"]["message"]
+
+
+def test_oversized_bodies_are_refused_before_parsing(client):
+    big = json.dumps({"images": [[[255.0] * 28] * 28] * 64})  # ~330 KB with spaces; the limit here is 400 KB
+    assert client.post("/v1/classify_image", content=big * 2, headers={"Content-Type": "application/json"}
+                       ).status_code == 413
+
+
+def test_the_server_keeps_serving_after_errors(client):
+    for _ in range(3):
+        client.post("/v1/classify_image", json={"images": "bad"})
+    assert client.post("/v1/classify_image", json={"images": [IMAGE]}).status_code == 200
+    variants = client.get("/v1/variants").json()
+    assert variants["executor_in_flight"] == 0
+
+
+# -- start-up: the repository must be there, verified, and stay the one loaded -----------------
+def test_a_missing_repository_stops_start_up_with_a_hint(tmp_path):
+    with pytest.raises(RepositoryError, match="flexserve train"):
+        Gateway(GatewayConfig(repo=tmp_path / "nowhere"))
+
+
+def test_a_tampered_model_file_is_refused(profiled_repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy)
+    onnx_file = next(copy.glob("cnn_distilled_fp32/1/model.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    with pytest.raises(IntegrityError, match="sha256"):
+        Gateway(GatewayConfig(repo=copy))
+
+
+def test_readiness_drops_when_the_repository_changes_on_disk(profiled_repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy)
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1))
+    try:
+        assert gateway.ready()
+        manifest = copy / "manifest.json"
+        manifest.write_text(manifest.read_text() + "\n")
+        assert not gateway.ready()
+    finally:
+        gateway.close()
+    assert not gateway.ready()
+
+
+def test_config_from_the_environment():
+    config = GatewayConfig.from_env({"FLEXSERVE_REPO": "/r", "FLEXSERVE_WORKERS": "3",
+                                     "FLEXSERVE_DEFAULT_BUDGET_MS": "50"})
+    assert str(config.repo) == "/r" and config.workers == 3 and config.default_budget_ms == 50
+    with pytest.raises(ValueError, match="FLEXSERVE_WORKERS"):
+        GatewayConfig.from_env({"FLEXSERVE_WORKERS": "many"})
