@@ -39,8 +39,14 @@ The algorithm, per request (`route`):
    concurrent requests see each other. The caller must call `finish(decision, service_ms)`
    when the variant has run (or `finish(decision, None)` when it failed: no observation).
 
-Failure mode: predictions are only as good as the profile and the observations. Latency the
-executor does not report (e.g. time spent in a network hop) is invisible to the policy; the
+Latency outside the model (HTTP parsing, validation, the hop to a worker thread, and the
+wait for a busy event loop) is learned too: front ends may report each request's overhead
+(its total time in the server minus its queueing and service time) with `finish`, and an
+exponentially weighted mean of it is added to every prediction. On a CPU-bound server that
+overhead grows with load, so it pushes traffic to faster variants exactly when they help.
+
+Failure mode: predictions are only as good as the profile and the observations. Time no one
+reports (e.g. a request waiting in the kernel's accept queue) is invisible to the policy; the
 safety margin is there for the jitter the profile did not see.
 
 State is guarded by one `threading.Lock`, held for a few microseconds and never across an
@@ -117,6 +123,8 @@ class PolicyConfig:
     # Bounds on the slowdown factor, so one absurd observation cannot blind the policy for long.
     min_correction: float = 0.1
     max_correction: float = 100.0
+    # Weight of one request's reported overhead (time outside queue and model) in its mean.
+    overhead_weight: float = 0.1
     # Qualities closer than this count as equal (then the faster variant wins); 0 = exact.
     quality_tolerance: float = 0.0
     # False: ignore the work in flight (the static budget-threshold policy).
@@ -230,6 +238,7 @@ class Policy:
         self._sign = sign
         self._fastest = min(self._states, key=lambda s: s.service(1)[1])
         self._tight_ms, self._tight_at = math.inf, 0.0
+        self._overhead_ms = 0.0  # learned time outside queue and model (see the module docstring)
         self._protect = config.protect_tight_budgets and config.queue_aware
 
     # -- queries ---------------------------------------------------------------------------
@@ -291,7 +300,7 @@ class Policy:
             fastest, fastest_ms, skipped = None, math.inf, 0
             headroom = self._headroom(budget, now) if self._protect else math.inf
             online, half_life = self.config.online, self.config.correction_half_life_s
-            last_executor, wait = None, 0.0
+            last_executor, wait, overhead = None, 0.0, self._overhead_ms
             for state in self._states:
                 if min_quality is not None and self._sign * (state.spec.quality - min_quality) < 0:
                     continue
@@ -304,7 +313,7 @@ class Policy:
                         correction = 1.0 + (correction - 1.0) * 2.0 ** (-age / half_life)
                 executor = state.executor
                 if executor is not last_executor:
-                    last_executor, wait = executor, self._wait(executor)
+                    last_executor, wait = executor, self._wait(executor) + overhead
                 predicted = wait + service[1] * correction
                 if predicted <= limit and (state is self._fastest or headroom == math.inf
                                            or self._queue_after(state, batch_size, now) <= headroom):
@@ -324,9 +333,18 @@ class Policy:
                 raise self._overload(fastest_ms, budget, f"the fastest eligible variant ({fastest.spec.name})")
             return self._start(fastest, batch_size, budget, fastest_ms, False, "none_fits", skipped, now)
 
-    def finish(self, decision: Decision, service_ms: float | None) -> None:
-        """The chosen variant ran for `service_ms` (None: it failed; nothing is learned)."""
+    @property
+    def overhead_ms(self) -> float:
+        return self._overhead_ms
+
+    def finish(self, decision: Decision, service_ms: float | None, overhead_ms: float | None = None) -> None:
+        """The chosen variant ran for `service_ms` (None: it failed; nothing is learned about it).
+        `overhead_ms`: the request's time in the server outside the executor's queue and the model."""
         with self._lock:
+            if (overhead_ms is not None and not decision._finished and self.config.online
+                    and 0 <= overhead_ms < MAX_LATENCY_BUDGET_MS):
+                w = self.config.overhead_weight
+                self._overhead_ms = (1.0 - w) * self._overhead_ms + w * overhead_ms
             if decision._finished:
                 return  # finishing twice must not corrupt the in-flight counts
             decision._finished = True
@@ -374,7 +392,8 @@ class Policy:
         return max(0.0, work / executor.parallelism - 0.5 * work / n)
 
     def _predict(self, state: _VariantState, batch_size: int, now: float) -> float:
-        return self._wait(state.executor) + state.service(batch_size)[1] * self._correction(state, now)
+        return (self._wait(state.executor) + self._overhead_ms
+                + state.service(batch_size)[1] * self._correction(state, now))
 
     def _headroom(self, budget: float, now: float) -> float:
         """The queueing delay that still lets the fastest variant meet the tightest recent budget."""
@@ -389,7 +408,7 @@ class Policy:
             tight += (budget - tight) * (1.0 - 2.0 ** (-(now - self._tight_at) / self.config.tight_budget_half_life_s))
         tight = min(tight, budget)
         self._tight_ms, self._tight_at = tight, now
-        return tight * keep - fastest_ms
+        return tight * keep - fastest_ms - self._overhead_ms
 
     def _queue_after(self, state: _VariantState, batch_size: int, now: float) -> float:
         """The queueing delay the next request would meet if this one went to `state`."""

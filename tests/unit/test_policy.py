@@ -315,3 +315,19 @@ def test_families_sharing_an_executor_see_each_others_work():
         a.route(1000.0)  # 30 ms of full's work queued by family a
     assert shared.in_flight == 3
     assert b.route(20.0).variant != "m_full"  # family b's full would wait behind a's work
+
+
+def test_reported_overhead_is_added_to_predictions():
+    policy = make(safety_margin=0.0)
+    first = policy.route(10.5)
+    assert first.variant == "m_full"  # 10 ms fits
+    policy.finish(first, 8.0)
+    for _ in range(40):  # the server reports 3 ms per request outside the queue and the model
+        d = policy.route(1000.0)
+        policy.finish(d, 8.0, overhead_ms=3.0)
+    assert policy.overhead_ms == pytest.approx(3.0, rel=0.02)
+    d = policy.route(10.5)
+    assert d.variant == "m_int8" and d.predicted_ms == pytest.approx(4.0 + 3.0, rel=0.02)
+    bad = policy.route(1000.0)
+    policy.finish(bad, 8.0, overhead_ms=float("nan"))  # ignored, like a negative or absurd value
+    assert policy.overhead_ms == pytest.approx(3.0, rel=0.02)
