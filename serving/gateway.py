@@ -148,22 +148,23 @@ class Gateway:
         self.backend.close()
 
     # -- endpoints --------------------------------------------------------------------------
-    async def classify_image(self, images: object, options: RouteOptions) -> dict:
+    async def classify_image(self, images: object, options: RouteOptions, arrival: float | None = None) -> dict:
         codec = self._codec("cnn")
         feeds = codec.encode(_required(images, "images"))
-        outputs, meta = await self._infer("cnn", feeds, len(feeds["IMAGES"]), options)
+        outputs, meta = await self._infer("cnn", feeds, len(feeds["IMAGES"]), options, arrival)
         return {"predictions": codec.decode(outputs), **meta}
 
-    async def classify_text(self, texts: object, options: RouteOptions) -> dict:
+    async def classify_text(self, texts: object, options: RouteOptions, arrival: float | None = None) -> dict:
         codec = self._codec("rnn")
         feeds = codec.encode(_required(texts, "texts"))
-        outputs, meta = await self._infer("rnn", feeds, len(feeds["TOKENS"]), options)
+        outputs, meta = await self._infer("rnn", feeds, len(feeds["TOKENS"]), options, arrival)
         return {"predictions": codec.decode(outputs), **meta}
 
-    async def recommend(self, user_id: object, k: object, candidate_item_ids: object, options: RouteOptions) -> dict:
+    async def recommend(self, user_id: object, k: object, candidate_item_ids: object, options: RouteOptions,
+                        arrival: float | None = None) -> dict:
         catalog = self._codec("recsys")
         feeds, candidates, k = catalog.encode(_required(user_id, "user_id"), 10 if k is None else k, candidate_item_ids)
-        outputs, meta = await self._infer("recsys", feeds, len(candidates), options)
+        outputs, meta = await self._infer("recsys", feeds, len(candidates), options, arrival)
         return {"items": catalog.decode(outputs, candidates, k), **meta}
 
     def variants(self) -> dict:
@@ -172,7 +173,7 @@ class Gateway:
         for family, policy in self.policies.items():
             section = self.repo.family(family)
             out[family] = {"metric": section["metric"], "higher_is_better": section["higher_is_better"],
-                           "variants": policy.snapshot()}
+                           "overhead_ms": round(policy.overhead_ms, 4), "variants": policy.snapshot()}
         return {"backend": self.backend.name, "device": self.backend.device, "workers": self.config.workers,
                 "executor_in_flight": self.executor.in_flight, "families": out}
 
@@ -193,20 +194,26 @@ class Gateway:
             raise InvalidRequestError("variant", f"got {options.variant!r}", ", ".join(policy.variant_names))
         return policy.route(budget, batch_rows, min_quality=floor, variant=options.variant, strict=options.strict)
 
-    async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int,
-                     options: RouteOptions) -> tuple[np.ndarray, dict]:
-        started = time.perf_counter()
+    async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int, options: RouteOptions,
+                     arrival: float | None) -> tuple[np.ndarray, dict]:
+        started = arrival or time.perf_counter()
         decision = self._route(family, batch_rows, options)
         policy = self.policies[family]
         self.observer.started(family, decision.variant)
         loop = asyncio.get_running_loop()
+        submitted = time.perf_counter()
         try:
-            outputs, service_ms = await loop.run_in_executor(self._pool, self.backend.run, decision.variant, feeds)
+            outputs, service_ms, began = await loop.run_in_executor(self._pool, self.backend.run, decision.variant,
+                                                                    feeds)
         except BaseException:
             policy.finish(decision, None)
             self.observer.finished(family, decision.variant, "error", time.perf_counter() - started)
             raise
-        policy.finish(decision, service_ms)
+        # Time in the server outside the executor's queue and the model: HTTP, validation, thread hops.
+        done = time.perf_counter()
+        queued_ms = max(0.0, (began - submitted) * 1e3)
+        overhead_ms = max(0.0, (done - started) * 1e3 - queued_ms - service_ms)
+        policy.finish(decision, service_ms, overhead_ms)
         latency_ms = (time.perf_counter() - started) * 1e3
         met = latency_ms <= decision.budget_ms
         self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)

@@ -66,12 +66,12 @@ class OnnxRuntimeBackend:
                 sess.run(None, _warmup_feed(self.repo.family(family)))  # the first run allocates: not a request's
                 self._sessions[variant.name] = sess
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-        """(first output, service time in ms) for one batch; called from a worker thread."""
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
+        """(first output, service time in ms, perf_counter at start) for one batch, from a worker thread."""
         sess = self._sessions[variant]
         start = time.perf_counter()
         output = sess.run(None, feeds)[0]
-        return output, (time.perf_counter() - start) * 1e3
+        return output, (time.perf_counter() - start) * 1e3, start
 
     def healthy(self) -> bool:
         return bool(self._sessions)

@@ -130,6 +130,7 @@ def test_variants_lists_every_family_with_live_state(client, repo):
     assert response.status_code == 200
     body = response.json()
     assert set(body["families"]) == set(repo.families)
+    assert body["families"]["cnn"]["overhead_ms"] > 0  # learned from the requests above
     cnn = body["families"]["cnn"]["variants"]
     assert {v["name"] for v in cnn} == {v.name for v in repo.variants("cnn")}
     for v in cnn:
