@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test report simulate clean
+.PHONY: setup run test report simulate bench clean
 
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
@@ -26,13 +26,11 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 # The main job: train every variant if the repository is missing, profile what is unprofiled
-# on this machine, then show the variants and simulate the routing policies on their profiles.
+# on this machine, then serve every family over HTTP on 127.0.0.1:3000 (Ctrl-C stops it).
 run: setup
 	@[ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
 	$(BIN)/flexserve profile --repo $(REPO) --missing-only
-	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png
-	$(BIN)/flexserve simulate --repo $(REPO) --json reports/simulation.json --markdown reports/simulation.md \
-		--plot reports/simulation.png
+	FLEXSERVE_REPO=$(REPO) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml serve
 
 # The test suite, as CI runs it. pytest's exit code 5 (no tests collected) is not a failure.
 test: setup
@@ -44,6 +42,10 @@ report: setup
 simulate: setup
 	$(BIN)/flexserve simulate --repo $(REPO) --json reports/simulation.json --markdown reports/simulation.md \
 		--plot reports/simulation.png
+
+bench: setup
+	$(BIN)/flexserve bench-policy --repo $(REPO)
+	$(BIN)/flexserve bench-gateway --repo $(REPO) --json reports/gateway.json --markdown reports/gateway.md
 
 clean:
 	rm -rf artifacts reports

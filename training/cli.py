@@ -106,6 +106,13 @@ def _bench_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_gateway(args: argparse.Namespace) -> int:
+    from serving.bench_gateway import run
+
+    return run(args.repo, rounds=args.rounds, concurrency=args.concurrency, seconds=args.seconds,
+               json_out=args.json, markdown_out=args.markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repo", type=Path, default=DEFAULT_REPO)
     bench.add_argument("--decisions", type=int, default=20_000)
     bench.set_defaults(func=_bench_policy)
+
+    gw = commands.add_parser("bench-gateway", help="gateway overhead vs a bare BentoML echo, and throughput, "
+                             "against real `bentoml serve` processes")
+    gw.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    gw.add_argument("--rounds", type=int, default=300, help="requests per family at concurrency 1")
+    gw.add_argument("--concurrency", type=int, default=8)
+    gw.add_argument("--seconds", type=float, default=10.0, help="load per family at --concurrency")
+    gw.add_argument("--json", type=Path)
+    gw.add_argument("--markdown", type=Path)
+    gw.set_defaults(func=_bench_gateway)
     return parser
 
 

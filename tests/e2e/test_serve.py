@@ -2,12 +2,10 @@
 called over HTTP with httpx and with `bentoml.SyncHTTPClient`; and the built bento."""
 from __future__ import annotations
 
+import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,53 +14,20 @@ import onnxruntime as ort
 import pytest
 
 from serving.policy import policy_from_manifest
+from serving.process import BENTOML, ServerProcess
 from serving.repository import load_repository
 from training.data import encode_texts, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
-BENTOML = str(Path(sys.executable).parent / "bentoml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(target: str, env: dict, log: Path, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([BENTOML, "serve", target, "--port", str(port)], cwd=cwd, env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"bentoml serve exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    stop(process)
-    raise AssertionError(f"bentoml serve was not ready in 90 s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def server(profiled_quick_repo, tmp_path_factory):
     env = {**os.environ, "FLEXSERVE_REPO": str(profiled_quick_repo),
            "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve"))}
-    process, url = start_server("serving.service:FlexServe", env, tmp_path_factory.mktemp("logs") / "serve.log")
-    yield url
-    stop(process)
+    with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT,
+                       log=tmp_path_factory.mktemp("logs") / "serve.log") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +104,17 @@ def test_the_built_bento_serves_the_same_api(profiled_quick_repo, tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     built = subprocess.run([BENTOML, "build", "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    process, url = start_server("flexserve:latest", env, tmp_path / "bento.log", cwd=tmp_path)
-    try:
-        answer = httpx.post(f"{url}/v1/classify_text", json={"texts": ["a fine film"], "latency_budget_ms": 50})
-        assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
-    finally:
-        stop(process)
+    with ServerProcess("flexserve:latest", env=env, cwd=tmp_path, log=tmp_path / "bento.log") as bento:
+        answer = httpx.post(f"{bento.url}/v1/classify_text", json={"texts": ["a fine film"], "latency_budget_ms": 50})
+    assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
+
+
+@pytest.mark.slow
+def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, tmp_path):
+    result = cli(["bench-gateway", "--repo", str(profiled_quick_repo), "--rounds", "5", "--seconds", "1",
+                  "--json", str(tmp_path / "g.json")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "overhead / echo" in result.stdout and "requests/s at concurrency 8" in result.stdout
+    rows = json.loads((tmp_path / "g.json").read_text())
+    assert {r["family"] for r in rows["overhead"]} == {"cnn", "rnn", "recsys"}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows["throughput"])
