@@ -29,13 +29,17 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _warmup_feed(section: dict) -> dict[str, np.ndarray]:
-    """One row of ones per input (a valid id, length and pixel for every family)."""
-    feed = {}
-    for spec in section["inputs"]:
-        shape = [1 if d == -1 else d for d in spec["shape"]]
-        feed[spec["name"]] = np.ones(shape, dtype=spec["dtype"])
-    return feed
+def _warmup_feeds(section: dict) -> list[dict[str, np.ndarray]]:
+    """Ones (a valid id, length and pixel for every family) at one row and at a typical request's
+    rows: the first run at a new size allocates, and that cost must not land on a request."""
+    feeds = []
+    for rows in sorted({1, int(section.get("rows_per_request", 1))}):
+        feed = {}
+        for spec in section["inputs"]:
+            shape = [rows] + [1 if d == -1 else d for d in spec["shape"][1:]]
+            feed[spec["name"]] = np.ones(shape, dtype=spec["dtype"])
+        feeds.append(feed)
+    return feeds
 
 
 class OnnxRuntimeBackend:
@@ -63,7 +67,8 @@ class OnnxRuntimeBackend:
                 options.log_severity_level = 3
                 sess = ort.InferenceSession(str(variant.path), options, providers=self.providers)
                 check_signature(self.repo, family, variant, sess)
-                sess.run(None, _warmup_feed(self.repo.family(family)))  # the first run allocates: not a request's
+                for feed in _warmup_feeds(self.repo.family(family)):
+                    sess.run(None, feed)
                 self._sessions[variant.name] = sess
 
     def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
