@@ -41,7 +41,7 @@ def _profile(args: argparse.Namespace) -> int:
     families = None if args.family == "all" else [args.family]
     settings = ProfileSettings(device=args.device, threads=args.threads, min_runs=args.min_runs,
                                seconds_per_point=args.seconds)
-    manifest = profile(args.repo, settings, families, missing_only=args.missing_only)
+    manifest = profile(args.repo, settings, families, missing_only=args.missing_only, register=args.register)
     for family in families or manifest["families"]:
         for variant in manifest["families"][family]["variants"]:
             cells = "  ".join(f"b{b}: {s['p50']:.3f}/{s['p95']:.3f}/{s['p99']:.3f}"
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--min-runs", type=int, default=30, help="timed runs per variant and batch size, at least")
     prof.add_argument("--seconds", type=float, default=0.25, help="time slice per variant and batch size")
     prof.add_argument("--missing-only", action="store_true", help="only families with unprofiled variants")
+    prof.add_argument("--register", action="store_true", help="also store the profiled repository in the "
+                      "BentoML model store (a new version of flexserve-model-repository)")
     prof.set_defaults(func=_profile)
 
     sim = commands.add_parser("simulate", help="discrete-event simulation of the routing policies on the profiles")

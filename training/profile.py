@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from training.data import catalog_rows, catalog_tables
 from training.export import session
-from training.repository import load_manifest, save_manifest
+from training.repository import load_manifest, register_in_bentoml, save_manifest
 
 BATCH_SIZES = (1, 4, 16, 64)
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -127,7 +127,7 @@ def profile_family(repo: Path, family: str, section: dict, settings: ProfileSett
 
 
 def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families: list[str] | None = None,
-            missing_only: bool = False) -> dict:
+            missing_only: bool = False, register: bool = False) -> dict:
     """Profile the repository's variants and write `latency_ms` into its manifest; returns the manifest."""
     manifest = load_manifest(repo)
     if not manifest["families"]:
@@ -160,6 +160,9 @@ def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families:
         "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
     }
     save_manifest(repo, manifest)
+    if register:  # a new version in the BentoML model store, so FLEXSERVE_MODEL_TAG serves the profiles
+        tag = register_in_bentoml(repo, manifest)
+        print(f"[profile] registered the profiled repository as {tag}", file=sys.stderr, flush=True)
     print(f"[profile] wrote latency_ms for {sum(len(manifest['families'][f]['variants']) for f in families or manifest['families'])} "
           f"variants into {repo / 'manifest.json'} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return manifest

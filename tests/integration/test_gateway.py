@@ -284,3 +284,38 @@ def test_config_from_the_environment():
     assert str(config.repo) == "/r" and config.workers == 3 and config.default_budget_ms == 50
     with pytest.raises(ValueError, match="FLEXSERVE_WORKERS"):
         GatewayConfig.from_env({"FLEXSERVE_WORKERS": "many"})
+
+
+def test_a_bentoml_model_store_tag_serves_the_profiled_repository(profiled_repo, tmp_path):
+    from training.profile import ProfileSettings, profile
+
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy)
+    profile(copy, ProfileSettings(warmup_runs=1, min_runs=3, seconds_per_point=0.0), families=["rnn"], register=True)
+    gateway = Gateway(GatewayConfig(model_tag="flexserve-model-repository:latest", workers=1))
+    try:
+        assert gateway.ready() and gateway.repo.root != copy  # the store's own copy
+        assert gateway.repo.family("rnn")["variants"][0]["latency_ms"]
+    finally:
+        gateway.close()
+    with pytest.raises(RepositoryError, match="flexserve train"):
+        Gateway(GatewayConfig(model_tag="no-such-model:latest"))
+
+
+def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
+    import asyncio
+
+    from serving.gateway import RouteOptions, UnknownFamilyError
+
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["families"]["rnn"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1))
+    try:
+        with pytest.raises(UnknownFamilyError) as error:
+            asyncio.run(gateway.classify_text(["fine"], RouteOptions()))
+        assert error.value.field == "family" and "flexserve train --family rnn" in error.value.accepted
+    finally:
+        gateway.close()
