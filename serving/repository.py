@@ -66,7 +66,7 @@ class Repository:
             raise RepositoryError(f"family {family!r} has no preprocessing artifact {name!r}")
         path = self.root / entry["path"]
         _check_file(path, entry["sha256"])
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _check_file(path: Path, expected_sha256: str) -> None:
@@ -85,7 +85,7 @@ def load_repository(root: Path | str, verify: bool = True) -> Repository:
     if not path.exists():
         raise RepositoryError(f"no model repository at {root} (no manifest.json): {BUILD_HINT}")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise RepositoryError(f"{path} is not valid JSON ({error}): {BUILD_HINT}") from error
     if manifest.get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:

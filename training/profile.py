@@ -56,11 +56,12 @@ def typical_feed(repo: Path, family: str, section: dict, rows: int, rng: np.rand
         # Real pixels are not in the repository; a uniform image costs the same as a real one.
         return {"IMAGES": rng.uniform(0, 255, (rows, 1, 28, 28)).astype(np.float32)}
     if family == "rnn":
-        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text())
+        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text(encoding="utf-8"))
         length = 22  # the median Rotten Tomatoes snippet, in tokens
         tokens = rng.integers(2, len(vocab), (rows, length)).astype(np.int64)
         return {"TOKENS": tokens, "LENGTHS": np.full(rows, length, dtype=np.int64)}
-    tables = catalog_tables(json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text()))
+    catalog = json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text(encoding="utf-8"))
+    tables = catalog_tables(catalog)
     num_items = len(tables["ITEM_FEATURES"])
     users = rng.integers(0, len(tables["USER_FEATURES"]), -(-rows // num_items))
     # A typical request scores the whole catalogue for one user; smaller batches, part of it.

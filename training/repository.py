@@ -64,7 +64,7 @@ def triton_config(name: str, inputs: list[TensorSpec], output: TensorSpec, max_b
 
 def write_json_artifact(repo: Path, name: str, payload: object) -> dict:
     path = repo / name
-    path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+    path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     return {"path": name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
 
 
@@ -72,7 +72,7 @@ def load_manifest(repo: Path) -> dict:
     path = repo / MANIFEST
     if not path.exists():
         return {"schema_version": SCHEMA_VERSION, "families": {}}
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def add_variant(repo: Path, task: Task, name: str, onnx_file: Path, inputs: list[TensorSpec],
