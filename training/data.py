@@ -12,7 +12,6 @@ import collections
 import csv
 import gzip
 import importlib.util
-import io
 import os
 import re
 from dataclasses import dataclass, field
