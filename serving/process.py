@@ -14,6 +14,18 @@ from pathlib import Path
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
+def stop_group(process: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
+    """SIGTERM a process group (started with `start_new_session=True`), SIGKILL it if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,13 +65,7 @@ class ServerProcess:
         raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s:\n{self._tail()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         if self._log_file is not subprocess.DEVNULL:
             self._log_file.close()
 

@@ -1,0 +1,1 @@
+"""Triton: model repository writer, the Python-backend models, the server launcher."""
