@@ -27,6 +27,7 @@ from serving.preprocess import Catalog, ImageCodec, TextCodec
 from serving.repository import BUILD_HINT, Repository, load_repository
 
 DEFAULT_REPO = Path("artifacts/model_repository")
+BACKENDS = ("onnxruntime", "triton")
 ENDPOINT_FAMILY = {"classify_image": "cnn", "classify_text": "rnn", "recommend": "recsys"}
 
 
@@ -44,6 +45,9 @@ class GatewayConfig:
     workers: int = field(default_factory=_usable_cores)
     # When a request names no budget: loose enough for the most accurate variant here.
     default_budget_ms: float = 200.0
+    backend: str = "onnxruntime"  # or "triton": remote, failing over to in-process ONNX Runtime
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: str = "grpc"  # or "http" (then triton_url is the HTTP port, e.g. 127.0.0.1:8000)
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> GatewayConfig:
@@ -53,8 +57,10 @@ class GatewayConfig:
             kwargs["repo"] = Path(env["FLEXSERVE_REPO"])
         if env.get("FLEXSERVE_MODEL_TAG"):
             kwargs["model_tag"] = env["FLEXSERVE_MODEL_TAG"]
-        if env.get("FLEXSERVE_DEVICE"):
-            kwargs["device"] = env["FLEXSERVE_DEVICE"]
+        for key, name in (("device", "FLEXSERVE_DEVICE"), ("backend", "FLEXSERVE_BACKEND"),
+                          ("triton_url", "FLEXSERVE_TRITON_URL"), ("triton_protocol", "FLEXSERVE_TRITON_PROTOCOL")):
+            if env.get(name):
+                kwargs[key] = env[name]
         for key, name, kind in (("workers", "FLEXSERVE_WORKERS", int),
                                 ("default_budget_ms", "FLEXSERVE_DEFAULT_BUDGET_MS", float)):
             if env.get(name):
@@ -65,6 +71,8 @@ class GatewayConfig:
         return cls(**kwargs)
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0 < self.default_budget_ms <= MAX_LATENCY_BUDGET_MS:
@@ -110,7 +118,17 @@ class Gateway:
         root = resolve_repository(config)
         self.repo: Repository = load_repository(root)  # refuses any file whose sha256 differs
         self._manifest_stamp = self._stamp()
-        self.backend = OnnxRuntimeBackend(self.repo, self.repo.families, device=config.device)
+        local = OnnxRuntimeBackend(self.repo, self.repo.families, device=config.device)
+        if config.backend == "triton":
+            from serving.backends.triton import FailoverBackend, TritonBackend
+
+            outputs = {v.name: self.repo.family(f)["outputs"][0]["name"] for f in self.repo.families
+                       for v in self.repo.variants(f)}
+            remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol,
+                                   concurrency=config.workers)
+            self.backend = FailoverBackend(remote, local)
+        else:
+            self.backend = local
         self.backend.start()
         self.executor = Executor(parallelism=config.workers)
         lock = threading.Lock()
@@ -174,7 +192,8 @@ class Gateway:
             section = self.repo.family(family)
             out[family] = {"metric": section["metric"], "higher_is_better": section["higher_is_better"],
                            "overhead_ms": round(policy.overhead_ms, 4), "variants": policy.snapshot()}
-        return {"backend": self.backend.name, "device": self.backend.device, "workers": self.config.workers,
+        return {"backend": self.backend.name, "configured_backend": self.config.backend, "device": self.backend.device,
+                "workers": self.config.workers,
                 "executor_in_flight": self.executor.in_flight, "families": out}
 
     # -- internals --------------------------------------------------------------------------
@@ -203,8 +222,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         submitted = time.perf_counter()
         try:
-            outputs, service_ms, began = await loop.run_in_executor(self._pool, self.backend.run, decision.variant,
-                                                                    feeds)
+            outputs, service_ms, began, served_by = await loop.run_in_executor(self._pool, self.backend.run,
+                                                                               decision.variant, feeds)
         except BaseException:
             policy.finish(decision, None)
             self.observer.finished(family, decision.variant, "error", time.perf_counter() - started)
@@ -217,7 +236,7 @@ class Gateway:
         latency_ms = (time.perf_counter() - started) * 1e3
         met = latency_ms <= decision.budget_ms
         self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)
-        return outputs, {"variant": decision.variant, "backend": self.backend.name,
+        return outputs, {"variant": decision.variant, "backend": served_by,
                          "latency_ms": round(latency_ms, 3), "budget_ms": decision.budget_ms, "budget_met": met,
                          "reason": decision.reason}
 

@@ -1,0 +1,143 @@
+"""The remote backend: run variants on Triton (tritonclient, gRPC by default, HTTP as an option),
+and fail over to in-process ONNX Runtime whenever Triton is unreachable, slow or erroring.
+
+Health is checked by a background thread (`is_server_ready` every `health_interval_s`), never
+on a request's path. A request that Triton fails (connection refused, timeout, a server
+error) is run again in-process at once, so a client sees no error; Triton is marked down and
+traffic returns to it when the health check sees it ready again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from serving.backends.onnxruntime import OnnxRuntimeBackend
+
+log = logging.getLogger("flexserve.triton")
+PROTOCOLS = ("grpc", "http")
+TRITON_DTYPES = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
+
+
+class TritonBackend:
+    """Runs a variant model by name on a Triton server."""
+
+    name = "triton"
+
+    def __init__(self, url: str, outputs: dict[str, str], protocol: str = "grpc", timeout_s: float = 5.0,
+                 concurrency: int = 4):
+        self.outputs = outputs  # variant -> its output tensor's name
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.url, self.protocol, self.timeout_s, self.concurrency = url, protocol, timeout_s, concurrency
+        self._client = self._connect()
+
+    def _connect(self):
+        if self.protocol == "grpc":
+            import tritonclient.grpc as module
+            client = module.InferenceServerClient(self.url)
+        else:
+            import tritonclient.http as module
+            client = module.InferenceServerClient(self.url, concurrency=self.concurrency,
+                                                  network_timeout=self.timeout_s, connection_timeout=self.timeout_s)
+        self._module = module
+        return client
+
+    def reconnect(self) -> None:
+        """A fresh channel: a gRPC channel that saw the server die backs off for seconds before retrying."""
+        old, self._client = self._client, self._connect()
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def ready(self) -> bool:
+        try:
+            if self.protocol == "grpc":
+                return bool(self._client.is_server_ready(client_timeout=1.0))
+            return bool(self._client.is_server_ready())
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float, str]:
+        inputs = []
+        for name, value in feeds.items():
+            value = value.reshape(-1, 1) if name == "LENGTHS" else value  # Triton's per-row scalars are [n, 1]
+            tensor = self._module.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
+            tensor.set_data_from_numpy(np.ascontiguousarray(value))
+            inputs.append(tensor)
+        start = time.perf_counter()
+        if self.protocol == "grpc":
+            result = self._client.infer(variant, inputs, client_timeout=self.timeout_s)
+        else:
+            result = self._client.infer(variant, inputs)
+        output = result.as_numpy(self.outputs[variant])
+        return output, (time.perf_counter() - start) * 1e3, start, self.name
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class FailoverBackend:
+    """Triton first; in-process ONNX Runtime when Triton is down. `run` says who served."""
+
+    def __init__(self, primary: TritonBackend, fallback: OnnxRuntimeBackend, health_interval_s: float = 0.5):
+        self.primary, self.fallback = primary, fallback
+        self.health_interval_s = health_interval_s
+        self._up = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="flexserve-triton-health", daemon=True)
+        self.failovers = 0
+
+    @property
+    def name(self) -> str:
+        return self.primary.name if self._up else self.fallback.name
+
+    @property
+    def device(self) -> str:
+        return self.fallback.device
+
+    @property
+    def triton_up(self) -> bool:
+        return self._up
+
+    def start(self) -> None:
+        self.fallback.start()
+        self._up = self.primary.ready()
+        if not self._up:
+            log.warning("Triton at %s is not ready: serving in-process until it is", self.primary.url)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.health_interval_s):
+            if not self._up:
+                self.primary.reconnect()  # no request uses it while it is down
+            ready = self.primary.ready()
+            if ready != self._up:
+                log.warning("Triton at %s is %s", self.primary.url, "back: traffic returns to it" if ready else "down")
+            self._up = ready
+
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float, str]:
+        if self._up:
+            try:
+                return self.primary.run(variant, feeds)
+            except Exception as error:  # noqa: BLE001 - Triton died, timed out or erred: serve in-process
+                self._up = False
+                self.failovers += 1
+                log.warning("Triton failed on %s (%s): failing over to in-process ONNX Runtime", variant, error)
+        return self.fallback.run(variant, feeds)
+
+    def healthy(self) -> bool:
+        return self.fallback.healthy()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self.primary.close()
+        self.fallback.close()
