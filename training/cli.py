@@ -113,6 +113,21 @@ def _bench_gateway(args: argparse.Namespace) -> int:
                json_out=args.json, markdown_out=args.markdown)
 
 
+def _bench_triton(args: argparse.Namespace) -> int:
+    from serving.bench_triton import run
+
+    return run(args.repo, rounds=args.rounds, concurrency=args.concurrency, seconds=args.seconds,
+               json_out=args.json, markdown_out=args.markdown)
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from serving.triton import cli
+
+    if args.triton_command == "repo":
+        return cli.repo(args.repo, args.out, args.flavour)
+    return cli.up(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--json", type=Path)
     gw.add_argument("--markdown", type=Path)
     gw.set_defaults(func=_bench_gateway)
+
+    bt = commands.add_parser("bench-triton", help="Triton's per-request cost over HTTP and gRPC vs in-process "
+                             "ONNX Runtime, and failover when Triton is killed")
+    bt.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    bt.add_argument("--rounds", type=int, default=200, help="requests per family and way at concurrency 1")
+    bt.add_argument("--concurrency", type=int, default=8)
+    bt.add_argument("--seconds", type=float, default=5.0, help="load per family and way at --concurrency")
+    bt.add_argument("--json", type=Path)
+    bt.add_argument("--markdown", type=Path)
+    bt.set_defaults(func=_bench_triton)
+
+    triton = commands.add_parser("triton", help="serve the variants on NVIDIA Triton (HTTP + gRPC)")
+    triton_commands = triton.add_subparsers(dest="triton_command", required=True)
+    t_repo = triton_commands.add_parser("repo", help="write a Triton model repository (variants + routers)")
+    t_repo.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="the FlexServe model repository")
+    t_repo.add_argument("--out", type=Path, required=True, help="the Triton model repository to write")
+    t_repo.add_argument("--flavour", choices=["portable", "native"], default="portable",
+                        help="portable: Python backend (the nvidia-pytriton server); native: onnxruntime_onnx (GPU images)")
+    t_repo.set_defaults(func=_triton)
+    t_up = triton_commands.add_parser("up", help="start the Triton server from the nvidia-pytriton wheel")
+    t_up.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="the FlexServe model repository")
+    t_up.add_argument("--http-port", type=int, default=8000)
+    t_up.add_argument("--grpc-port", type=int, default=8001)
+    t_up.add_argument("--metrics-port", type=int, default=8002)
+    t_up.add_argument("--log", type=Path, help="Triton's log file (default: kept in memory, shown on failure)")
+    t_up.set_defaults(func=_triton)
     return parser
 
 

@@ -118,3 +118,11 @@ def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, 
     rows = json.loads((tmp_path / "g.json").read_text())
     assert {r["family"] for r in rows["overhead"]} == {"cnn", "rnn", "recsys"}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows["throughput"])
+
+
+@pytest.mark.slow
+def test_bentoml_example_client_runs(server):
+    result = subprocess.run([sys.executable, "-m", "serving.clients.bentoml_http", "--url", server, "--k", "3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("\n") == 4 and "variant: recsys_" in result.stdout

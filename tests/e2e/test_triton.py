@@ -1,0 +1,197 @@
+"""A real Triton server (the nvidia-pytriton wheel) on the portable repository written from the
+profiled synthetic FlexServe repository: every family over HTTP and gRPC, budget routing
+through the router models, outputs equal to in-process ONNX Runtime, clear INVALID_ARGUMENT
+errors, and the gateway failing over to ONNX Runtime when Triton is killed under load."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from serving.repository import load_repository
+from serving.triton.repository import write_triton_repository
+from serving.triton.server import TritonServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def triton_models(profiled_repo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("triton") / "models"
+    write_triton_repository(profiled_repo, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def triton(triton_models, tmp_path_factory):
+    with TritonServer(triton_models, log=tmp_path_factory.mktemp("triton-log") / "triton.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def repo(profiled_repo):
+    return load_repository(profiled_repo)
+
+
+def feeds_for(repo, family: str) -> dict[str, np.ndarray]:
+    section = repo.family(family)
+    if family == "cnn":
+        return {"IMAGES": np.random.default_rng(0).uniform(0, 255, (3, 1, 28, 28)).astype(np.float32)}
+    if family == "rnn":
+        return {"TOKENS": np.array([[5, 9, 2, 0], [7, 3, 0, 0]], np.int64), "LENGTHS": np.array([3, 2], np.int64)}
+    from serving.preprocess import Catalog
+
+    catalog = Catalog.from_manifest(section, repo.artifact("recsys", "catalog"))
+    return catalog.rows(0, np.arange(5))
+
+
+def onnx_output(repo, family: str, variant: str, feeds: dict) -> np.ndarray:
+    path = next(v.path for v in repo.variants(family) if v.name == variant)
+    return ort.InferenceSession(str(path)).run(None, feeds)[0]
+
+
+def infer(module, client, model: str, feeds: dict, outputs: list[str], **kwargs):
+    inputs = []
+    for name, value in feeds.items():
+        datatype = "BYTES" if value.dtype == np.object_ else {"float32": "FP32", "int64": "INT64"}[str(value.dtype)]
+        tensor = module.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    result = client.infer(model, inputs, outputs=[module.InferRequestedOutput(o) for o in outputs], **kwargs)
+    return [result.as_numpy(o) for o in outputs]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys"])
+def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol):
+    module = grpcclient if protocol == "grpc" else httpclient
+    client = module.InferenceServerClient(triton.grpc_url if protocol == "grpc" else triton.http_url)
+    feeds = feeds_for(repo, family)
+    out = repo.family(family)["outputs"][0]["name"]
+    variant = repo.variants(family)[0].name
+    direct = {k: (v.reshape(-1, 1) if k == "LENGTHS" else v) for k, v in feeds.items()}
+    (got,) = infer(module, client, variant, direct, [out])
+    expected = onnx_output(repo, family, variant, feeds)
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+    # Through the router, with a loose budget: the most accurate variant, named in VARIANT.
+    loose = {**feeds, "LATENCY_BUDGET_MS": np.array([10_000.0], np.float32)}
+    routed, chosen, met = infer(module, client, f"{family}_router", loose, [out, "VARIANT", "BUDGET_MET"])
+    name = chosen[0].decode()
+    np.testing.assert_allclose(routed.reshape(-1), onnx_output(repo, family, name, feeds).reshape(-1),
+                               rtol=1e-5, atol=1e-5)
+    assert bool(met[0])
+
+
+def test_the_router_follows_the_budget_over_grpc(triton, repo):
+    from serving.policy import policy_from_manifest
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    policy = policy_from_manifest("cnn", repo.family("cnn"))
+    feeds = feeds_for(repo, "cnn")
+    chosen = {}
+    for budget in (10_000.0, 0.001):
+        _, variant = infer(grpcclient, client, "cnn_router", {**feeds, "LATENCY_BUDGET_MS": np.array([budget], np.float32)},
+                           ["LOGITS", "VARIANT"])
+        chosen[budget] = variant[0].decode()
+    assert chosen[10_000.0] == policy.most_accurate
+    assert chosen[0.001] != chosen[10_000.0]
+
+
+def test_budget_as_a_request_parameter_over_http(triton, repo):
+    client = httpclient.InferenceServerClient(triton.http_url)
+    feeds = feeds_for(repo, "cnn")
+    loose = infer(httpclient, client, "cnn_router", feeds, ["VARIANT"], parameters={"latency_budget_ms": 10_000})
+    tight = infer(httpclient, client, "cnn_router", feeds, ["VARIANT"], parameters={"latency_budget_ms": 0.001})
+    assert loose[0][0] != tight[0][0]
+
+
+def test_raw_text_and_raw_ids_need_only_tritonclient(triton, repo):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    texts = np.array([b"a great, moving film", b"dull and long"], dtype=np.object_)
+    logits, variant = infer(grpcclient, client, "rnn_router", {"TEXT": texts}, ["LOGITS", "VARIANT"])
+    assert logits.shape == (2, 2) and variant[0].decode().startswith("rnn_")
+    catalog = repo.artifact("recsys", "catalog")
+    user = np.array([int(catalog["users"][0]["user_id"])], np.int64)
+    items = np.array([int(it["item_id"]) for it in catalog["items"][:4]], np.int64)
+    ratings, variant = infer(grpcclient, client, "recsys_router", {"USER_ID": user, "ITEM_IDS": items},
+                             ["RATING", "VARIANT"])
+    assert ratings.shape == (4, 1) and variant[0].decode().startswith("recsys_")
+
+
+@pytest.mark.parametrize("model, feeds, field", [
+    ("rnn_router", {"TEXT": np.array([b"   "], dtype=np.object_)}, "TEXT[0]"),
+    ("recsys_router", {"USER_ID": np.array([10**9], np.int64)}, "USER_ID"),
+    ("cnn_router", {"IMAGES": np.zeros((1, 1, 28, 28), np.float32),
+                    "LATENCY_BUDGET_MS": np.array([-1.0], np.float32)}, "LATENCY_BUDGET_MS"),
+    ("rnn_router", {"LATENCY_BUDGET_MS": np.array([5.0], np.float32)}, "TOKENS"),
+])
+def test_bad_requests_are_invalid_argument(triton, model, feeds, field):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    with pytest.raises(InferenceServerException) as error:
+        infer(grpcclient, client, model, feeds, ["VARIANT"])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert field in error.value.message()
+
+
+def test_gateway_fails_over_when_triton_dies_and_returns_when_it_is_back(triton_models, profiled_repo, tmp_path):
+    from serving.bench_triton import failover
+
+    result = failover(triton_models, profiled_repo, tmp_path, load_seconds=2.0)
+    assert result["failed"] == 0, result["failures"]  # no request failed while Triton was killed
+    assert result["served_in_process_while_down"] > 10
+    assert result["ready_to_traffic_back_s"] is not None and result["ready_to_traffic_back_s"] < 5
+
+
+@pytest.mark.parametrize("client, args", [
+    ("serving.clients.triton_grpc", ["--budget", "10000", "A gorgeous film.", "Dull."]),
+    ("serving.clients.triton_http", ["--budget", "0.001"]),
+])
+def test_example_clients_run(triton, client, args):
+    import subprocess
+    import sys
+
+    url = triton.grpc_url if client.endswith("grpc") else triton.http_url
+    result = subprocess.run([sys.executable, "-m", client, "--url", url, *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "variant: " in result.stdout
+
+
+def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    from serving.process import free_port
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    before = set(Path(tempfile.gettempdir()).glob("flexserve-triton-*"))
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "triton", "up", "--repo", str(profiled_repo),
+                                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "Triton is ready" not in line and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        assert "Triton is ready" in line, process.stderr.read()[-2000:] if process.poll() is not None else line
+        assert f"gRPC 127.0.0.1:{grpc}" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []  # no orphan tritonserver or stub
+    assert set(Path(tempfile.gettempdir()).glob("flexserve-triton-*")) == before
