@@ -124,8 +124,7 @@ class Gateway:
 
             outputs = {v.name: self.repo.family(f)["outputs"][0]["name"] for f in self.repo.families
                        for v in self.repo.variants(f)}
-            remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol,
-                                   concurrency=config.workers)
+            remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol)
             self.backend = FailoverBackend(remote, local)
         else:
             self.backend = local

@@ -26,13 +26,23 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str, outputs: dict[str, str], protocol: str = "grpc", timeout_s: float = 5.0,
-                 concurrency: int = 4):
+    def __init__(self, url: str, outputs: dict[str, str], protocol: str = "grpc", timeout_s: float = 5.0):
         self.outputs = outputs  # variant -> its output tensor's name
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        self.url, self.protocol, self.timeout_s, self.concurrency = url, protocol, timeout_s, concurrency
-        self._client = self._connect()
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        # The HTTP client (geventhttpclient) must stay on the thread that made it: one per thread.
+        self._local = threading.local()
+        self._generation = 0
+        self._shared = self._connect() if protocol == "grpc" else None
+
+    @property
+    def _client(self):
+        if self._shared is not None:
+            return self._shared
+        if getattr(self._local, "generation", -1) != self._generation:
+            self._local.client, self._local.generation = self._connect(), self._generation
+        return self._local.client
 
     def _connect(self):
         if self.protocol == "grpc":
@@ -40,18 +50,21 @@ class TritonBackend:
             client = module.InferenceServerClient(self.url)
         else:
             import tritonclient.http as module
-            client = module.InferenceServerClient(self.url, concurrency=self.concurrency,
-                                                  network_timeout=self.timeout_s, connection_timeout=self.timeout_s)
+            client = module.InferenceServerClient(self.url, network_timeout=self.timeout_s,
+                                                  connection_timeout=self.timeout_s)
         self._module = module
         return client
 
     def reconnect(self) -> None:
-        """A fresh channel: a gRPC channel that saw the server die backs off for seconds before retrying."""
-        old, self._client = self._client, self._connect()
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001
-            pass
+        """Fresh connections: a gRPC channel that saw the server die backs off for seconds before retrying."""
+        if self._shared is not None:
+            old, self._shared = self._shared, self._connect()
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001
+                pass
+        else:
+            self._generation += 1  # each thread reconnects on its next use
 
     def ready(self) -> bool:
         try:
@@ -78,9 +91,13 @@ class TritonBackend:
 
     def close(self) -> None:
         try:
-            self._client.close()
+            (self._shared or getattr(self._local, "client", None) or _Nothing()).close()
         except Exception:  # noqa: BLE001
             pass
+
+
+class _Nothing:
+    def close(self) -> None: ...
 
 
 class FailoverBackend:

@@ -195,3 +195,29 @@ def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo,
     leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert leftovers == []  # no orphan tritonserver or stub
     assert set(Path(tempfile.gettempdir()).glob("flexserve-triton-*")) == before
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
+    import asyncio
+
+    from serving.gateway import Gateway, GatewayConfig, RouteOptions
+
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    remote = Gateway(GatewayConfig(repo=profiled_repo, workers=1, backend="triton", triton_url=url,
+                                   triton_protocol=protocol))
+    local = Gateway(GatewayConfig(repo=profiled_repo, workers=1))
+    try:
+        texts = ["a great, moving film", "dull and long"]
+        pinned = RouteOptions(variant="rnn_full_fp32")
+        on_triton = asyncio.run(remote.classify_text(texts, pinned))
+        in_process = asyncio.run(local.classify_text(texts, pinned))
+        assert on_triton["backend"] == "triton" and in_process["backend"] == "onnxruntime"
+        for a, b in zip(on_triton["predictions"], in_process["predictions"]):
+            assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        top = asyncio.run(remote.recommend(int(remote.repo.artifact("recsys", "catalog")["users"][0]["user_id"]), 3,
+                                           None, RouteOptions()))
+        assert top["backend"] == "triton" and len(top["items"]) == 3
+    finally:
+        remote.close()
+        local.close()
