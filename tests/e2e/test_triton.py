@@ -221,3 +221,20 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
     finally:
         remote.close()
         local.close()
+
+
+def test_the_triton_grpc_locust_user_checks_slas(triton, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    locust = str(Path(sys.executable).parent / "locust")
+    result = subprocess.run([locust, "-f", str(root / "loadtest" / "locustfile_triton.py"), "--host", triton.grpc_url,
+                             "--headless", "-u", "2", "-r", "2", "-t", "5s", "--only-summary", "--sla", "relaxed=5000",
+                             "--sla-report", str(tmp_path / "sla.json"), "TritonTextUser"],
+                            cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    verdict = json.loads((tmp_path / "sla.json").read_text())["classes"][0]
+    assert verdict["ok"] and verdict["requests"] > 10
+    assert "rnn:relaxed" in {r["name"] for r in json.loads((tmp_path / "sla.json").read_text())["requests"]}

@@ -1,0 +1,203 @@
+"""Locust load test of the FlexServe gateway, with latency SLA checks.
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000                    # web UI
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000 --headless -u 8 -r 4 -t 60s \\
+        --sla "interactive=20:0.3,standard=50:0.5,batch=200:0.2" --sla-percentile 95
+
+Users: `ImageUser`, `TextUser`, `RecommendUser` (pick some by naming them on the command line),
+sending real payloads from the test splits (Fashion-MNIST images, Rotten Tomatoes snippets,
+MovieLens users) with each request's `latency_budget_ms` drawn from the SLA classes by weight.
+Requests are named `<family>:<class>` in Locust's statistics.
+
+When the run ends (on the master in distributed mode; workers send their budget_met counts),
+every SLA class is checked across families: the chosen percentile of the client-measured
+response time within the class's budget, the failure ratio under `--max-failure-ratio`, and
+the share of answers with `budget_met: true` over `--min-budget-met`. A broken SLA is printed
+with how far off it is, and the process exits non-zero. `--routing full|fastest` pins every
+request to the most accurate or the fastest variant (for the adaptive-versus-static benchmark).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+from locust import FastHttpUser, between, events, task
+from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import StatsEntry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` does not put the repo on the path
+
+from loadtest.sla import DEFAULT_CLASSES, check, load_policy  # noqa: E402
+
+_budget_met: Counter = Counter()  # SLA class -> answers with budget_met true (this process, since the last report)
+_totals: Counter = Counter()  # on the master (or a local run): all processes' counts
+_pins: dict[str, str] = {}  # family -> pinned variant, for --routing full|fastest
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    group = parser.add_argument_group("FlexServe SLA")
+    group.add_argument("--sla", default=DEFAULT_CLASSES, help="SLA classes NAME=BUDGET_MS[:WEIGHT],...")
+    group.add_argument("--sla-file", default=None, help="SLA classes and thresholds as JSON (overrides --sla)")
+    group.add_argument("--sla-percentile", type=float, default=95.0, help="percentile checked against the budget")
+    group.add_argument("--max-failure-ratio", type=float, default=0.01)
+    group.add_argument("--min-budget-met", type=float, default=0.9, help="least share of answers with budget_met")
+    group.add_argument("--sla-report", default=None, help="write the SLA verdicts as JSON here")
+    group.add_argument("--routing", choices=["adaptive", "full", "fastest"], default="adaptive",
+                       help="adaptive (the policy), or pin every request to the most accurate / fastest variant")
+
+
+def _policy(environment):
+    o = environment.parsed_options
+    return load_policy(Path(o.sla_file) if o.sla_file else None, o.sla, o.sla_percentile, o.max_failure_ratio,
+                       o.min_budget_met)
+
+
+@events.test_start.add_listener
+def _on_start(environment, **_):
+    _policy(environment)  # a malformed SLA fails the run at once, not at the end
+    if environment.parsed_options.routing != "adaptive" and not isinstance(environment.runner, MasterRunner):
+        import urllib.request
+
+        with urllib.request.urlopen(f"{environment.host}/v1/variants", timeout=10) as response:
+            families = json.loads(response.read())["families"]
+        for family, info in families.items():
+            variants = info["variants"]  # most accurate first
+            _pins[family] = (variants[0]["name"] if environment.parsed_options.routing == "full"
+                             else min(variants, key=lambda v: v["profiled_p50_ms"])["name"])
+
+
+@events.report_to_master.add_listener
+def _report(client_id, data):
+    data["flexserve_budget_met"] = dict(_budget_met)
+    _budget_met.clear()
+
+
+@events.worker_report.add_listener
+def _collect(client_id, data):
+    _totals.update(data.get("flexserve_budget_met", {}))
+
+
+@events.quitting.add_listener
+def _verdict(environment, **_):
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    _totals.update(_budget_met)
+    policy = _policy(environment)
+    results = []
+    for cls in policy.classes:
+        merged = StatsEntry(environment.stats, cls.name, "POST")
+        for (name, _method), entry in environment.stats.entries.items():
+            if name.endswith(f":{cls.name}"):
+                merged.extend(entry)
+        percentile = merged.get_response_time_percentile(policy.percentile / 100) if merged.num_requests else 0.0
+        results.append(check(policy, cls.name, merged.num_requests, merged.num_failures, float(percentile or 0.0),
+                             _totals[cls.name]))
+    print(f"\nFlexServe SLA check (p{policy.percentile:g} within budget, failures <= {policy.max_failure_ratio:.1%}, "
+          f"budget_met >= {policy.min_budget_met:.0%}):")
+    for r in results:
+        state = "PASS" if r.ok else "FAIL"
+        print(f"  {state} {r.name:<12} budget {r.budget_ms:g} ms: {r.requests} requests, p{policy.percentile:g} "
+              f"{r.percentile_ms:.1f} ms, {r.failures} failed, {r.budget_met} budget_met")
+        for problem in r.problems:
+            print(f"       SLA broken: {problem}")
+    if environment.parsed_options.sla_report:
+        # The final numbers (Locust's CSV can miss the last seconds of a run).
+        by_name = [{"name": e.name, "requests": e.num_requests, "failures": e.num_failures,
+                    "median_ms": e.median_response_time, "p95_ms": e.get_response_time_percentile(0.95),
+                    "p99_ms": e.get_response_time_percentile(0.99), "rps": round(e.total_rps, 2)}
+                   for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)]
+        Path(environment.parsed_options.sla_report).write_text(json.dumps({"percentile": policy.percentile, "classes": [
+            {"class": r.name, "budget_ms": r.budget_ms, "requests": r.requests, "failures": r.failures,
+             "percentile_ms": r.percentile_ms, "budget_met": r.budget_met, "ok": r.ok, "problems": r.problems}
+            for r in results], "requests": by_name}, indent=1))
+    if not all(r.ok for r in results):
+        environment.process_exit_code = 1
+
+
+@functools.cache
+def _images() -> list:
+    from training.data import load_fashion_mnist
+
+    return load_fashion_mnist().test.inputs["IMAGES"][:512, 0].astype(float).tolist()
+
+
+@functools.cache
+def _texts() -> list[str]:
+    from training.data import rotten_tomatoes_test_texts
+
+    return rotten_tomatoes_test_texts()
+
+
+@functools.cache
+def _users() -> list[int]:
+    from training.data import load_movielens_100k
+
+    data = load_movielens_100k()
+    catalog = data.preprocessing["catalog"]
+    rows = sorted(set(data.test.inputs["USER_FEATURES"][:, 0].tolist()))
+    return [int(catalog["users"][r]["user_id"]) for r in rows]
+
+
+class _FlexServeUser(FastHttpUser):
+    abstract = True
+    wait_time = between(0.0, 0.01)
+    family = ""
+    path = ""
+
+    def on_start(self):
+        self.sla = _policy(self.environment)
+
+    def payload(self) -> dict:
+        raise NotImplementedError
+
+    def call(self) -> None:
+        cls = random.choices(self.sla.classes, weights=[c.weight for c in self.sla.classes])[0]
+        body = {**self.payload(), "latency_budget_ms": cls.budget_ms}
+        if self.family in _pins:
+            body["variant"] = _pins[self.family]
+        with self.client.post(self.path, json=body, name=f"{self.family}:{cls.name}", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            answer = response.json()
+            if answer.get("budget_met"):
+                _budget_met[cls.name] += 1
+            response.success()
+
+
+class ImageUser(_FlexServeUser):
+    family, path = "cnn", "/v1/classify_image"
+
+    def payload(self) -> dict:
+        return {"images": [random.choice(_images())]}
+
+    @task
+    def classify_image(self):
+        self.call()
+
+
+class TextUser(_FlexServeUser):
+    family, path = "rnn", "/v1/classify_text"
+
+    def payload(self) -> dict:
+        return {"texts": [random.choice(_texts())]}
+
+    @task
+    def classify_text(self):
+        self.call()
+
+
+class RecommendUser(_FlexServeUser):
+    family, path = "recsys", "/v1/recommend"
+
+    def payload(self) -> dict:
+        return {"user_id": random.choice(_users()), "k": 10}
+
+    @task
+    def recommend(self):
+        self.call()
