@@ -127,6 +127,12 @@ def _loadtest(args: argparse.Namespace) -> int:
                sla=args.sla, sla_file=args.sla_file, routing=args.routing, user_classes=args.user_classes)
 
 
+def _bench_routing(args: argparse.Namespace) -> int:
+    from loadtest.bench_routing import run
+
+    return run(args.repo, family=args.family, rates=args.loads, seconds=args.seconds, out=args.out)
+
+
 def _triton(args: argparse.Namespace) -> int:
     from serving.triton import cli
 
@@ -227,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--out", type=Path, default=Path("reports/loadtest"))
     lt.add_argument("user_classes", nargs="*", help="ImageUser, TextUser, RecommendUser (default: all)")
     lt.set_defaults(func=_loadtest)
+
+    br = commands.add_parser("bench-routing", help="adaptive vs pinned full vs pinned fastest on the real "
+                             "gateway, stepped up past saturation, with plots and the simulator's prediction")
+    br.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    br.add_argument("--family", choices=["cnn", "rnn", "recsys"], default="recsys")
+    br.add_argument("--loads", type=float, nargs="+", help="offered loads, req/s (default: 0.1x-3x an estimate "
+                    "of what the most accurate variant sustains)")
+    br.add_argument("--seconds", type=float, default=8.0, help="per load step")
+    br.add_argument("--out", type=Path, default=Path("reports/bench_routing"))
+    br.set_defaults(func=_bench_routing)
 
     triton = commands.add_parser("triton", help="serve the variants on NVIDIA Triton (HTTP + gRPC)")
     triton_commands = triton.add_subparsers(dest="triton_command", required=True)

@@ -1,0 +1,184 @@
+"""`flexserve bench-routing`: adaptive routing against pinned variants, on the real gateway.
+
+The same open-loop traffic (Poisson arrivals at a fixed rate, budgets drawn from SLA classes)
+is stepped up past saturation against one `bentoml serve`, three times: routing `adaptive`,
+pinned to the most accurate variant (`full`), pinned to the fastest (`fastest`). Per step:
+SLO attainment (client-measured latency within the request's own budget), mean accuracy of
+the variants that answered, throughput, p50/p95/p99 and the variant mix; the load
+generator's own CPU use is reported (it shares the cores). The simulator is run on the same
+profiles, budgets and loads for comparison.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from serving.process import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ((20.0, 0.3), (50.0, 0.5), (200.0, 0.2))  # (latency_budget_ms, share): the load tests' default SLAs
+ROUTINGS = ("adaptive", "full", "fastest")
+
+
+async def _step(url: str, path: str, body: dict, rate: float, seconds: float, pin: str | None,
+                rng: np.random.Generator) -> list[tuple[float, float, str, bool]]:
+    import httpx
+
+    budgets = np.array([b for b, _ in CLASSES])
+    weights = np.array([w for _, w in CLASSES]) / sum(w for _, w in CLASSES)
+    results: list[tuple[float, float, str, bool]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=512)) as client:
+        async def one(budget: float) -> None:
+            payload = {**body, "latency_budget_ms": budget, **({"variant": pin} if pin else {})}
+            started = time.perf_counter()
+            try:
+                response = await client.post(path, json=payload)
+                ok = response.status_code == 200
+                variant = response.json()["variant"] if ok else "error"
+            except httpx.HTTPError:
+                ok, variant = False, "error"
+            results.append(((time.perf_counter() - started) * 1e3, budget, variant, ok))
+
+        tasks = []
+        start = time.perf_counter()
+        at = 0.0
+        while at < seconds:
+            at += rng.exponential(1.0 / rate)
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(float(rng.choice(budgets, p=weights)))))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def _row(routing: str, rate: float, seconds: float, results, accuracy: dict[str, float], cpu_s: float,
+         wall_s: float) -> dict:
+    latency = np.array([r[0] for r in results])
+    served = [r for r in results if r[3]]
+    mix = Counter(r[2] for r in served)
+    return {"routing": routing, "load_rps": rate, "requests": len(results), "errors": len(results) - len(served),
+            "slo_attainment": round(float(np.mean([r[3] and r[0] <= r[1] for r in results])), 4),
+            "mean_accuracy": round(float(np.mean([accuracy[r[2]] for r in served])), 5) if served else float("nan"),
+            "throughput_rps": round(len(served) / wall_s, 1),
+            "p50_ms": round(float(np.percentile(latency, 50)), 2), "p95_ms": round(float(np.percentile(latency, 95)), 2),
+            "p99_ms": round(float(np.percentile(latency, 99)), 2),
+            "variant_mix": {k: round(v / max(len(served), 1), 3) for k, v in mix.most_common()},
+            "client_cpu_cores": round(cpu_s / wall_s, 2)}
+
+
+def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 8.0,
+        out: Path = Path("reports/bench_routing")) -> int:
+    import httpx
+
+    from serving.bench_gateway import _payloads
+    from serving.repository import load_repository
+    from serving.simulator import holds_up_to, sweep
+
+    repository = load_repository(repo)
+    path, body = _payloads(repository, np.random.default_rng(0))[family]
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    env = {**os.environ, "FLEXSERVE_REPO": str(repo.resolve())}
+    with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT, log=out / "gateway.log") as server:
+        info = httpx.get(f"{server.url}/v1/variants").json()
+        variants = info["families"][family]["variants"]
+        metric = info["families"][family]["metric"]
+        accuracy = {v["name"]: v[metric] for v in variants}
+        pins = {"adaptive": None, "full": variants[0]["name"],
+                "fastest": min(variants, key=lambda v: v["profiled_p50_ms"])["name"]}
+        if rates is None:  # up to ~3x what the most accurate variant plus HTTP can sustain here
+            per_request_ms = variants[0]["profiled_p50_ms"] + 5.0
+            capacity = info["workers"] * 1e3 / per_request_ms
+            rates = [round(capacity * f, 1) for f in (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)]
+        for routing in ROUTINGS:
+            for rate in rates:
+                asyncio.run(_step(server.url, path, body, rate, 1.0, pins[routing], np.random.default_rng(1)))  # warm
+                cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.perf_counter()
+                results = asyncio.run(_step(server.url, path, body, rate, seconds, pins[routing],
+                                            np.random.default_rng(int(rate * 10))))
+                wall = time.perf_counter() - t0
+                cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                rows.append(_row(routing, rate, seconds, results, accuracy, cpu, wall))
+                r = rows[-1]
+                print(f"[bench-routing] {family} {routing:<8} {rate:>7g} req/s: SLO {r['slo_attainment']:.1%}, "
+                      f"{metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, client CPU {r['client_cpu_cores']}",
+                      file=sys.stderr, flush=True)
+    sim = sweep(family, repository.family(family), workers=info["workers"], loads=rates, budgets=CLASSES,
+                policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
+    held = {r: max([0.0] + [x["load_rps"] for x in rows if x["routing"] == r and x["slo_attainment"] >= 0.99
+                            and all(y["slo_attainment"] >= 0.99 for y in rows
+                                    if y["routing"] == r and y["load_rps"] <= x["load_rps"])]) for r in ROUTINGS}
+    sim_held = {p: holds_up_to(sim, p, "poisson") for p in ("adaptive", "full", "fastest")}
+    text = _markdown(family, metric, rows, sim, held, sim_held)
+    (out / "report.md").write_text(text + "\n")
+    (out / "rows.json").write_text(json.dumps({"measured": rows, "simulated": sim}, indent=1))
+    _plot(family, rows, out / "bench_routing.png")
+    print(text)
+    return 0
+
+
+def _markdown(family, metric, rows, sim, held, sim_held) -> str:
+    lines = [f"| routing | load (req/s) | SLO attainment (simulated) | mean {metric} | throughput | p50 / p95 / p99 (ms) | "
+             "variant mix | client CPU |", "|---|---:|---|---:|---:|---|---|---:|"]
+    simulated = {(r["policy"], r["load_rps"]): r["slo_attainment"] for r in sim}
+    for r in rows:
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in list(r["variant_mix"].items())[:3])
+        s = simulated.get((r["routing"], r["load_rps"]))
+        lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%} ({s:.1%}) | "
+                     f"{r['mean_accuracy']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
+                     f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} |")
+    full, adaptive = held["full"], held["adaptive"]
+    low = min(r["load_rps"] for r in rows)
+    acc = {r["routing"]: r["mean_accuracy"] for r in rows if r["load_rps"] == low}
+    gap = abs(acc["adaptive"] - acc["full"])
+    lines += ["", "| target | measured | simulated | |", "|---|---|---|---|",
+              f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "
+              f"req/s ({adaptive / full if full else float('inf'):.1f}x) | full {sim_held['full']:g}, adaptive "
+              f"{sim_held['adaptive']:g} | {'PASS' if full and adaptive >= 2 * full else 'FAIL'} |",
+              f"| adaptive within 1 point of full at low load ({low:g} req/s) | {gap:.4f} | | "
+              f"{'PASS' if gap <= 0.01 else 'FAIL'} |"]
+    return "\n".join(lines)
+
+
+def _plot(family: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    colours = {"adaptive": "tab:green", "full": "tab:blue", "fastest": "tab:orange"}
+    for routing in ROUTINGS:
+        line = [r for r in rows if r["routing"] == routing]
+        x = [r["load_rps"] for r in line]
+        axes[0].plot(x, [100 * r["slo_attainment"] for r in line], marker="o", color=colours[routing], label=routing)
+        axes[1].plot(x, [r["p99_ms"] for r in line], marker="o", color=colours[routing], label=f"{routing} p99")
+        axes[1].plot(x, [r["p50_ms"] for r in line], marker=".", linestyle=":", color=colours[routing],
+                     label=f"{routing} p50")
+    adaptive = [r for r in rows if r["routing"] == "adaptive"]
+    names = sorted({n for r in adaptive for n in r["variant_mix"]})
+    bottom = np.zeros(len(adaptive))
+    for name in names:
+        share = np.array([r["variant_mix"].get(name, 0.0) for r in adaptive])
+        axes[2].bar([str(r["load_rps"]) for r in adaptive], share, bottom=bottom, label=name)
+        bottom += share
+    axes[0].axhline(99, color="grey", linewidth=0.8)
+    axes[0].set(title=f"{family}: SLO attainment", xlabel="offered load (req/s)", ylabel="within budget (%)", ylim=(0, 101))
+    axes[1].set(title="client-measured latency", xlabel="offered load (req/s)", ylabel="ms", yscale="log")
+    axes[2].set(title="variant mix chosen by adaptive", xlabel="offered load (req/s)", ylabel="share of answers")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
