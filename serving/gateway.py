@@ -28,7 +28,6 @@ from serving.repository import BUILD_HINT, Repository, load_repository
 
 DEFAULT_REPO = Path("artifacts/model_repository")
 BACKENDS = ("onnxruntime", "triton")
-ENDPOINT_FAMILY = {"classify_image": "cnn", "classify_text": "rnn", "recommend": "recsys"}
 
 
 def _usable_cores() -> int:

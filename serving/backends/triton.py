@@ -109,7 +109,6 @@ class FailoverBackend:
         self._up = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="flexserve-triton-health", daemon=True)
-        self.failovers = 0
 
     @property
     def name(self) -> str:
@@ -118,10 +117,6 @@ class FailoverBackend:
     @property
     def device(self) -> str:
         return self.fallback.device
-
-    @property
-    def triton_up(self) -> bool:
-        return self._up
 
     def start(self) -> None:
         self.fallback.start()
@@ -145,7 +140,6 @@ class FailoverBackend:
                 return self.primary.run(variant, feeds)
             except Exception as error:  # noqa: BLE001 - Triton died, timed out or erred: serve in-process
                 self._up = False
-                self.failovers += 1
                 log.warning("Triton failed on %s (%s): failing over to in-process ONNX Runtime", variant, error)
         return self.fallback.run(variant, feeds)
 
