@@ -12,6 +12,7 @@ runs; the routing policy then corrects it online with the latencies it observes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -50,18 +51,24 @@ class ProfileSettings:
             raise ValueError("threads and min_runs must be >= 1 and max_runs >= min_runs")
 
 
+@functools.lru_cache(maxsize=8)
+def _artifact(path: Path):
+    """A preprocessing artifact, read and parsed once (feeds are built per batch size)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return catalog_tables(data) if isinstance(data, dict) else data  # the catalogue, or the vocabulary list
+
+
 def typical_feed(repo: Path, family: str, section: dict, rows: int, rng: np.random.Generator) -> dict:
     """`rows` model rows shaped like real traffic, built from the repository's own artifacts."""
     if family == "cnn":
         # Real pixels are not in the repository; a uniform image costs the same as a real one.
         return {"IMAGES": rng.uniform(0, 255, (rows, 1, 28, 28)).astype(np.float32)}
     if family == "rnn":
-        vocab = json.loads((repo / section["preprocessing"]["vocab"]["path"]).read_text(encoding="utf-8"))
+        vocab = _artifact(repo / section["preprocessing"]["vocab"]["path"])
         length = 22  # the median Rotten Tomatoes snippet, in tokens
         tokens = rng.integers(2, len(vocab), (rows, length)).astype(np.int64)
         return {"TOKENS": tokens, "LENGTHS": np.full(rows, length, dtype=np.int64)}
-    catalog = json.loads((repo / section["preprocessing"]["catalog"]["path"]).read_text(encoding="utf-8"))
-    tables = catalog_tables(catalog)
+    tables = _artifact(repo / section["preprocessing"]["catalog"]["path"])
     num_items = len(tables["ITEM_FEATURES"])
     users = rng.integers(0, len(tables["USER_FEATURES"]), -(-rows // num_items))
     # A typical request scores the whole catalogue for one user; smaller batches, part of it.
