@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.bench_gateway import SLA_CLASSES as CLASSES
 from serving.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ((20.0, 0.3), (50.0, 0.5), (200.0, 0.2))  # (latency_budget_ms, share): the load tests' default SLAs
 ROUTINGS = ("adaptive", "full", "fastest")
 
 

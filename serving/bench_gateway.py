@@ -28,6 +28,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
+from loadtest.sla import DEFAULT_CLASSES, parse_classes
 from serving.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,8 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
     return rows
 
 
-SLA_CLASSES = ((20.0, 0.3), (50.0, 0.5), (200.0, 0.2))  # (latency_budget_ms, share of requests)
+# (latency_budget_ms, share of requests): the load tests' default SLA classes, defined once in loadtest/sla.py.
+SLA_CLASSES = tuple((c.budget_ms, c.weight) for c in parse_classes(DEFAULT_CLASSES))
 
 
 def throughput(gateway_url: str, repo_path: Path, concurrency: int = 8, seconds: float = 10.0,

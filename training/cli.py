@@ -106,16 +106,11 @@ def _bench_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_gateway(args: argparse.Namespace) -> int:
-    from serving.bench_gateway import run
+def _bench_server(args: argparse.Namespace) -> int:
+    """bench-gateway and bench-triton: the same options, each its own module."""
+    import importlib
 
-    return run(args.repo, rounds=args.rounds, concurrency=args.concurrency, seconds=args.seconds,
-               json_out=args.json, markdown_out=args.markdown)
-
-
-def _bench_triton(args: argparse.Namespace) -> int:
-    from serving.bench_triton import run
-
+    run = importlib.import_module(args.bench_module).run
     return run(args.repo, rounds=args.rounds, concurrency=args.concurrency, seconds=args.seconds,
                json_out=args.json, markdown_out=args.markdown)
 
@@ -201,25 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--decisions", type=int, default=20_000)
     bench.set_defaults(func=_bench_policy)
 
-    gw = commands.add_parser("bench-gateway", help="gateway overhead vs a bare BentoML echo, and throughput, "
-                             "against real `bentoml serve` processes")
-    gw.add_argument("--repo", type=Path, default=DEFAULT_REPO)
-    gw.add_argument("--rounds", type=int, default=300, help="requests per family at concurrency 1")
-    gw.add_argument("--concurrency", type=int, default=8)
-    gw.add_argument("--seconds", type=float, default=10.0, help="load per family at --concurrency")
-    gw.add_argument("--json", type=Path)
-    gw.add_argument("--markdown", type=Path)
-    gw.set_defaults(func=_bench_gateway)
-
-    bt = commands.add_parser("bench-triton", help="Triton's per-request cost over HTTP and gRPC vs in-process "
-                             "ONNX Runtime, and failover when Triton is killed")
-    bt.add_argument("--repo", type=Path, default=DEFAULT_REPO)
-    bt.add_argument("--rounds", type=int, default=200, help="requests per family and way at concurrency 1")
-    bt.add_argument("--concurrency", type=int, default=8)
-    bt.add_argument("--seconds", type=float, default=5.0, help="load per family and way at --concurrency")
-    bt.add_argument("--json", type=Path)
-    bt.add_argument("--markdown", type=Path)
-    bt.set_defaults(func=_bench_triton)
+    for name, module, rounds, seconds, help_text in (
+            ("bench-gateway", "serving.bench_gateway", 300, 10.0,
+             "gateway overhead vs a bare BentoML echo, and throughput, against real `bentoml serve` processes"),
+            ("bench-triton", "serving.bench_triton", 200, 5.0,
+             "Triton's per-request cost over HTTP and gRPC vs in-process ONNX Runtime, and failover")):
+        bench = commands.add_parser(name, help=help_text)
+        bench.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+        bench.add_argument("--rounds", type=int, default=rounds, help="requests per family (and way) at concurrency 1")
+        bench.add_argument("--concurrency", type=int, default=8)
+        bench.add_argument("--seconds", type=float, default=seconds, help="load per family at --concurrency")
+        bench.add_argument("--json", type=Path)
+        bench.add_argument("--markdown", type=Path)
+        bench.set_defaults(func=_bench_server, bench_module=module)
 
     lt = commands.add_parser("loadtest", help="a headless Locust run against the gateway, with SLA checks")
     lt.add_argument("--host", default="http://127.0.0.1:3000")
