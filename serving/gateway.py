@@ -86,6 +86,12 @@ class RouteOptions:
     quality_floor: object = None  # min_accuracy (classifiers) or max_rmse (recommender)
     variant: object = None
     strict: object = False
+    # Not body fields. Time spent before the request reached the server (X-Request-Start):
+    elapsed_ms: float = 0.0
+    # Given, the routing decision is left here ({"policy", "decision"}) for the caller to report the
+    # request's latency with `policy.observe_latency` once the response has left; else the gateway
+    # reports its own view of it at once.
+    deferred: dict | None = None
 
 
 class Observer:
@@ -209,7 +215,8 @@ class Gateway:
             raise InvalidRequestError("strict", f"got {options.strict!r}", "true or false")
         if options.variant is not None and not isinstance(options.variant, str):
             raise InvalidRequestError("variant", f"got {options.variant!r}", ", ".join(policy.variant_names))
-        return policy.route(budget, batch_rows, min_quality=floor, variant=options.variant, strict=options.strict)
+        return policy.route(budget, batch_rows, min_quality=floor, variant=options.variant, strict=options.strict,
+                            elapsed_ms=min(options.elapsed_ms, MAX_LATENCY_BUDGET_MS))
 
     async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int, options: RouteOptions,
                      arrival: float | None) -> tuple[np.ndarray, dict]:
@@ -218,21 +225,20 @@ class Gateway:
         policy = self.policies[family]
         self.observer.started(family, decision.variant)
         loop = asyncio.get_running_loop()
-        submitted = time.perf_counter()
         try:
-            outputs, service_ms, began, served_by = await loop.run_in_executor(self._pool, self.backend.run,
-                                                                               decision.variant, feeds)
+            outputs, service_ms, _, served_by = await loop.run_in_executor(self._pool, self.backend.run,
+                                                                           decision.variant, feeds)
         except BaseException:
             policy.finish(decision, None)
             self.observer.finished(family, decision.variant, "error", time.perf_counter() - started)
             raise
-        # Time in the server outside the executor's queue and the model: HTTP, validation, thread hops.
-        done = time.perf_counter()
-        queued_ms = max(0.0, (began - submitted) * 1e3)
-        overhead_ms = max(0.0, (done - started) * 1e3 - queued_ms - service_ms)
-        policy.finish(decision, service_ms, overhead_ms)
         latency_ms = (time.perf_counter() - started) * 1e3
-        met = latency_ms <= decision.budget_ms
+        if options.deferred is None:
+            policy.finish(decision, service_ms, latency_ms)
+        else:
+            policy.finish(decision, service_ms)
+            options.deferred.update(policy=policy, decision=decision)
+        met = latency_ms + options.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
         self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)
         return outputs, {"variant": decision.variant, "backend": served_by,
                          "latency_ms": round(latency_ms, 3), "budget_ms": decision.budget_ms, "budget_met": met,

@@ -39,15 +39,22 @@ The algorithm, per request (`route`):
    concurrent requests see each other. The caller must call `finish(decision, service_ms)`
    when the variant has run (or `finish(decision, None)` when it failed: no observation).
 
-Latency outside the model (HTTP parsing, validation, the hop to a worker thread, and the
-wait for a busy event loop) is learned too: front ends may report each request's overhead
-(its total time in the server minus its queueing and service time) with `finish`, and an
-exponentially weighted mean of it is added to every prediction. On a CPU-bound server that
-overhead grows with load, so it pushes traffic to faster variants exactly when they help.
+What the profile and the queue model miss is learned too: front ends may report each request's
+whole time in the server (`finish(decision, service_ms, latency_ms)`, or `observe_latency`
+once the response has left). The policy learns the difference from its own prediction without
+this term: HTTP parsing, validation, thread hops, a busy event loop, and service times longer
+than profiled (a cold cache, a noisy neighbour). Predictions add the exponentially weighted mean
+of that difference plus `overhead_deviations` times its mean deviation (the estimator TCP uses
+for its retransmission timeout), so that budgets hold at the tail, not on average. On a CPU-bound
+server the difference grows with load, so it pushes traffic to faster variants exactly when
+they help. Time a request spent before it reached the server (stamped by the client in
+X-Request-Start) counts against that request's own budget (`elapsed_ms`), and is not learned:
+a client's clock must not steer other clients' requests.
 
 Failure mode: predictions are only as good as the profile and the observations. Time no one
-reports (e.g. a request waiting in the kernel's accept queue) is invisible to the policy; the
-safety margin is there for the jitter the profile did not see.
+reports (a request waiting in the kernel's accept queue without X-Request-Start, the response's
+way back to the client) is invisible to the policy; the safety margin is there for it and for
+the jitter the profile did not see.
 
 State is guarded by one `threading.Lock`, held for a few microseconds and never across an
 `await` or a model run, so the policy is safe from threads and from asyncio tasks alike.
@@ -123,8 +130,12 @@ class PolicyConfig:
     # Bounds on the slowdown factor, so one absurd observation cannot blind the policy for long.
     min_correction: float = 0.1
     max_correction: float = 100.0
-    # Weight of one request's reported overhead (time outside queue and model) in its mean.
+    # Weight of one request's reported latency in the learned overhead (what predictions missed):
+    # in its mean and in its mean deviation.
     overhead_weight: float = 0.1
+    # Overhead planned for = mean + this many mean deviations (as TCP plans its retransmission
+    # timeout from round-trip times): budgets are met at the tail, not on average.
+    overhead_deviations: float = 4.0
     # Qualities closer than this count as equal (then the faster variant wins); 0 = exact.
     quality_tolerance: float = 0.0
     # False: ignore the work in flight (the static budget-threshold policy).
@@ -143,6 +154,8 @@ class PolicyConfig:
             raise ValueError(f"correction_weight must be in (0, 1], got {self.correction_weight}")
         if self.correction_half_life_s <= 0:
             raise ValueError(f"correction_half_life_s must be > 0, got {self.correction_half_life_s}")
+        if self.overhead_deviations < 0:
+            raise ValueError(f"overhead_deviations must be >= 0, got {self.overhead_deviations}")
 
 
 @dataclass(slots=True)
@@ -159,6 +172,7 @@ class Decision:
     skipped: int = 0  # more accurate variants passed over
     margin: float = 0.0
     _work_ms: float = 0.0
+    _base_ms: float = 0.0  # the prediction without the learned overhead and the time before the server
     _finished: bool = False
 
     @property
@@ -238,7 +252,9 @@ class Policy:
         self._sign = sign
         self._fastest = min(self._states, key=lambda s: s.service(1)[1])
         self._tight_ms, self._tight_at = math.inf, 0.0
-        self._overhead_ms = 0.0  # learned time outside queue and model (see the module docstring)
+        # Learned time outside queue and model (see the module docstring): mean, mean deviation,
+        # and what predictions use (mean + `overhead_deviations` deviations).
+        self._overhead_mean = self._overhead_dev = self._overhead_ms = 0.0
         self._protect = config.protect_tight_budgets and config.queue_aware
 
     # -- queries ---------------------------------------------------------------------------
@@ -276,9 +292,13 @@ class Policy:
 
     # -- the decision ---------------------------------------------------------------------
     def route(self, latency_budget_ms: float, batch_size: int = 1, *, min_quality: float | None = None,
-              variant: str | None = None, strict: bool = False) -> Decision:
-        """Choose a variant for one request and count it in flight (see the module docstring)."""
+              variant: str | None = None, strict: bool = False, elapsed_ms: float = 0.0) -> Decision:
+        """Choose a variant for one request and count it in flight (see the module docstring).
+        `elapsed_ms`: time the request already spent before it reached the server (from the
+        client's X-Request-Start), counted against this request's budget only."""
         budget = _check_budget(latency_budget_ms)
+        if not 0.0 <= elapsed_ms <= MAX_LATENCY_BUDGET_MS:  # NaN fails too
+            raise ValueError(f"elapsed_ms must be in [0, {MAX_LATENCY_BUDGET_MS:g}], got {elapsed_ms}")
         if type(batch_size) is not int or batch_size < 1:  # noqa: E721 - bool is not a batch size
             raise InvalidRequestError("batch_size", f"got {batch_size!r}", "an integer >= 1")
         if min_quality is not None:
@@ -292,15 +312,15 @@ class Policy:
                     raise InvalidRequestError(
                         self.floor_field, f"{min_quality} is not met by the pinned variant {variant} "
                         f"({self.metric} {state.spec.quality:.4f})", f"a floor that {variant} meets, or no pin")
-                predicted = self._predict(state, batch_size, now)
+                predicted = self._predict(state, batch_size, now) + elapsed_ms
                 fits = predicted <= limit
                 if strict and not fits:
                     raise self._overload(predicted, budget, f"pinned variant {variant}")
-                return self._start(state, batch_size, budget, predicted, fits, "pinned", 0, now)
+                return self._start(state, batch_size, budget, predicted, fits, "pinned", 0, now, elapsed_ms)
             fastest, fastest_ms, skipped = None, math.inf, 0
-            headroom = self._headroom(budget, now) if self._protect else math.inf
+            headroom = self._headroom(budget, batch_size, now) if self._protect else math.inf
             online, half_life = self.config.online, self.config.correction_half_life_s
-            last_executor, wait, overhead = None, 0.0, self._overhead_ms
+            last_executor, wait, overhead = None, 0.0, self._overhead_ms + elapsed_ms
             for state in self._states:
                 if min_quality is not None and self._sign * (state.spec.quality - min_quality) < 0:
                     continue
@@ -318,7 +338,7 @@ class Policy:
                 if predicted <= limit and (state is self._fastest or headroom == math.inf
                                            or self._queue_after(state, batch_size, now) <= headroom):
                     return self._start(state, batch_size, budget, predicted, True, "skipped" if skipped else "best",
-                                       skipped, now)
+                                       skipped, now, elapsed_ms)
                 skipped += 1
                 if predicted < fastest_ms:
                     fastest, fastest_ms = state, predicted
@@ -328,23 +348,22 @@ class Policy:
                     self.floor_field, f"{min_quality} is not met by any {self.family} variant (best: {best.name}, "
                     f"{self.metric} {best.quality:.4f})", f"a value that {best.name} meets, or none")
             if fastest_ms <= limit:  # fits, but every eligible variant would crowd the queue: the quickest
-                return self._start(fastest, batch_size, budget, fastest_ms, True, "skipped", skipped, now)
+                return self._start(fastest, batch_size, budget, fastest_ms, True, "skipped", skipped, now, elapsed_ms)
             if strict:
                 raise self._overload(fastest_ms, budget, f"the fastest eligible variant ({fastest.spec.name})")
-            return self._start(fastest, batch_size, budget, fastest_ms, False, "none_fits", skipped, now)
+            return self._start(fastest, batch_size, budget, fastest_ms, False, "none_fits", skipped, now, elapsed_ms)
 
     @property
     def overhead_ms(self) -> float:
+        """The overhead predictions add: learned mean + `overhead_deviations` mean deviations."""
         return self._overhead_ms
 
-    def finish(self, decision: Decision, service_ms: float | None, overhead_ms: float | None = None) -> None:
+    def finish(self, decision: Decision, service_ms: float | None, latency_ms: float | None = None) -> None:
         """The chosen variant ran for `service_ms` (None: it failed; nothing is learned about it).
-        `overhead_ms`: the request's time in the server outside the executor's queue and the model."""
+        `latency_ms`: the request's whole time in the server, if the front end measures it."""
         with self._lock:
-            if (overhead_ms is not None and not decision._finished and self.config.online
-                    and 0 <= overhead_ms < MAX_LATENCY_BUDGET_MS):
-                w = self.config.overhead_weight
-                self._overhead_ms = (1.0 - w) * self._overhead_ms + w * overhead_ms
+            if latency_ms is not None and not decision._finished:
+                self._learn_overhead(decision, latency_ms)
             if decision._finished:
                 return  # finishing twice must not corrupt the in-flight counts
             decision._finished = True
@@ -362,7 +381,22 @@ class Policy:
             state.correction = min(max(corrected, self.config.min_correction), self.config.max_correction)
             state.observed_at = now
 
+    def observe_latency(self, decision: Decision, latency_ms: float) -> None:
+        """A request's whole time in the server, reported apart from `finish` (once its response
+        has left the server, so that the way out counts too)."""
+        with self._lock:
+            self._learn_overhead(decision, latency_ms)
+
     # -- internals --------------------------------------------------------------------------
+    def _learn_overhead(self, decision: Decision, latency_ms: float) -> None:
+        """Learn what the prediction missed: the server's latency minus the predicted queueing and service."""
+        if self.config.online and 0 <= latency_ms < MAX_LATENCY_BUDGET_MS:  # NaN and absurd values: ignored
+            missed = latency_ms - decision._base_ms
+            w = self.config.overhead_weight
+            self._overhead_dev = (1.0 - w) * self._overhead_dev + w * abs(missed - self._overhead_mean)
+            self._overhead_mean = (1.0 - w) * self._overhead_mean + w * missed
+            self._overhead_ms = max(0.0, self._overhead_mean + self.config.overhead_deviations * self._overhead_dev)
+
     def _state(self, name: str) -> _VariantState:
         state = self._by_name.get(name)
         if state is None:
@@ -395,10 +429,10 @@ class Policy:
         return (self._wait(state.executor) + self._overhead_ms
                 + state.service(batch_size)[1] * self._correction(state, now))
 
-    def _headroom(self, budget: float, now: float) -> float:
+    def _headroom(self, budget: float, batch_size: int, now: float) -> float:
         """The queueing delay that still lets the fastest variant meet the tightest recent budget."""
         fastest = self._fastest
-        fastest_ms = fastest.service(1)[1] * self._correction(fastest, now)
+        fastest_ms = fastest.service(batch_size)[1] * self._correction(fastest, now)
         keep = 1.0 - self.config.safety_margin
         # A budget even the fastest variant cannot meet on an idle executor is not protected:
         # one absurd request must not push everyone onto the fastest variant.
@@ -420,14 +454,14 @@ class Policy:
         return max(0.0, work / executor.parallelism - 0.5 * work / n)
 
     def _start(self, state: _VariantState, batch_size: int, budget: float, predicted: float, fits: bool,
-               why: str, skipped: int, now: float) -> Decision:
+               why: str, skipped: int, now: float, elapsed_ms: float) -> Decision:
         work = state.service(batch_size)[1] * self._correction(state, now)
         state.in_flight += 1
         state.served += 1
         state.executor.in_flight += 1
         state.executor.work_ms += work
         return Decision(self.family, state.spec.name, batch_size, budget, predicted, fits, why, skipped,
-                        self.config.safety_margin, work)
+                        self.config.safety_margin, work, predicted - self._overhead_ms - elapsed_ms)
 
     def _overload(self, predicted: float, budget: float, what: str) -> OverloadError:
         retry = max(0.001, (predicted - budget) / 1000.0)

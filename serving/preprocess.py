@@ -215,3 +215,31 @@ def check_budget_header(value: str | None) -> float | None:
     if not math.isfinite(budget):
         raise InvalidRequestError("X-Latency-Budget-Ms", f"{value!r} is not finite", "a number of milliseconds, e.g. 20")
     return budget
+
+
+# X-Request-Start: when the client (or a proxy in front, e.g. nginx `t=${msec}`) sent the request.
+MAX_REQUEST_AGE_MS = 60_000.0
+
+
+def elapsed_since_request_start(value: str | None, now: float) -> float:
+    """Milliseconds between the `X-Request-Start` header and `now` (Unix seconds), 0 without it.
+
+    Accepts `t=<time>` or `<time>` in seconds, milliseconds or microseconds since the epoch (told
+    apart by magnitude, as APM tools do). A stamp in the future (clock skew) counts as 0; one older
+    than a minute is a clock problem, not a queue, and is refused with a 400."""
+    if value is None:
+        return 0.0
+    text = value.strip().removeprefix("t=")
+    try:
+        stamp = float(text)
+    except ValueError:
+        stamp = math.nan
+    if not math.isfinite(stamp) or stamp <= 0:
+        raise InvalidRequestError("X-Request-Start", f"{value!r} is not a time",
+                                  "t=<Unix time> in seconds, milliseconds or microseconds, e.g. t=1700000000.123")
+    stamp /= 1e6 if stamp > 1e14 else 1e3 if stamp > 1e11 else 1.0
+    elapsed = (now - stamp) * 1e3
+    if elapsed > MAX_REQUEST_AGE_MS:
+        raise InvalidRequestError("X-Request-Start", f"{value!r} is {elapsed / 1e3:.0f} s ago",
+                                  f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)")
+    return max(0.0, elapsed)

@@ -8,7 +8,9 @@ to it, errors to HTTP status codes, and what happens to Prometheus metrics.
     POST /v1/recommend        {"user_id": 1, "k": 10, "candidate_item_ids": [...]}
     GET  /v1/variants         routing state per family
 Every POST also takes `latency_budget_ms` (or the X-Latency-Budget-Ms header), `min_accuracy`
-(`max_rmse` for /v1/recommend), `variant` and `strict`.
+(`max_rmse` for /v1/recommend), `variant` and `strict`. A client (or proxy) that sends
+X-Request-Start (`t=<Unix time>`, when it sent the request) has the time before the request
+reached the server counted against its budget.
 
 Configuration (environment): FLEXSERVE_REPO (default artifacts/model_repository) or
 FLEXSERVE_MODEL_TAG (a BentoML model store tag), FLEXSERVE_DEVICE (auto|cpu|cuda),
@@ -23,6 +25,7 @@ import math
 import os
 import time
 import typing as t
+from dataclasses import replace
 
 import bentoml
 from starlette.applications import Starlette
@@ -32,7 +35,7 @@ from starlette.routing import Route
 
 from serving.errors import FlexServeError, InvalidRequestError, OverloadError
 from serving.gateway import Gateway, GatewayConfig, Observer, RouteOptions, UnknownFamilyError
-from serving.preprocess import check_budget_header
+from serving.preprocess import check_budget_header, elapsed_since_request_start
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB
 
@@ -110,20 +113,38 @@ class _TooLarge(Exception):
     pass
 
 
-ARRIVAL = "flexserve_arrival"
+ARRIVAL, SENT, DEFERRED = "flexserve_arrival", "flexserve_request_start", "flexserve_deferred"
 
 
 class ArrivalStamp:
-    """ASGI middleware: note when a request reached the app, so the latency the gateway reports
-    (and the overhead the policy learns) includes the time before the handler ran."""
+    """ASGI middleware: the request's time in the server, as the policy should learn it.
+
+    Notes when a request reached the app (so the latency the gateway reports includes the time
+    before the handler ran), keeps the X-Request-Start header with the wall-clock time it was read
+    at, and reports the request's latency to the policy once the response's last byte has been
+    handed to the server: the way out (serialisation, BentoML's middlewares) counts too."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope.setdefault("state", {})[ARRIVAL] = time.perf_counter()
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state[ARRIVAL] = time.perf_counter()
+        for key, value in scope.get("headers") or ():
+            if key == b"x-request-start":
+                state[SENT] = (value.decode("latin-1"), time.time())
+                break
+        deferred = state[DEFERRED] = {}
+
+        async def sent(message):
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body") and "policy" in deferred:
+                latency_ms = (time.perf_counter() - state[ARRIVAL]) * 1e3
+                deferred.pop("policy").observe_latency(deferred.pop("decision"), latency_ms)
+
+        return await self.app(scope, receive, sent)
 
 
 async def _variants(request: Request) -> JSONResponse:
@@ -199,10 +220,15 @@ class FlexServe:
 
     async def _call(self, ctx: bentoml.Context, family: str, handler, options: RouteOptions) -> dict:
         try:
+            state = ctx.request.scope.get("state", {})
             if options.latency_budget_ms is None:
                 header = check_budget_header(ctx.request.headers.get("x-latency-budget-ms"))
-                options = RouteOptions(header, options.quality_floor, options.variant, options.strict)
-            result = await handler(options, ctx.request.scope.get("state", {}).get(ARRIVAL))
+                options = replace(options, latency_budget_ms=header)
+            if SENT in state:
+                options = replace(options, elapsed_ms=elapsed_since_request_start(*state[SENT]))
+            if DEFERRED in state:
+                options = replace(options, deferred=state[DEFERRED])
+            result = await handler(options, state.get(ARRIVAL))
         except OverloadError as error:
             ctx.response.status_code = 503
             ctx.response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))

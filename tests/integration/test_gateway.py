@@ -229,6 +229,26 @@ def test_bad_budget_header(client):
     assert error_of(response)["field"] == "X-Latency-Budget-Ms"
 
 
+def test_time_before_the_server_counts_against_the_budget(client, repo):
+    import time
+
+    body = {"images": [IMAGE], "latency_budget_ms": 5000}
+    fresh = client.post("/v1/classify_image", json=body, headers={"X-Request-Start": f"t={time.time():.6f}"})
+    assert fresh.status_code == 200 and fresh.json()["budget_met"] is True
+    # Sent 6 s ago (here in milliseconds, as some proxies stamp it): the 5 s budget is gone already.
+    stale = client.post("/v1/classify_image", json=body, headers={"X-Request-Start": f"t={int(time.time() * 1e3) - 6000}"})
+    assert stale.status_code == 200 and stale.json()["budget_met"] is False
+    assert stale.json()["variant"] == policy_order(repo, "cnn")[1]  # nothing fits: the fastest
+
+
+@pytest.mark.parametrize("stamp, problem, accepted", [("yesterday", "is not a time", "t=<Unix time>"),
+                                                       ("t=1000000000", "s ago", "check the client's clock")])
+def test_bad_request_start_header(client, stamp, problem, accepted):
+    response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Request-Start": stamp})
+    error = error_of(response)
+    assert error["field"] == "X-Request-Start" and problem in error["problem"] and accepted in error["accepted"]
+
+
 def test_strict_overload_is_a_503_with_retry_after(client):
     response = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 0.001, "strict": True})
     assert response.status_code == 503

@@ -317,17 +317,60 @@ def test_families_sharing_an_executor_see_each_others_work():
     assert b.route(20.0).variant != "m_full"  # family b's full would wait behind a's work
 
 
-def test_reported_overhead_is_added_to_predictions():
-    policy = make(safety_margin=0.0)
+def test_what_predictions_missed_is_learned_and_added():
+    policy = make(safety_margin=0.0, overhead_deviations=0.0)  # the mean alone
     first = policy.route(10.5)
     assert first.variant == "m_full"  # 10 ms fits
     policy.finish(first, 8.0)
-    for _ in range(40):  # the server reports 3 ms per request outside the queue and the model
+    for _ in range(40):  # full is predicted at its 10 ms p95; the server reports 13 ms in all
         d = policy.route(1000.0)
-        policy.finish(d, 8.0, overhead_ms=3.0)
+        policy.finish(d, 8.0, latency_ms=13.0)
     assert policy.overhead_ms == pytest.approx(3.0, rel=0.02)
     d = policy.route(10.5)
     assert d.variant == "m_int8" and d.predicted_ms == pytest.approx(4.0 + 3.0, rel=0.02)
     bad = policy.route(1000.0)
-    policy.finish(bad, 8.0, overhead_ms=float("nan"))  # ignored, like a negative or absurd value
+    policy.finish(bad, 8.0, latency_ms=float("nan"))  # ignored, like a negative or absurd value
     assert policy.overhead_ms == pytest.approx(3.0, rel=0.02)
+
+
+def test_jittery_latency_is_planned_for_at_its_tail():
+    steady, jittery = make(safety_margin=0.0), make(safety_margin=0.0)
+    for i in range(200):  # both miss full's 10 ms prediction by 3 ms on average; one by 1 or 5 ms
+        for policy, latency in ((steady, 13.0), (jittery, 11.0 if i % 2 else 15.0)):
+            policy.finish(policy.route(1000.0), 8.0, latency_ms=latency)
+    assert steady.overhead_ms == pytest.approx(3.0, abs=0.05)  # deviation ~0: the mean
+    k = PolicyConfig().overhead_deviations
+    assert jittery.overhead_ms == pytest.approx(3.0 + k * 2.0, abs=0.1 * k)  # mean + k mean deviations
+    # 4 ms of m_int8 + 3 ms fits 10 ms when the server is steady, not when it swings by 2 ms
+    assert steady.route(10.0).variant == "m_int8"
+    assert jittery.route(10.0).variant == "m_student"
+
+
+def test_a_faster_server_than_predicted_adds_nothing():
+    policy = make(safety_margin=0.0, overhead_deviations=0.0)
+    for _ in range(40):
+        policy.finish(policy.route(1000.0), 8.0, latency_ms=8.0)  # under full's 10 ms p95
+    assert policy.overhead_ms == 0.0
+
+
+def test_latency_reported_after_the_response_left_counts_like_any_other():
+    policy = make(overhead_deviations=0.0)
+    decisions = [policy.route(1000.0) for _ in range(60)]  # queued behind each other: different predictions
+    for d in decisions:
+        policy.finish(d, 8.0)  # the front end reports the latency later
+    assert policy.overhead_ms == 0.0
+    for d in decisions:
+        policy.observe_latency(d, d._base_ms + 2.0)
+    policy.observe_latency(decisions[0], -1.0)  # ignored
+    assert policy.overhead_ms == pytest.approx(2.0, rel=0.01)
+
+
+def test_time_before_the_server_counts_against_that_request_only():
+    policy = make(safety_margin=0.0, parallelism=8)  # no queue
+    assert policy.route(10.5).variant == "m_full"
+    late = policy.route(10.5, elapsed_ms=5.0)  # 5 ms already spent on the way in: 10 ms of full no longer fits
+    assert late.variant == "m_int8" and late.predicted_ms == pytest.approx(4.0 + 5.0)
+    assert policy.route(12.0, variant="m_full", elapsed_ms=5.0).budget_met is False
+    assert policy.overhead_ms == 0.0  # nothing learned from it
+    with pytest.raises(ValueError, match="elapsed_ms"):
+        policy.route(10.0, elapsed_ms=-1.0)
