@@ -22,6 +22,7 @@ import functools
 import json
 import random
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def _options(parser):
     group.add_argument("--sla-report", default=None, help="write the SLA verdicts as JSON here")
     group.add_argument("--routing", choices=["adaptive", "full", "fastest"], default="adaptive",
                        help="adaptive (the policy), or pin every request to the most accurate / fastest variant")
+    group.add_argument("--no-request-start", action="store_true",
+                       help="do not stamp X-Request-Start (then the gateway cannot count the time before it "
+                       "against the budget; use when the load generators' clocks are not in sync with the server's)")
 
 
 def _policy(environment):
@@ -160,7 +164,10 @@ class _FlexServeUser(FastHttpUser):
         body = {**self.payload(), "latency_budget_ms": cls.budget_ms}
         if self.family in _pins:
             body["variant"] = _pins[self.family]
-        with self.client.post(self.path, json=body, name=f"{self.family}:{cls.name}", catch_response=True) as response:
+        headers = None if self.environment.parsed_options.no_request_start else {
+            "X-Request-Start": f"t={time.time():.6f}"}
+        with self.client.post(self.path, json=body, headers=headers, name=f"{self.family}:{cls.name}",
+                              catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return
