@@ -1,12 +1,13 @@
 """`flexserve bench-routing`: adaptive routing against pinned variants, on the real gateway.
 
 The same open-loop traffic (Poisson arrivals at a fixed rate, budgets drawn from SLA classes)
-is stepped up past saturation against one `bentoml serve`, three times: routing `adaptive`,
-pinned to the most accurate variant (`full`), pinned to the fastest (`fastest`). Per step:
-SLO attainment (client-measured latency within the request's own budget), mean accuracy of
-the variants that answered, throughput, p50/p95/p99 and the variant mix; the load
-generator's own CPU use is reported (it shares the cores). The simulator is run on the same
-profiles, budgets and loads for comparison.
+is stepped up past saturation against one `bentoml serve`; at each load the three routings run
+side by side: `adaptive`, pinned to the most accurate variant (`full`), pinned to the fastest
+(`fastest`). Per step: SLO attainment (client-measured latency within the request's own
+budget; a request unanswered 2 s after the step stops sending is cancelled and missed), mean
+accuracy of the variants that answered, throughput, p50/p95/p99, the variant mix, and the CPU
+used by the load generator (it shares the cores) and by the server. Requests carry
+X-Request-Start. The simulator is run on the same profiles, budgets and loads for comparison.
 """
 from __future__ import annotations
 
@@ -21,46 +22,86 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.bench_gateway import SLA_CLASSES as CLASSES
+from loadtest.sla import DEFAULT_CLASSES, SlaClass, parse_classes
 from serving.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTINGS = ("adaptive", "full", "fastest")
 
 
-async def _step(url: str, path: str, body: dict, rate: float, seconds: float, pin: str | None,
-                rng: np.random.Generator) -> list[tuple[float, float, str, bool]]:
-    import httpx
+GRACE_S = 2.0  # after a step stops sending, how long its requests in flight may still take
 
-    budgets = np.array([b for b, _ in CLASSES])
-    weights = np.array([w for _, w in CLASSES]) / sum(w for _, w in CLASSES)
+
+async def _step(url: str, path: str, body: dict, classes, rate: float, seconds: float, pin: str | None,
+                rng: np.random.Generator) -> list[tuple[float, float, str, bool]]:
+    """Open-loop Poisson arrivals at `rate` for `seconds`: (latency ms, budget ms, variant, ok) each.
+
+    A request still unanswered `GRACE_S` after the step stops sending is cancelled and counted as a
+    failure (past saturation a queue only grows; waiting it out would measure nothing new). Each
+    request carries X-Request-Start, so the gateway counts the time before it against the budget."""
+    import aiohttp  # a BentoML dependency; ~2x less client CPU per request than httpx
+
+    budgets = np.array([c.budget_ms for c in classes])
+    weights = np.array([c.weight for c in classes]) / sum(c.weight for c in classes)
     results: list[tuple[float, float, str, bool]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=512)) as client:
+    timeout = aiohttp.ClientTimeout(total=seconds + GRACE_S)
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as client:
         async def one(budget: float) -> None:
             payload = {**body, "latency_budget_ms": budget, **({"variant": pin} if pin else {})}
             started = time.perf_counter()
+            ok, variant = False, "error"
             try:
-                response = await client.post(path, json=payload)
-                ok = response.status_code == 200
-                variant = response.json()["variant"] if ok else "error"
-            except httpx.HTTPError:
-                ok, variant = False, "error"
+                async with client.post(path, json=payload, headers={"X-Request-Start": f"t={time.time():.6f}"}) as r:
+                    if r.status == 200:
+                        ok, variant = True, (await r.json())["variant"]
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            except asyncio.CancelledError:  # given up on: it waited this long, and failed
+                results.append(((time.perf_counter() - started) * 1e3, budget, "error", False))
+                raise
             results.append(((time.perf_counter() - started) * 1e3, budget, variant, ok))
 
         tasks = []
         start = time.perf_counter()
-        at = 0.0
+        at = rng.exponential(1.0 / rate)
         while at < seconds:
-            at += rng.exponential(1.0 / rate)
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(float(rng.choice(budgets, p=weights)))))
-        await asyncio.gather(*tasks)
+            at += rng.exponential(1.0 / rate)
+        _, late = await asyncio.wait(tasks, timeout=max(0.0, start + seconds + GRACE_S - time.perf_counter()))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
     return results
 
 
-def _row(routing: str, rate: float, seconds: float, results, accuracy: dict[str, float], cpu_s: float,
+def _server_cpu_s(process) -> float:
+    """CPU seconds used so far by `bentoml serve` and its worker processes."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(process.pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _drain(url: str, limit_s: float = 60.0) -> None:
+    """Wait until the gateway has nothing in flight, so one step's backlog does not spill into the next."""
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and httpx.get(f"{url}/v1/variants", timeout=10).json()["executor_in_flight"]:
+        time.sleep(0.2)
+
+
+def _row(routing: str, rate: float, results, accuracy: dict[str, float], cpu_s: float, server_cpu_s: float,
          wall_s: float) -> dict:
     latency = np.array([r[0] for r in results])
     served = [r for r in results if r[3]]
@@ -72,17 +113,23 @@ def _row(routing: str, rate: float, seconds: float, results, accuracy: dict[str,
             "p50_ms": round(float(np.percentile(latency, 50)), 2), "p95_ms": round(float(np.percentile(latency, 95)), 2),
             "p99_ms": round(float(np.percentile(latency, 99)), 2),
             "variant_mix": {k: round(v / max(len(served), 1), 3) for k, v in mix.most_common()},
-            "client_cpu_cores": round(cpu_s / wall_s, 2)}
+            "client_cpu_cores": round(cpu_s / wall_s, 2), "server_cpu_cores": round(server_cpu_s / wall_s, 2),
+            "server_cpu_ms_per_request": round(server_cpu_s * 1e3 / max(len(served), 1), 2)}
+
+
+HTTP_CPU_MS = 6.0  # CPU per request outside the model (client and server) there, for the default loads
 
 
 def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 8.0,
-        out: Path = Path("reports/bench_routing")) -> int:
+        out: Path = Path("reports/bench_routing"), classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES) -> int:
     import httpx
 
     from serving.bench_gateway import _payloads
+    from serving.policy import policy_from_manifest
     from serving.repository import load_repository
     from serving.simulator import holds_up_to, sweep
 
+    classes = parse_classes(classes) if isinstance(classes, str) else classes
     repository = load_repository(repo)
     path, body = _payloads(repository, np.random.default_rng(0))[family]
     out.mkdir(parents=True, exist_ok=True)
@@ -93,28 +140,33 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
         variants = info["families"][family]["variants"]
         metric = info["families"][family]["metric"]
         accuracy = {v["name"]: v[metric] for v in variants}
-        pins = {"adaptive": None, "full": variants[0]["name"],
-                "fastest": min(variants, key=lambda v: v["profiled_p50_ms"])["name"]}
-        if rates is None:  # up to ~3x what the most accurate variant plus HTTP can sustain here
-            per_request_ms = variants[0]["profiled_p50_ms"] + 5.0
+        policy = policy_from_manifest(family, repository.family(family))
+        rows_per_request = int(repository.family(family).get("rows_per_request", 1))
+        pins = {"adaptive": None, "full": policy.most_accurate, "fastest": policy.fastest(rows_per_request)}
+        if rates is None:  # up to ~1.2x what the most accurate variant plus HTTP can sustain here
+            per_request_ms = policy.profile_of(policy.most_accurate).at(rows_per_request) + HTTP_CPU_MS
             capacity = info["workers"] * 1e3 / per_request_ms
-            rates = [round(capacity * f, 1) for f in (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)]
-        for routing in ROUTINGS:
-            for rate in rates:
-                asyncio.run(_step(server.url, path, body, rate, 1.0, pins[routing], np.random.default_rng(1)))  # warm
-                cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            rates = [round(capacity * f, 1) for f in (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
+        for rate in rates:  # the three routings side by side at each load: drift hits them alike
+            for routing in ROUTINGS:
+                _drain(server.url)
+                asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
+                                  np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
+                cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
                 t0 = time.perf_counter()
-                results = asyncio.run(_step(server.url, path, body, rate, seconds, pins[routing],
+                results = asyncio.run(_step(server.url, path, body, classes, rate, seconds, pins[routing],
                                             np.random.default_rng(int(rate * 10))))
                 wall = time.perf_counter() - t0
-                cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
                 cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-                rows.append(_row(routing, rate, seconds, results, accuracy, cpu, wall))
+                rows.append(_row(routing, rate, results, accuracy, cpu, server1 - server0, wall))
                 r = rows[-1]
                 print(f"[bench-routing] {family} {routing:<8} {rate:>7g} req/s: SLO {r['slo_attainment']:.1%}, "
-                      f"{metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, client CPU {r['client_cpu_cores']}",
+                      f"{metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, CPU cores: client "
+                      f"{r['client_cpu_cores']}, server {r['server_cpu_cores']}",
                       file=sys.stderr, flush=True)
-    sim = sweep(family, repository.family(family), workers=info["workers"], loads=rates, budgets=CLASSES,
+    sim = sweep(family, repository.family(family), workers=info["workers"], loads=rates,
+                budgets=[(c.budget_ms, c.weight) for c in classes],
                 policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
     held = {r: max([0.0] + [x["load_rps"] for x in rows if x["routing"] == r and x["slo_attainment"] >= 0.99
                             and all(y["slo_attainment"] >= 0.99 for y in rows
@@ -130,14 +182,16 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
 
 def _markdown(family, metric, rows, sim, held, sim_held) -> str:
     lines = [f"| routing | load (req/s) | SLO attainment (simulated) | mean {metric} | throughput | p50 / p95 / p99 (ms) | "
-             "variant mix | client CPU |", "|---|---:|---|---:|---:|---|---|---:|"]
+             "variant mix | CPU cores: client / server | server CPU per request |",
+             "|---|---:|---|---:|---:|---|---|---|---:|"]
     simulated = {(r["policy"], r["load_rps"]): r["slo_attainment"] for r in sim}
     for r in rows:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in list(r["variant_mix"].items())[:3])
         s = simulated.get((r["routing"], r["load_rps"]))
         lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%} ({s:.1%}) | "
                      f"{r['mean_accuracy']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
-                     f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} |")
+                     f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} / {r['server_cpu_cores']:.2f} | "
+                     f"{r['server_cpu_ms_per_request']:.1f} ms |")
     full, adaptive = held["full"], held["adaptive"]
     low = min(r["load_rps"] for r in rows)
     acc = {r["routing"]: r["mean_accuracy"] for r in rows if r["load_rps"] == low}

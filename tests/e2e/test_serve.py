@@ -120,6 +120,28 @@ def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, 
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows["throughput"])
 
 
+def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_repo, cli, tmp_path):
+    out = tmp_path / "br"
+    result = cli(["bench-routing", "--repo", str(profiled_quick_repo), "--family", "cnn", "--loads", "5", "20",
+                  "--seconds", "1.5", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[bench-routing] cnn adaptive" in result.stderr  # progress per step
+    rows = json.loads((out / "rows.json").read_text())
+    measured = {(r["routing"], r["load_rps"]): r for r in rows["measured"]}
+    assert set(measured) == {(r, load) for r in ("adaptive", "full", "fastest") for load in (5.0, 20.0)}
+    for r in measured.values():
+        assert r["requests"] > 0 and r["errors"] == 0 and 0.0 <= r["slo_attainment"] <= 1.0
+        assert sum(r["variant_mix"].values()) == pytest.approx(1.0, abs=0.01) and r["client_cpu_cores"] > 0
+    # Pinned runs are served by their one variant only; the simulator ran the same loads.
+    policy = policy_from_manifest("cnn", load_repository(profiled_quick_repo).family("cnn"))
+    assert list(measured[("full", 5.0)]["variant_mix"]) == [policy.most_accurate]
+    assert list(measured[("fastest", 20.0)]["variant_mix"]) == [policy.fastest(1)]
+    assert {(r["policy"], r["load_rps"]) for r in rows["simulated"]} >= set(measured)
+    report = (out / "report.md").read_text()
+    assert "| adaptive | 20 |" in report and "adaptive holds >= 99% SLO" in report
+    assert (out / "bench_routing.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.slow
 def test_bentoml_example_client_runs(server):
     result = subprocess.run([sys.executable, "-m", "serving.clients.bentoml_http", "--url", server, "--k", "3"],
