@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from loadtest.sla import DEFAULT_CLASSES  # pure: no Locust, no HTTP
 from serving.errors import FlexServeError
 
 DEFAULT_REPO = Path("artifacts/model_repository")
@@ -125,8 +126,7 @@ def _loadtest(args: argparse.Namespace) -> int:
 def _bench_routing(args: argparse.Namespace) -> int:
     from loadtest.bench_routing import run
 
-    return run(args.repo, family=args.family, rates=args.loads, seconds=args.seconds, out=args.out,
-               **({"classes": args.sla} if args.sla else {}))
+    return run(args.repo, family=args.family, rates=args.loads, seconds=args.seconds, out=args.out, classes=args.sla)
 
 
 def _triton(args: argparse.Namespace) -> int:
@@ -216,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--users", type=int, default=8)
     lt.add_argument("--spawn-rate", type=float, default=4)
     lt.add_argument("--duration", default="60s", help="Locust's --run-time, e.g. 30s, 5m")
-    lt.add_argument("--sla", help="SLA classes NAME=BUDGET_MS[:WEIGHT],... (default interactive=20:0.3,"
-                    "standard=50:0.5,batch=200:0.2)")
+    lt.add_argument("--sla", help=f"SLA classes NAME=BUDGET_MS[:WEIGHT],... (default {DEFAULT_CLASSES})")
     lt.add_argument("--sla-file", type=Path, help="SLA classes and thresholds as JSON (see loadtest/sla.example.json)")
     lt.add_argument("--routing", choices=["adaptive", "full", "fastest"], default="adaptive")
     lt.add_argument("--out", type=Path, default=Path("reports/loadtest"))
@@ -231,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--loads", type=float, nargs="+", help="offered loads, req/s (default: 0.05x-1.2x an estimate "
                     "of what the most accurate variant sustains)")
     br.add_argument("--seconds", type=float, default=8.0, help="per load step")
-    br.add_argument("--sla", default=None, help="SLA classes as name=budget_ms:weight,... (default: the load "
-                    "tests' interactive=20:0.3,standard=50:0.5,batch=200:0.2)")
+    br.add_argument("--sla", default=DEFAULT_CLASSES, help="SLA classes as name=budget_ms:weight,... "
+                    "(default: the load tests', %(default)s)")
     br.add_argument("--out", type=Path, default=Path("reports/bench_routing"))
     br.set_defaults(func=_bench_routing)
 
