@@ -113,7 +113,7 @@ def _row(routing: str, rate: float, results, accuracy: dict[str, float], cpu_s: 
             "p50_ms": round(float(np.percentile(latency, 50)), 2), "p95_ms": round(float(np.percentile(latency, 95)), 2),
             "p99_ms": round(float(np.percentile(latency, 99)), 2),
             "variant_mix": {k: round(v / max(len(served), 1), 3) for k, v in mix.most_common()},
-            "client_cpu_cores": round(cpu_s / wall_s, 2), "server_cpu_cores": round(server_cpu_s / wall_s, 2),
+            "client_cpu_cores": round(cpu_s / wall_s, 3), "server_cpu_cores": round(server_cpu_s / wall_s, 3),
             "server_cpu_ms_per_request": round(server_cpu_s * 1e3 / max(len(served), 1), 2)}
 
 
