@@ -1,13 +1,15 @@
 """`flexserve bench-routing`: adaptive routing against pinned variants, on the real gateway.
 
 The same open-loop traffic (Poisson arrivals at a fixed rate, budgets drawn from SLA classes)
-is stepped up past saturation against one `bentoml serve`; at each load the three routings run
+is stepped up past saturation against one `bentoml serve`. At each load the three routings run
 side by side: `adaptive`, pinned to the most accurate variant (`full`), pinned to the fastest
-(`fastest`). Per step: SLO attainment (client-measured latency within the request's own
-budget; a request unanswered 2 s after the step stops sending is cancelled and missed), mean
-accuracy of the variants that answered, throughput, p50/p95/p99, the variant mix, and the CPU
-used by the load generator (it shares the cores) and by the server. Requests carry
-X-Request-Start. The simulator is run on the same profiles, budgets and loads for comparison.
+(`fastest`), each `repeats` times in rotating order; every number is the median over the
+repeats (the SLO attainment's range is kept), and a step sends at least `min_requests`
+requests. Per step: SLO attainment (client-measured latency within the request's own budget;
+a request unanswered 2 s after the step stops sending is cancelled and missed), mean accuracy
+of the variants that answered, throughput, p50/p95/p99, the variant mix, and the CPU used by
+the load generator (it shares the cores) and by the server. Requests carry X-Request-Start.
+The simulator is run on the same profiles, budgets and loads for comparison.
 """
 from __future__ import annotations
 
@@ -117,12 +119,28 @@ def _row(routing: str, rate: float, results, accuracy: dict[str, float], cpu_s: 
             "server_cpu_ms_per_request": round(server_cpu_s * 1e3 / max(len(served), 1), 2)}
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One row for repeated steps: the median of each number, the pooled variant mix, the SLO range."""
+    row = dict(runs[0])
+    for key, value in row.items():
+        if isinstance(value, float) and key != "load_rps":
+            row[key] = round(float(np.median([r[key] for r in runs])), 5)
+    row["requests"] = sum(r["requests"] for r in runs)
+    row["errors"] = sum(r["errors"] for r in runs)
+    names = {n for r in runs for n in r["variant_mix"]}
+    pooled = {n: float(np.mean([r["variant_mix"].get(n, 0.0) for r in runs])) for n in names}
+    row["variant_mix"] = {n: round(v, 3) for n, v in sorted(pooled.items(), key=lambda kv: -kv[1])}
+    row["slo_runs"] = [r["slo_attainment"] for r in runs]
+    return row
+
+
 # CPU per request outside the model (server and client) on the 2-core reference machine: sets the default loads.
 HTTP_CPU_MS = 6.0
 
 
-def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 8.0,
-        out: Path = Path("reports/bench_routing"), classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES) -> int:
+def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 6.0,
+        out: Path = Path("reports/bench_routing"), classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES,
+        repeats: int = 3, min_requests: int = 300) -> int:
     import httpx
 
     from serving.bench_gateway import _payloads
@@ -130,6 +148,8 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
     from serving.repository import load_repository
     from serving.simulator import holds_up_to, sweep
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     classes = parse_classes(classes) if isinstance(classes, str) else classes
     repository = load_repository(repo)
     path, body = _payloads(repository, np.random.default_rng(0))[family]
@@ -144,28 +164,36 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
         policy = policy_from_manifest(family, repository.family(family))
         rows_per_request = int(repository.family(family).get("rows_per_request", 1))
         pins = {"adaptive": None, "full": policy.most_accurate, "fastest": policy.fastest(rows_per_request)}
-        if rates is None:  # up to ~1.2x what the most accurate variant plus HTTP can sustain here
+        if rates is None:  # 0.1x-1.2x what the most accurate variant plus HTTP can sustain here
             per_request_ms = policy.profile_of(policy.most_accurate).at(rows_per_request) + HTTP_CPU_MS
             capacity = info["workers"] * 1e3 / per_request_ms
-            rates = [round(capacity * f, 1) for f in (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
-        for rate in rates:  # the three routings side by side at each load: drift hits them alike
-            for routing in ROUTINGS:
-                _drain(server.url)
-                asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
-                                  np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
-                cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
-                t0 = time.perf_counter()
-                results = asyncio.run(_step(server.url, path, body, classes, rate, seconds, pins[routing],
-                                            np.random.default_rng(int(rate * 10))))
-                wall = time.perf_counter() - t0
-                cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
-                cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-                rows.append(_row(routing, rate, results, accuracy, cpu, server1 - server0, wall))
-                r = rows[-1]
-                print(f"[bench-routing] {family} {routing:<8} {rate:>7g} req/s: SLO {r['slo_attainment']:.1%}, "
-                      f"{metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, CPU cores: client "
-                      f"{r['client_cpu_cores']}, server {r['server_cpu_cores']}",
-                      file=sys.stderr, flush=True)
+            rates = [round(capacity * f, 1) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
+        # At each load the three routings run side by side, `repeats` times in rotating order, on the
+        # same arrivals and budgets within a repeat: the machine's drift and hiccups hit them alike,
+        # and each reported number is the median over the repeats (the range is kept).
+        for rate in rates:
+            # At least `min_requests` a step, so that one miss is a fraction of the 1% that matters.
+            step_s = max(seconds, min_requests / rate)
+            steps: dict[str, list[dict]] = {r: [] for r in ROUTINGS}
+            for rep in range(repeats):
+                for routing in ROUTINGS[rep % 3:] + ROUTINGS[:rep % 3]:
+                    _drain(server.url)
+                    asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
+                                      np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
+                    cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+                    t0 = time.perf_counter()
+                    results = asyncio.run(_step(server.url, path, body, classes, rate, step_s, pins[routing],
+                                                np.random.default_rng([int(rate * 10), rep])))
+                    wall = time.perf_counter() - t0
+                    cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+                    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                    r = _row(routing, rate, results, accuracy, cpu, server1 - server0, wall)
+                    steps[routing].append(r)
+                    print(f"[bench-routing] {family} {routing:<8} {rate:>7g} req/s ({rep + 1}/{repeats}): SLO "
+                          f"{r['slo_attainment']:.1%}, {metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, "
+                          f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}",
+                          file=sys.stderr, flush=True)
+            rows += [_median_row(steps[routing]) for routing in ROUTINGS]
     sim = sweep(family, repository.family(family), workers=info["workers"], loads=rates,
                 budgets=[(c.budget_ms, c.weight) for c in classes],
                 policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
@@ -182,25 +210,29 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
 
 
 def _markdown(family, metric, rows, sim, held, sim_held) -> str:
-    lines = [f"| routing | load (req/s) | SLO attainment (simulated) | mean {metric} | throughput | p50 / p95 / p99 (ms) | "
+    lines = [f"| routing | load (req/s) | SLO attainment: median [range] (simulated) | mean {metric} | throughput | p50 / p95 / p99 (ms) | "
              "variant mix | CPU cores: client / server | server CPU per request |",
              "|---|---:|---|---:|---:|---|---|---|---:|"]
     simulated = {(r["policy"], r["load_rps"]): r["slo_attainment"] for r in sim}
     for r in rows:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in list(r["variant_mix"].items())[:3])
         s = simulated.get((r["routing"], r["load_rps"]))
-        lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%} ({s:.1%}) | "
+        spread = f" [{min(r['slo_runs']):.1%}-{max(r['slo_runs']):.1%}]" if len(r.get("slo_runs", [])) > 1 else ""
+        lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%}{spread} ({s:.1%}) | "
                      f"{r['mean_accuracy']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
                      f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} / {r['server_cpu_cores']:.2f} | "
                      f"{r['server_cpu_ms_per_request']:.1f} ms |")
     full, adaptive = held["full"], held["adaptive"]
+    top = max(r["load_rps"] for r in rows)
+    verdict = ("n/a: full never dropped below 99% here (add higher --loads)" if full == top
+               else "PASS" if full and adaptive >= 2 * full else "FAIL")
     low = min(r["load_rps"] for r in rows)
     acc = {r["routing"]: r["mean_accuracy"] for r in rows if r["load_rps"] == low}
     gap = abs(acc["adaptive"] - acc["full"])
     lines += ["", "| target | measured | simulated | |", "|---|---|---|---|",
               f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "
               f"req/s ({adaptive / full if full else float('inf'):.1f}x) | full {sim_held['full']:g}, adaptive "
-              f"{sim_held['adaptive']:g} | {'PASS' if full and adaptive >= 2 * full else 'FAIL'} |",
+              f"{sim_held['adaptive']:g} | {verdict} |",
               f"| adaptive within 1 point of full at low load ({low:g} req/s) | {gap:.4f} | | "
               f"{'PASS' if gap <= 0.01 else 'FAIL'} |"]
     return "\n".join(lines)
@@ -217,7 +249,10 @@ def _plot(family: str, rows: list[dict], path: Path) -> None:
     for routing in ROUTINGS:
         line = [r for r in rows if r["routing"] == routing]
         x = [r["load_rps"] for r in line]
-        axes[0].plot(x, [100 * r["slo_attainment"] for r in line], marker="o", color=colours[routing], label=routing)
+        y = np.array([100 * r["slo_attainment"] for r in line])
+        runs = [100 * np.array(r.get("slo_runs") or [r["slo_attainment"]]) for r in line]
+        spread = np.array([y - [v.min() for v in runs], [v.max() for v in runs] - y])
+        axes[0].errorbar(x, y, yerr=spread, marker="o", capsize=3, color=colours[routing], label=routing)
         axes[1].plot(x, [r["p99_ms"] for r in line], marker="o", color=colours[routing], label=f"{routing} p99")
         axes[1].plot(x, [r["p50_ms"] for r in line], marker=".", linestyle=":", color=colours[routing],
                      label=f"{routing} p50")
@@ -229,7 +264,7 @@ def _plot(family: str, rows: list[dict], path: Path) -> None:
         axes[2].bar([str(r["load_rps"]) for r in adaptive], share, bottom=bottom, label=name)
         bottom += share
     axes[0].axhline(99, color="grey", linewidth=0.8)
-    axes[0].set(title=f"{family}: SLO attainment", xlabel="offered load (req/s)", ylabel="within budget (%)", ylim=(0, 101))
+    axes[0].set(title=f"{family}: SLO attainment (median and range of repeats)", xlabel="offered load (req/s)", ylabel="within budget (%)", ylim=(0, 101))
     axes[1].set(title="client-measured latency", xlabel="offered load (req/s)", ylabel="ms", yscale="log")
     axes[2].set(title="variant mix chosen by adaptive", xlabel="offered load (req/s)", ylabel="share of answers")
     for ax in axes:

@@ -126,7 +126,8 @@ def _loadtest(args: argparse.Namespace) -> int:
 def _bench_routing(args: argparse.Namespace) -> int:
     from loadtest.bench_routing import run
 
-    return run(args.repo, family=args.family, rates=args.loads, seconds=args.seconds, out=args.out, classes=args.sla)
+    return run(args.repo, family=args.family, rates=args.loads, seconds=args.seconds, out=args.out, classes=args.sla,
+               repeats=args.repeats, min_requests=args.min_requests)
 
 
 def _triton(args: argparse.Namespace) -> int:
@@ -227,9 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "gateway, stepped up past saturation, with plots and the simulator's prediction")
     br.add_argument("--repo", type=Path, default=DEFAULT_REPO)
     br.add_argument("--family", choices=["cnn", "rnn", "recsys"], default="recsys")
-    br.add_argument("--loads", type=float, nargs="+", help="offered loads, req/s (default: 0.05x-1.2x an estimate "
+    br.add_argument("--loads", type=float, nargs="+", help="offered loads, req/s (default: 0.1x-1.2x an estimate "
                     "of what the most accurate variant sustains)")
-    br.add_argument("--seconds", type=float, default=8.0, help="per load step")
+    br.add_argument("--seconds", type=float, default=6.0, help="per load step")
+    br.add_argument("--repeats", type=int, default=3, help="steps per routing and load; numbers are their median")
+    br.add_argument("--min-requests", type=int, default=300, help="a step lasts long enough to send this many")
     br.add_argument("--sla", default=DEFAULT_CLASSES, help="SLA classes as name=budget_ms:weight,... "
                     "(default: the load tests', %(default)s)")
     br.add_argument("--out", type=Path, default=Path("reports/bench_routing"))

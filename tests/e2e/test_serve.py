@@ -123,7 +123,7 @@ def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, 
 def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_repo, cli, tmp_path):
     out = tmp_path / "br"
     result = cli(["bench-routing", "--repo", str(profiled_quick_repo), "--family", "cnn", "--loads", "5", "20",
-                  "--seconds", "1.5", "--out", str(out)])
+                  "--seconds", "1.5", "--repeats", "2", "--min-requests", "10", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[bench-routing] cnn adaptive" in result.stderr  # progress per step
     rows = json.loads((out / "rows.json").read_text())
@@ -131,6 +131,7 @@ def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_rep
     assert set(measured) == {(r, load) for r in ("adaptive", "full", "fastest") for load in (5.0, 20.0)}
     for r in measured.values():
         assert r["requests"] > 0 and r["errors"] == 0 and 0.0 <= r["slo_attainment"] <= 1.0
+        assert len(r["slo_runs"]) == 2 and min(r["slo_runs"]) <= r["slo_attainment"] <= max(r["slo_runs"])
         assert sum(r["variant_mix"].values()) == pytest.approx(1.0, abs=0.01)
         assert r["server_cpu_ms_per_request"] > 0
     assert sum(r["client_cpu_cores"] for r in measured.values()) > 0  # the load generator's own CPU is measured
