@@ -226,8 +226,8 @@ class Gateway:
         self.observer.started(family, decision.variant)
         loop = asyncio.get_running_loop()
         try:
-            outputs, service_ms, _, served_by = await loop.run_in_executor(self._pool, self.backend.run,
-                                                                           decision.variant, feeds)
+            outputs, service_ms, served_by = await loop.run_in_executor(self._pool, self.backend.run,
+                                                                        decision.variant, feeds)
         except BaseException:
             policy.finish(decision, None)
             self.observer.finished(family, decision.variant, "error", time.perf_counter() - started)

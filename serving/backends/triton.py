@@ -74,7 +74,7 @@ class TritonBackend:
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float, str]:
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
         inputs = []
         for name, value in feeds.items():
             value = value.reshape(-1, 1) if name == "LENGTHS" else value  # Triton's per-row scalars are [n, 1]
@@ -87,7 +87,7 @@ class TritonBackend:
         else:
             result = self._client.infer(variant, inputs)
         output = result.as_numpy(self.outputs[variant])
-        return output, (time.perf_counter() - start) * 1e3, start, self.name
+        return output, (time.perf_counter() - start) * 1e3, self.name
 
     def close(self) -> None:
         try:
@@ -134,7 +134,7 @@ class FailoverBackend:
                 log.warning("Triton at %s is %s", self.primary.url, "back: traffic returns to it" if ready else "down")
             self._up = ready
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float, str]:
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
         if self._up:
             try:
                 return self.primary.run(variant, feeds)
