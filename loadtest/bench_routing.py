@@ -157,16 +157,14 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
     rows = []
     env = {**os.environ, "FLEXSERVE_REPO": str(repo.resolve())}
     with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT, log=out / "gateway.log") as server:
-        info = httpx.get(f"{server.url}/v1/variants").json()
-        variants = info["families"][family]["variants"]
-        metric = info["families"][family]["metric"]
-        accuracy = {v["name"]: v[metric] for v in variants}
+        workers = httpx.get(f"{server.url}/v1/variants").json()["workers"]
         policy = policy_from_manifest(family, repository.family(family))
+        metric, accuracy = policy.metric, {name: policy.quality(name) for name in policy.variant_names}
         rows_per_request = int(repository.family(family).get("rows_per_request", 1))
         pins = {"adaptive": None, "full": policy.most_accurate, "fastest": policy.fastest(rows_per_request)}
         if rates is None:  # 0.1x-1.2x what the most accurate variant plus HTTP can sustain here
             per_request_ms = policy.profile_of(policy.most_accurate).at(rows_per_request) + HTTP_CPU_MS
-            capacity = info["workers"] * 1e3 / per_request_ms
+            capacity = workers * 1e3 / per_request_ms
             rates = [round(capacity * f, 1) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
         # At each load the three routings run side by side, `repeats` times in rotating order, on the
         # same arrivals and budgets within a repeat: the machine's drift and hiccups hit them alike,
@@ -194,13 +192,12 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
                           f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}",
                           file=sys.stderr, flush=True)
             rows += [_median_row(steps[routing]) for routing in ROUTINGS]
-    sim = sweep(family, repository.family(family), workers=info["workers"], loads=rates,
+    sim = sweep(family, repository.family(family), workers=workers, loads=rates,
                 budgets=[(c.budget_ms, c.weight) for c in classes],
                 policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
-    held = {r: max([0.0] + [x["load_rps"] for x in rows if x["routing"] == r and x["slo_attainment"] >= 0.99
-                            and all(y["slo_attainment"] >= 0.99 for y in rows
-                                    if y["routing"] == r and y["load_rps"] <= x["load_rps"])]) for r in ROUTINGS}
-    sim_held = {p: holds_up_to(sim, p, "poisson") for p in ("adaptive", "full", "fastest")}
+    as_sim = [{**r, "policy": r["routing"], "arrivals": "poisson"} for r in rows]  # the simulator's row keys
+    held = {r: holds_up_to(as_sim, r, "poisson") for r in ROUTINGS}
+    sim_held = {r: holds_up_to(sim, r, "poisson") for r in ROUTINGS}
     text = _markdown(family, metric, rows, sim, held, sim_held)
     (out / "report.md").write_text(text + "\n")
     (out / "rows.json").write_text(json.dumps({"measured": rows, "simulated": sim}, indent=1))
