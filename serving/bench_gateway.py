@@ -70,7 +70,6 @@ def _feeds(gateway_like, family: str, body: dict) -> dict[str, np.ndarray]:
 def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300) -> list[dict]:
     """Concurrency 1: p50 of the gateway, of in-process ONNX Runtime, and of the echo, per family."""
     import httpx
-    import onnxruntime as ort
 
     from serving.gateway import Gateway, GatewayConfig
 
@@ -81,10 +80,6 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
             for family, (path, body) in _payloads(local.repo, np.random.default_rng(0)).items():
                 body = {**body, "latency_budget_ms": 10_000}
                 variant = local.policies[family].most_accurate
-                options = ort.SessionOptions()
-                options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-                sess = ort.InferenceSession(str(next(v.path for v in local.repo.variants(family)
-                                                     if v.name == variant)), options)
                 feeds = _feeds(local, family, body)
                 times: dict[str, list[float]] = {"gateway": [], "onnxruntime": [], "echo": []}
                 served = Counter()
@@ -92,7 +87,7 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
                     t0 = time.perf_counter()
                     answer = client.post(gateway_url + path, json=body)
                     t1 = time.perf_counter()
-                    sess.run(None, feeds)
+                    local.backend.run(variant, feeds)  # the gateway's own session, in this process
                     t2 = time.perf_counter()
                     client.post(echo_url + "/v1/echo", json=body).raise_for_status()
                     t3 = time.perf_counter()

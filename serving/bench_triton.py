@@ -46,11 +46,9 @@ def _feeds(repo, family: str) -> dict[str, np.ndarray]:
 def _caller(kind: str, server: TritonServer | None, repo, family: str, variant: str, feeds: dict):
     """A zero-argument function that runs one request the `kind` way (thread-local clients)."""
     if kind == "onnxruntime":
-        import onnxruntime as ort
+        from serving.backends.onnxruntime import open_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-        sess = ort.InferenceSession(str(next(v.path for v in repo.variants(family) if v.name == variant)), options)
+        sess = open_session(next(v.path for v in repo.variants(family) if v.name == variant))
         return lambda: sess.run(None, feeds)
     if kind == "grpc":
         import tritonclient.grpc as module

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from serving.backends.onnxruntime import open_session
 from training.data import Split
 from training.tasks import Task
 from training.trainer import batches, predict, to_tensors
@@ -60,13 +61,8 @@ def export_onnx(model: nn.Module, task: Task, sample: dict[str, np.ndarray], pat
     onnx.checker.check_model(str(path))
 
 
-def session(path: Path | str, threads: int = 1, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An ORT session with explicit thread counts (serving runs one thread per request)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # hide ORT's warnings about unused initialisers
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+# An ORT session with explicit thread counts, exactly as serving opens it (one thread per request).
+session = open_session
 
 
 def run_onnx(sess: ort.InferenceSession, split: Split, task: Task, batch_size: int = 256) -> np.ndarray:

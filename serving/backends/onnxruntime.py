@@ -29,6 +29,15 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def open_session(path, threads: int = 1, providers: list[str] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session as serving runs it: `threads` intra-op threads, one inter-op, quiet logs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # hide ORT's warnings about unused initialisers
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
 def _warmup_feeds(section: dict) -> list[dict[str, np.ndarray]]:
     """Ones (a valid id, length and pixel for every family) at one row and at a typical request's
     rows: the first run at a new size allocates, and that cost must not land on a request."""
@@ -61,11 +70,7 @@ class OnnxRuntimeBackend:
     def start(self) -> None:
         for family in self.families:
             for variant in self.repo.variants(family):
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                options.log_severity_level = 3
-                sess = ort.InferenceSession(str(variant.path), options, providers=self.providers)
+                sess = open_session(variant.path, self.threads, self.providers)
                 check_signature(self.repo, family, variant, sess)
                 for feed in _warmup_feeds(self.repo.family(family)):
                     sess.run(None, feed)

@@ -49,8 +49,7 @@ def _error(message: str, invalid: bool = True):
 
 class VariantModel:
     def initialize(self, args: dict) -> None:
-        import onnxruntime as ort
-
+        from serving.backends.onnxruntime import open_session
         from serving.repository import sha256_file
 
         config = json.loads(args["model_config"])
@@ -60,11 +59,7 @@ class VariantModel:
         if actual != params["sha256"]:
             raise RuntimeError(f"{path} has sha256 {actual[:12]}..., the manifest says {params['sha256'][:12]}...: "
                                "refusing to serve it; rebuild the Triton repository with `flexserve triton repo`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("threads", "1"))
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, int(params.get("threads", "1")))
         self.inputs = [(i["name"], i.get("dims", [])) for i in config["input"]]
         self.output = config["output"][0]["name"]
         self.pad_id = int(params.get("pad_id", "0"))
