@@ -30,7 +30,7 @@ $(FASHION_MNIST):
 run: setup
 	@[ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
 	$(BIN)/flexserve profile --repo $(REPO) --missing-only
-	FLEXSERVE_REPO=$(REPO) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml serve
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/flexserve serve --repo $(REPO)
 
 # The test suite, as CI runs it. pytest's exit code 5 (no tests collected) is not a failure.
 test: setup

@@ -17,15 +17,19 @@ import asyncio
 import json
 import os
 import resource
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from loadtest.payloads import typical_requests
+from loadtest.servers import ServerProcess
+from loadtest.simulator import holds_up_to, sweep
 from loadtest.sla import DEFAULT_CLASSES, SlaClass, parse_classes
-from serving.process import ServerProcess
+from serving.policy import policy_from_manifest
+from serving.repository import load_repository
+from training.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTINGS = ("adaptive", "full", "fastest")
@@ -103,14 +107,14 @@ def _drain(url: str, limit_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _row(routing: str, rate: float, results, accuracy: dict[str, float], cpu_s: float, server_cpu_s: float,
+def _row(routing: str, rate: float, results, metric_of: dict[str, float], cpu_s: float, server_cpu_s: float,
          wall_s: float) -> dict:
     latency = np.array([r[0] for r in results])
     served = [r for r in results if r[3]]
     mix = Counter(r[2] for r in served)
     return {"routing": routing, "load_rps": rate, "requests": len(results), "errors": len(results) - len(served),
             "slo_attainment": round(float(np.mean([r[3] and r[0] <= r[1] for r in results])), 4),
-            "mean_accuracy": round(float(np.mean([accuracy[r[2]] for r in served])), 5) if served else float("nan"),
+            "mean_metric": round(float(np.mean([metric_of[r[2]] for r in served])), 5) if served else float("nan"),
             "throughput_rps": round(len(served) / wall_s, 1),
             "p50_ms": round(float(np.percentile(latency, 50)), 2), "p95_ms": round(float(np.percentile(latency, 95)), 2),
             "p99_ms": round(float(np.percentile(latency, 99)), 2),
@@ -138,60 +142,63 @@ def _median_row(runs: list[dict]) -> dict:
 HTTP_CPU_MS = 6.0
 
 
+def _steps_at(server: ServerProcess, path: str, body: dict, classes, rate: float, seconds: float, min_requests: int,
+              repeats: int, pins: dict[str, str | None], metric_of: dict[str, float],
+              progress: Progress) -> dict[str, list[dict]]:
+    """The three routings at one load, side by side, `repeats` times in rotating order, on the same
+    arrivals and budgets within a repeat: the machine's drift and hiccups hit them alike."""
+    # At least `min_requests` a step, so that one miss is a fraction of the 1% that matters.
+    step_s = max(seconds, min_requests / rate)
+    steps: dict[str, list[dict]] = {r: [] for r in ROUTINGS}
+    for rep in range(repeats):
+        for routing in ROUTINGS[rep % 3:] + ROUTINGS[:rep % 3]:
+            _drain(server.url)
+            asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
+                              np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
+            cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+            t0 = time.perf_counter()
+            results = asyncio.run(_step(server.url, path, body, classes, rate, step_s, pins[routing],
+                                        np.random.default_rng([int(rate * 10), rep])))
+            wall = time.perf_counter() - t0
+            cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+            cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+            r = _row(routing, rate, results, metric_of, cpu, server1 - server0, wall)
+            steps[routing].append(r)
+            progress.update(1, note=f"{routing} {rate:g} req/s ({rep + 1}/{repeats}): SLO {r['slo_attainment']:.1%}")
+            progress.log(f"[bench-routing] {routing:<8} {rate:>7g} req/s ({rep + 1}/{repeats}): SLO "
+                         f"{r['slo_attainment']:.1%}, mean metric {r['mean_metric']:.4f}, p99 {r['p99_ms']:.1f} ms, "
+                         f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}")
+    return steps
+
+
 def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 6.0,
         out: Path = Path("reports/bench_routing"), classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES,
         repeats: int = 3, min_requests: int = 300) -> int:
     import httpx
 
-    from serving.bench_gateway import _payloads
-    from serving.policy import policy_from_manifest
-    from serving.repository import load_repository
-    from serving.simulator import holds_up_to, sweep
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     classes = parse_classes(classes) if isinstance(classes, str) else classes
     repository = load_repository(repo)
-    path, body = _payloads(repository, np.random.default_rng(0))[family]
+    path, body = typical_requests(repository, np.random.default_rng(0))[family]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     env = {**os.environ, "FLEXSERVE_REPO": str(repo.resolve())}
     with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT, log=out / "gateway.log") as server:
         workers = httpx.get(f"{server.url}/v1/variants").json()["workers"]
         policy = policy_from_manifest(family, repository.family(family))
-        metric, accuracy = policy.metric, {name: policy.quality(name) for name in policy.variant_names}
-        rows_per_request = int(repository.family(family).get("rows_per_request", 1))
+        metric, metric_of = policy.metric, {name: policy.quality(name) for name in policy.variant_names}
+        rows_per_request = repository.family(family).rows_per_request
         pins = {"adaptive": None, "full": policy.most_accurate, "fastest": policy.fastest(rows_per_request)}
         if rates is None:  # 0.1x-1.2x what the most accurate variant plus HTTP can sustain here
             per_request_ms = policy.profile_of(policy.most_accurate).at(rows_per_request) + HTTP_CPU_MS
             capacity = workers * 1e3 / per_request_ms
             rates = [round(capacity * f, 1) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
-        # At each load the three routings run side by side, `repeats` times in rotating order, on the
-        # same arrivals and budgets within a repeat: the machine's drift and hiccups hit them alike,
-        # and each reported number is the median over the repeats (the range is kept).
-        for rate in rates:
-            # At least `min_requests` a step, so that one miss is a fraction of the 1% that matters.
-            step_s = max(seconds, min_requests / rate)
-            steps: dict[str, list[dict]] = {r: [] for r in ROUTINGS}
-            for rep in range(repeats):
-                for routing in ROUTINGS[rep % 3:] + ROUTINGS[:rep % 3]:
-                    _drain(server.url)
-                    asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
-                                      np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
-                    cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
-                    t0 = time.perf_counter()
-                    results = asyncio.run(_step(server.url, path, body, classes, rate, step_s, pins[routing],
-                                                np.random.default_rng([int(rate * 10), rep])))
-                    wall = time.perf_counter() - t0
-                    cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
-                    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-                    r = _row(routing, rate, results, accuracy, cpu, server1 - server0, wall)
-                    steps[routing].append(r)
-                    print(f"[bench-routing] {family} {routing:<8} {rate:>7g} req/s ({rep + 1}/{repeats}): SLO "
-                          f"{r['slo_attainment']:.1%}, {metric} {r['mean_accuracy']:.4f}, p99 {r['p99_ms']:.1f} ms, "
-                          f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}",
-                          file=sys.stderr, flush=True)
-            rows += [_median_row(steps[routing]) for routing in ROUTINGS]
+        with Progress(len(rates) * repeats * len(ROUTINGS), f"bench-routing {family}", unit="step") as progress:
+            for rate in rates:
+                steps = _steps_at(server, path, body, classes, rate, seconds, min_requests, repeats, pins, metric_of,
+                                  progress)
+                rows += [_median_row(steps[routing]) for routing in ROUTINGS]
     sim = sweep(family, repository.family(family), workers=workers, loads=rates,
                 budgets=[(c.budget_ms, c.weight) for c in classes],
                 policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
@@ -216,7 +223,7 @@ def _markdown(family, metric, rows, sim, held, sim_held) -> str:
         s = simulated.get((r["routing"], r["load_rps"]))
         spread = f" [{min(r['slo_runs']):.1%}-{max(r['slo_runs']):.1%}]" if len(r.get("slo_runs", [])) > 1 else ""
         lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%}{spread} ({s:.1%}) | "
-                     f"{r['mean_accuracy']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
+                     f"{r['mean_metric']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
                      f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} / {r['server_cpu_cores']:.2f} | "
                      f"{r['server_cpu_ms_per_request']:.1f} ms |")
     full, adaptive = held["full"], held["adaptive"]
@@ -224,7 +231,7 @@ def _markdown(family, metric, rows, sim, held, sim_held) -> str:
     verdict = ("n/a: full never dropped below 99% here (add higher --loads)" if full == top
                else "PASS" if full and adaptive >= 2 * full else "FAIL")
     low = min(r["load_rps"] for r in rows)
-    acc = {r["routing"]: r["mean_accuracy"] for r in rows if r["load_rps"] == low}
+    acc = {r["routing"]: r["mean_metric"] for r in rows if r["load_rps"] == low}
     gap = abs(acc["adaptive"] - acc["full"])
     lines += ["", "| target | measured | simulated | |", "|---|---|---|---|",
               f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "

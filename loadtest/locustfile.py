@@ -32,9 +32,9 @@ from locust.stats import StatsEntry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` does not put the repo on the path
 
-from loadtest.sla import DEFAULT_CLASSES, check, load_policy  # noqa: E402
+from loadtest.sla import DEFAULT_CLASSES, check, load_spec  # noqa: E402
 
-_budget_met: Counter = Counter()  # SLA class -> answers with budget_met true (this process, since the last report)
+budget_met_counts: Counter = Counter()  # SLA class -> answers with budget_met true (this process, since the last report)
 _totals: Counter = Counter()  # on the master (or a local run): all processes' counts
 _pins: dict[str, str] = {}  # family -> pinned variant, for --routing full|fastest
 
@@ -55,30 +55,29 @@ def _options(parser):
                        "against the budget; use when the load generators' clocks are not in sync with the server's)")
 
 
-def _policy(environment):
+def sla_spec(environment):
+    """The run's SLA classes and thresholds, from its command line (or --sla-file)."""
     o = environment.parsed_options
-    return load_policy(Path(o.sla_file) if o.sla_file else None, o.sla, o.sla_percentile, o.max_failure_ratio,
+    return load_spec(Path(o.sla_file) if o.sla_file else None, o.sla, o.sla_percentile, o.max_failure_ratio,
                        o.min_budget_met)
 
 
 @events.test_start.add_listener
 def _on_start(environment, **_):
-    _policy(environment)  # a malformed SLA fails the run at once, not at the end
+    sla_spec(environment)  # a malformed SLA fails the run at once, not at the end
     if environment.parsed_options.routing != "adaptive" and not isinstance(environment.runner, MasterRunner):
         import urllib.request
 
         with urllib.request.urlopen(f"{environment.host}/v1/variants", timeout=10) as response:
             families = json.loads(response.read())["families"]
         for family, info in families.items():
-            variants = info["variants"]  # most accurate first
-            _pins[family] = (variants[0]["name"] if environment.parsed_options.routing == "full"
-                             else min(variants, key=lambda v: v["profiled_p50_ms"])["name"])
+            _pins[family] = info["most_accurate" if environment.parsed_options.routing == "full" else "fastest"]
 
 
 @events.report_to_master.add_listener
 def _report(client_id, data):
-    data["flexserve_budget_met"] = dict(_budget_met)
-    _budget_met.clear()
+    data["flexserve_budget_met"] = dict(budget_met_counts)
+    budget_met_counts.clear()
 
 
 @events.worker_report.add_listener
@@ -90,22 +89,22 @@ def _collect(client_id, data):
 def _verdict(environment, **_):
     if isinstance(environment.runner, WorkerRunner):
         return
-    _totals.update(_budget_met)
-    policy = _policy(environment)
+    _totals.update(budget_met_counts)
+    spec = sla_spec(environment)
     results = []
-    for cls in policy.classes:
+    for cls in spec.classes:
         merged = StatsEntry(environment.stats, cls.name, "POST")
         for (name, _method), entry in environment.stats.entries.items():
             if name.endswith(f":{cls.name}"):
                 merged.extend(entry)
-        percentile = merged.get_response_time_percentile(policy.percentile / 100) if merged.num_requests else 0.0
-        results.append(check(policy, cls.name, merged.num_requests, merged.num_failures, float(percentile or 0.0),
+        percentile = merged.get_response_time_percentile(spec.percentile / 100) if merged.num_requests else 0.0
+        results.append(check(spec, cls.name, merged.num_requests, merged.num_failures, float(percentile or 0.0),
                              _totals[cls.name]))
-    print(f"\nFlexServe SLA check (p{policy.percentile:g} within budget, failures <= {policy.max_failure_ratio:.1%}, "
-          f"budget_met >= {policy.min_budget_met:.0%}):")
+    print(f"\nFlexServe SLA check (p{spec.percentile:g} within budget, failures <= {spec.max_failure_ratio:.1%}, "
+          f"budget_met >= {spec.min_budget_met:.0%}):")
     for r in results:
         state = "PASS" if r.ok else "FAIL"
-        print(f"  {state} {r.name:<12} budget {r.budget_ms:g} ms: {r.requests} requests, p{policy.percentile:g} "
+        print(f"  {state} {r.name:<12} budget {r.budget_ms:g} ms: {r.requests} requests, p{spec.percentile:g} "
               f"{r.percentile_ms:.1f} ms, {r.failures} failed, {r.budget_met} budget_met")
         for problem in r.problems:
             print(f"       SLA broken: {problem}")
@@ -115,7 +114,7 @@ def _verdict(environment, **_):
                     "median_ms": e.median_response_time, "p95_ms": e.get_response_time_percentile(0.95),
                     "p99_ms": e.get_response_time_percentile(0.99), "rps": round(e.total_rps, 2)}
                    for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)]
-        Path(environment.parsed_options.sla_report).write_text(json.dumps({"percentile": policy.percentile, "classes": [
+        Path(environment.parsed_options.sla_report).write_text(json.dumps({"percentile": spec.percentile, "classes": [
             {"class": r.name, "budget_ms": r.budget_ms, "requests": r.requests, "failures": r.failures,
              "percentile_ms": r.percentile_ms, "budget_met": r.budget_met, "ok": r.ok, "problems": r.problems}
             for r in results], "requests": by_name}, indent=1))
@@ -124,21 +123,21 @@ def _verdict(environment, **_):
 
 
 @functools.cache
-def _images() -> list:
+def sample_images() -> list:
     from training.data import load_fashion_mnist
 
     return load_fashion_mnist().test.inputs["IMAGES"][:512, 0].astype(float).tolist()
 
 
 @functools.cache
-def _texts() -> list[str]:
+def sample_texts() -> list[str]:
     from training.data import rotten_tomatoes_test_texts
 
     return rotten_tomatoes_test_texts()
 
 
 @functools.cache
-def _users() -> list[int]:
+def sample_users() -> list[int]:
     from training.data import load_movielens_100k
 
     data = load_movielens_100k()
@@ -154,7 +153,7 @@ class _FlexServeUser(FastHttpUser):
     path = ""
 
     def on_start(self):
-        self.sla = _policy(self.environment)
+        self.sla = sla_spec(self.environment)
 
     def payload(self) -> dict:
         raise NotImplementedError
@@ -173,7 +172,7 @@ class _FlexServeUser(FastHttpUser):
                 return
             answer = response.json()
             if answer.get("budget_met"):
-                _budget_met[cls.name] += 1
+                budget_met_counts[cls.name] += 1
             response.success()
 
 
@@ -181,7 +180,7 @@ class ImageUser(_FlexServeUser):
     family, path = "cnn", "/v1/classify_image"
 
     def payload(self) -> dict:
-        return {"images": [random.choice(_images())]}
+        return {"images": [random.choice(sample_images())]}
 
     @task
     def classify_image(self):
@@ -192,7 +191,7 @@ class TextUser(_FlexServeUser):
     family, path = "rnn", "/v1/classify_text"
 
     def payload(self) -> dict:
-        return {"texts": [random.choice(_texts())]}
+        return {"texts": [random.choice(sample_texts())]}
 
     @task
     def classify_text(self):
@@ -203,7 +202,7 @@ class RecommendUser(_FlexServeUser):
     family, path = "recsys", "/v1/recommend"
 
     def payload(self) -> dict:
-        return {"user_id": random.choice(_users()), "k": 10}
+        return {"user_id": random.choice(sample_users()), "k": 10}
 
     @task
     def recommend(self):

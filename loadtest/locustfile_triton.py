@@ -7,7 +7,7 @@
 `TritonTextUser` sends raw snippets (`TEXT`) to `rnn_router`, `TritonImageUser` images to
 `cnn_router`, each with its SLA class's `LATENCY_BUDGET_MS`. The SLA options and end-of-run
 checks are those of `loadtest/locustfile.py`; here an answer counts as budget met when the
-client measured it within its budget (Triton's `BUDGET_MET` is the router's prediction).
+client measured it within its budget (Triton's `PREDICTED_TO_MEET` is the router's prediction).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from locust import User, between, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.locustfile import _budget_met, _images, _policy, _texts  # noqa: E402  (also registers the SLA checks)
+from loadtest.locustfile import budget_met_counts, sample_images, sample_texts, sla_spec  # noqa: E402  (also registers the SLA checks)
 
 
 class _TritonUser(User):
@@ -36,7 +36,7 @@ class _TritonUser(User):
 
         self.grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(self.host.removeprefix("grpc://"))
-        self.sla = _policy(self.environment)
+        self.sla = sla_spec(self.environment)
 
     def inputs(self) -> list:
         raise NotImplementedError
@@ -56,7 +56,7 @@ class _TritonUser(User):
         events.request.fire(request_type="grpc", name=f"{self.family}:{cls.name}", response_time=elapsed_ms,
                             response_length=0, exception=error, context={})
         if error is None and elapsed_ms <= cls.budget_ms:
-            _budget_met[cls.name] += 1
+            budget_met_counts[cls.name] += 1
 
 
 class TritonTextUser(_TritonUser):
@@ -64,7 +64,7 @@ class TritonTextUser(_TritonUser):
 
     def inputs(self) -> list:
         text = self.grpc.InferInput("TEXT", [1], "BYTES")
-        text.set_data_from_numpy(np.array([random.choice(_texts()).encode()], dtype=np.object_))
+        text.set_data_from_numpy(np.array([random.choice(sample_texts()).encode()], dtype=np.object_))
         return [text]
 
     @task
@@ -77,7 +77,7 @@ class TritonImageUser(_TritonUser):
 
     def inputs(self) -> list:
         images = self.grpc.InferInput("IMAGES", [1, 1, 28, 28], "FP32")
-        images.set_data_from_numpy(np.array(random.choice(_images()), dtype=np.float32).reshape(1, 1, 28, 28))
+        images.set_data_from_numpy(np.array(random.choice(sample_images()), dtype=np.float32).reshape(1, 1, 28, 28))
         return [images]
 
     @task

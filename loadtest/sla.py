@@ -22,7 +22,7 @@ class SlaClass:
 
 
 @dataclass(frozen=True)
-class SlaPolicy:
+class SlaSpec:
     classes: tuple[SlaClass, ...]
     percentile: float = 95.0  # of client-measured response time, checked against the budget
     max_failure_ratio: float = 0.01
@@ -53,16 +53,16 @@ def parse_classes(text: str) -> tuple[SlaClass, ...]:
     return tuple(classes)
 
 
-def load_policy(path: Path | None, classes: str, percentile: float, max_failure_ratio: float,
-                min_budget_met: float) -> SlaPolicy:
+def load_spec(path: Path | None, classes: str, percentile: float, max_failure_ratio: float,
+              min_budget_met: float) -> SlaSpec:
     """From a JSON file ({"classes": [{"name", "budget_ms", "weight"}], "percentile", ...}) or the options."""
     if path is None:
-        return SlaPolicy(parse_classes(classes), percentile, max_failure_ratio, min_budget_met)
-    spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    return SlaPolicy(tuple(SlaClass(c["name"], float(c["budget_ms"]), float(c.get("weight", 1.0)))
-                           for c in spec["classes"]),
-                     float(spec.get("percentile", percentile)), float(spec.get("max_failure_ratio", max_failure_ratio)),
-                     float(spec.get("min_budget_met", min_budget_met)))
+        return SlaSpec(parse_classes(classes), percentile, max_failure_ratio, min_budget_met)
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return SlaSpec(tuple(SlaClass(c["name"], float(c["budget_ms"]), float(c.get("weight", 1.0)))
+                         for c in data["classes"]),
+                   float(data.get("percentile", percentile)), float(data.get("max_failure_ratio", max_failure_ratio)),
+                   float(data.get("min_budget_met", min_budget_met)))
 
 
 @dataclass
@@ -80,23 +80,23 @@ class ClassResult:
         return not self.problems
 
 
-def check(policy: SlaPolicy, name: str, requests: int, failures: int, percentile_ms: float,
+def check(spec: SlaSpec, name: str, requests: int, failures: int, percentile_ms: float,
           budget_met: int) -> ClassResult:
     """One class's verdict; each broken SLA says by how much."""
-    budget = next(c.budget_ms for c in policy.classes if c.name == name)
+    budget = next(c.budget_ms for c in spec.classes if c.name == name)
     result = ClassResult(name, budget, requests, failures, percentile_ms, budget_met)
     if requests == 0:
         result.problems.append("no requests were made")
         return result
     if percentile_ms > budget:
-        result.problems.append(f"p{policy.percentile:g} {percentile_ms:.1f} ms > budget {budget:g} ms "
+        result.problems.append(f"p{spec.percentile:g} {percentile_ms:.1f} ms > budget {budget:g} ms "
                                f"(over by {percentile_ms - budget:.1f} ms, {percentile_ms / budget:.1f}x)")
     ratio = failures / requests
-    if ratio > policy.max_failure_ratio:
-        result.problems.append(f"failure ratio {ratio:.2%} > {policy.max_failure_ratio:.2%} ({failures} of {requests})")
+    if ratio > spec.max_failure_ratio:
+        result.problems.append(f"failure ratio {ratio:.2%} > {spec.max_failure_ratio:.2%} ({failures} of {requests})")
     answered = requests - failures
     share = budget_met / answered if answered else 0.0
-    if share < policy.min_budget_met:
-        result.problems.append(f"budget_met share {share:.1%} < {policy.min_budget_met:.1%} "
-                               f"(short by {policy.min_budget_met - share:.1%})")
+    if share < spec.min_budget_met:
+        result.problems.append(f"budget_met share {share:.1%} < {spec.min_budget_met:.1%} "
+                               f"(short by {spec.min_budget_met - share:.1%})")
     return result

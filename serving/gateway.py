@@ -1,33 +1,42 @@
-"""The gateway's core, free of any web framework: validate a request, route it with the policy,
-run the chosen variant on a backend, and shape the answer. `serving/service.py` is the thin
-BentoML adapter around it (HTTP, headers, status codes, metrics).
+"""The gateway's core, free of any web framework: decode a request, route it with the policy, run
+the chosen variant on a backend, and shape the answer. `serving/service.py` is the thin BentoML
+adapter around it (HTTP, headers, status codes, metrics).
+
+A request's way through: the edge builds one `RequestContext` (budget, time before the server,
+arrival time); the gateway decodes the payload, asks the policy (the one place that checks the
+routing fields), runs the variant, and returns the answer with a `Completion` that the edge calls
+once the response has left, so the policy learns the request's whole time in the server.
 
 All variants of all families share one executor: `workers` threads (one per core by default),
 each running one request on one intra-op thread, as profiled. The policies of all families
 share the executor's state, so a recommender request queued in front of an image request
 counts in the image request's prediction.
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from contract.manifest import BUILD_HINT, DEFAULT_REPOSITORY
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.errors import InvalidRequestError, RepositoryError
-from serving.policy import Decision, Executor, MAX_LATENCY_BUDGET_MS, Policy, policy_from_manifest
-from serving.preprocess import Catalog, ImageCodec, TextCodec
-from serving.repository import BUILD_HINT, Repository, load_repository
+from serving.policy import DEFAULT_LATENCY_BUDGET_MS, MAX_LATENCY_BUDGET_MS, Decision, Executor, Policy
+from serving.policy import policy_from_manifest
+from serving.preprocess import codec_for
+from serving.repository import Repository, load_repository
 
-DEFAULT_REPO = Path("artifacts/model_repository")
 BACKENDS = ("onnxruntime", "triton")
+MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB
 
 
 def _usable_cores() -> int:
@@ -36,32 +45,32 @@ def _usable_cores() -> int:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    repo: Path = DEFAULT_REPO
+    repo: Path = DEFAULT_REPOSITORY
     # A BentoML model store tag (e.g. flexserve-model-repository:latest); wins over `repo`.
     model_tag: str | None = None
     device: str = "auto"  # ONNX Runtime: cuda when onnxruntime-gpu and a GPU are present
     # Concurrent model runs: one per core, one intra-op thread each (as profiled).
     workers: int = field(default_factory=_usable_cores)
-    # When a request names no budget: loose enough for the most accurate variant here.
-    default_budget_ms: float = 200.0
+    # The budget of a request that names none.
+    default_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
     backend: str = "onnxruntime"  # or "triton": remote, failing over to in-process ONNX Runtime
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: str = "grpc"  # or "http" (then triton_url is the HTTP port, e.g. 127.0.0.1:8000)
+    max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before they are read
+
+    ENVIRONMENT: ClassVar[dict[str, tuple[str, type]]] = {  # field -> (variable, type)
+        "repo": ("FLEXSERVE_REPO", Path), "model_tag": ("FLEXSERVE_MODEL_TAG", str),
+        "device": ("FLEXSERVE_DEVICE", str), "backend": ("FLEXSERVE_BACKEND", str),
+        "triton_url": ("FLEXSERVE_TRITON_URL", str), "triton_protocol": ("FLEXSERVE_TRITON_PROTOCOL", str),
+        "workers": ("FLEXSERVE_WORKERS", int), "default_budget_ms": ("FLEXSERVE_DEFAULT_BUDGET_MS", float),
+        "max_body_bytes": ("FLEXSERVE_MAX_BODY_BYTES", int),
+    }
 
     @classmethod
-    def from_env(cls, environ: dict | None = None) -> GatewayConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         env = os.environ if environ is None else environ
         kwargs: dict = {}
-        if env.get("FLEXSERVE_REPO"):
-            kwargs["repo"] = Path(env["FLEXSERVE_REPO"])
-        if env.get("FLEXSERVE_MODEL_TAG"):
-            kwargs["model_tag"] = env["FLEXSERVE_MODEL_TAG"]
-        for key, name in (("device", "FLEXSERVE_DEVICE"), ("backend", "FLEXSERVE_BACKEND"),
-                          ("triton_url", "FLEXSERVE_TRITON_URL"), ("triton_protocol", "FLEXSERVE_TRITON_PROTOCOL")):
-            if env.get(name):
-                kwargs[key] = env[name]
-        for key, name, kind in (("workers", "FLEXSERVE_WORKERS", int),
-                                ("default_budget_ms", "FLEXSERVE_DEFAULT_BUDGET_MS", float)):
+        for key, (name, kind) in cls.ENVIRONMENT.items():
             if env.get(name):
                 try:
                     kwargs[key] = kind(env[name])
@@ -76,22 +85,38 @@ class GatewayConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0 < self.default_budget_ms <= MAX_LATENCY_BUDGET_MS:
             raise ValueError(f"default_budget_ms must be in (0, {MAX_LATENCY_BUDGET_MS:g}], got {self.default_budget_ms}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
 
 
-@dataclass(frozen=True)
-class RouteOptions:
-    """The per-request routing fields every endpoint accepts."""
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """One request's routing inputs, built once by the edge. The values are as the client sent them:
+    the policy checks them (and the edge names the header a bad budget came from)."""
 
-    latency_budget_ms: object = None
+    latency_budget_ms: object = DEFAULT_LATENCY_BUDGET_MS
     quality_floor: object = None  # min_accuracy (classifiers) or max_rmse (recommender)
-    variant: object = None
-    strict: object = False
-    # Not body fields. Time spent before the request reached the server (X-Request-Start):
-    elapsed_ms: float = 0.0
-    # Given, the routing decision is left here ({"policy", "decision"}) for the caller to report the
-    # request's latency with `policy.observe_latency` once the response has left; else the gateway
-    # reports its own view of it at once.
-    deferred: dict | None = None
+    variant: object = None  # pin one by name
+    strict: object = False  # refuse (OverloadError) rather than miss the budget
+    elapsed_ms: float = 0.0  # spent before the request reached the server (X-Request-Start)
+    arrived_at: float | None = None  # time.perf_counter() when it reached the server; None: when the gateway saw it
+    budget_field: str = "latency_budget_ms"  # where the budget came from (a body field or a header): errors name it
+
+
+class Completion:
+    """Comes with every answer. Call it once the response's last byte has left the server: the policy
+    then learns the request's whole time in the server, the way out included. Calling it twice, or
+    not at all (an in-process caller), is harmless."""
+
+    __slots__ = ("_policy", "_decision", "_arrived_at")
+
+    def __init__(self, policy: Policy, decision: Decision, arrived_at: float):
+        self._policy, self._decision, self._arrived_at = policy, decision, arrived_at
+
+    def __call__(self) -> None:
+        if self._decision is not None:
+            self._policy.observe_latency(self._decision, (time.perf_counter() - self._arrived_at) * 1e3)
+            self._decision = None
 
 
 class Observer:
@@ -114,20 +139,19 @@ def resolve_repository(config: GatewayConfig) -> Path:
 
 
 class Gateway:
-    """Every family in the repository, routed by budget, run in-process on ONNX Runtime."""
+    """Every family in the repository, routed by budget, run in-process on ONNX Runtime (or on Triton)."""
 
     def __init__(self, config: GatewayConfig = GatewayConfig(), observer: Observer | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.observer = observer or Observer()
-        root = resolve_repository(config)
-        self.repo: Repository = load_repository(root)  # refuses any file whose sha256 differs
+        self.repo: Repository = load_repository(resolve_repository(config))  # refuses any file whose sha256 differs
         self._manifest_stamp = self._stamp()
         local = OnnxRuntimeBackend(self.repo, self.repo.families, device=config.device)
         if config.backend == "triton":
             from serving.backends.triton import FailoverBackend, TritonBackend
 
-            outputs = {v.name: self.repo.family(f)["outputs"][0]["name"] for f in self.repo.families
+            outputs = {v.name: self.repo.family(f).outputs[0].name for f in self.repo.families
                        for v in self.repo.variants(f)}
             remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol)
             self.backend = FailoverBackend(remote, local)
@@ -140,15 +164,7 @@ class Gateway:
             family: policy_from_manifest(family, self.repo.family(family), executors={"local": self.executor},
                                          clock=clock, lock=lock)
             for family in self.repo.families}
-        self.codecs: dict[str, object] = {}
-        for family in self.repo.families:
-            section = self.repo.family(family)
-            if family == "cnn":
-                self.codecs[family] = ImageCodec.from_manifest(section)
-            elif family == "rnn":
-                self.codecs[family] = TextCodec.from_manifest(section, self.repo.artifact(family, "vocab"))
-            elif family == "recsys":
-                self.codecs[family] = Catalog.from_manifest(section, self.repo.artifact(family, "catalog"))
+        self.codecs = {family: codec_for(self.repo, family) for family in self.repo.families}
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="flexserve-model")
         self._closed = False
 
@@ -169,36 +185,37 @@ class Gateway:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
 
-    # -- endpoints --------------------------------------------------------------------------
-    async def classify_image(self, images: object, options: RouteOptions, arrival: float | None = None) -> dict:
+    # -- endpoints: (answer, completion) ------------------------------------------------------
+    async def classify_image(self, images: object, request: RequestContext) -> tuple[dict, Completion]:
         codec = self._codec("cnn")
         feeds = codec.encode(_required(images, "images"))
-        outputs, meta = await self._infer("cnn", feeds, len(feeds["IMAGES"]), options, arrival)
-        return {"predictions": codec.decode(outputs), **meta}
+        outputs, meta, done = await self._infer("cnn", feeds, len(feeds["IMAGES"]), request)
+        return {"predictions": codec.decode(outputs), **meta}, done
 
-    async def classify_text(self, texts: object, options: RouteOptions, arrival: float | None = None) -> dict:
+    async def classify_text(self, texts: object, request: RequestContext) -> tuple[dict, Completion]:
         codec = self._codec("rnn")
         feeds = codec.encode(_required(texts, "texts"))
-        outputs, meta = await self._infer("rnn", feeds, len(feeds["TOKENS"]), options, arrival)
-        return {"predictions": codec.decode(outputs), **meta}
+        outputs, meta, done = await self._infer("rnn", feeds, len(feeds["TOKENS"]), request)
+        return {"predictions": codec.decode(outputs), **meta}, done
 
-    async def recommend(self, user_id: object, k: object, candidate_item_ids: object, options: RouteOptions,
-                        arrival: float | None = None) -> dict:
+    async def recommend(self, user_id: object, k: object, candidate_item_ids: object,
+                        request: RequestContext) -> tuple[dict, Completion]:
         catalog = self._codec("recsys")
         feeds, candidates, k = catalog.encode(_required(user_id, "user_id"), 10 if k is None else k, candidate_item_ids)
-        outputs, meta = await self._infer("recsys", feeds, len(candidates), options, arrival)
-        return {"items": catalog.decode(outputs, candidates, k), **meta}
+        outputs, meta, done = await self._infer("recsys", feeds, len(candidates), request)
+        return {"items": catalog.decode(outputs, candidates, k), **meta}, done
 
     def variants(self) -> dict:
-        """Per family: each variant's metric, profiled and live latency estimates and in-flight count."""
+        """Per family: the metric, the fastest variant for a typical request, the learned overhead, and
+        each variant's metric, profiled and live latency estimates and in-flight count."""
         out = {}
         for family, policy in self.policies.items():
             section = self.repo.family(family)
-            out[family] = {"metric": section["metric"], "higher_is_better": section["higher_is_better"],
+            out[family] = {"metric": section.metric, "higher_is_better": section.higher_is_better,
+                           "most_accurate": policy.most_accurate, "fastest": policy.fastest(section.rows_per_request),
                            "overhead_ms": round(policy.overhead_ms, 4), "variants": policy.snapshot()}
         return {"backend": self.backend.name, "configured_backend": self.config.backend, "device": self.backend.device,
-                "workers": self.config.workers,
-                "executor_in_flight": self.executor.in_flight, "families": out}
+                "workers": self.config.workers, "executor_in_flight": self.executor.in_flight, "families": out}
 
     # -- internals --------------------------------------------------------------------------
     def _codec(self, family: str):
@@ -207,22 +224,17 @@ class Gateway:
             raise UnknownFamilyError(family, self.repo.families)
         return codec
 
-    def _route(self, family: str, batch_rows: int, options: RouteOptions) -> Decision:
+    async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int,
+                     request: RequestContext) -> tuple[np.ndarray, dict, Completion]:
+        arrived_at = request.arrived_at or time.perf_counter()
         policy = self.policies[family]
-        budget = self.config.default_budget_ms if options.latency_budget_ms is None else options.latency_budget_ms
-        floor = options.quality_floor
-        if not isinstance(options.strict, bool):
-            raise InvalidRequestError("strict", f"got {options.strict!r}", "true or false")
-        if options.variant is not None and not isinstance(options.variant, str):
-            raise InvalidRequestError("variant", f"got {options.variant!r}", ", ".join(policy.variant_names))
-        return policy.route(budget, batch_rows, min_quality=floor, variant=options.variant, strict=options.strict,
-                            elapsed_ms=min(options.elapsed_ms, MAX_LATENCY_BUDGET_MS))
-
-    async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int, options: RouteOptions,
-                     arrival: float | None) -> tuple[np.ndarray, dict]:
-        started = arrival or time.perf_counter()
-        decision = self._route(family, batch_rows, options)
-        policy = self.policies[family]
+        try:
+            decision = policy.route(request.latency_budget_ms, batch_rows, min_quality=request.quality_floor,
+                                    variant=request.variant, strict=request.strict, elapsed_ms=request.elapsed_ms)
+        except InvalidRequestError as error:
+            if error.field == "latency_budget_ms" and request.budget_field != error.field:
+                raise InvalidRequestError(request.budget_field, error.problem, error.accepted) from None
+            raise
         self.observer.started(family, decision.variant)
         loop = asyncio.get_running_loop()
         try:
@@ -230,19 +242,15 @@ class Gateway:
                                                                         decision.variant, feeds)
         except BaseException:
             policy.finish(decision, None)
-            self.observer.finished(family, decision.variant, "error", time.perf_counter() - started)
+            self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
             raise
-        latency_ms = (time.perf_counter() - started) * 1e3
-        if options.deferred is None:
-            policy.finish(decision, service_ms, latency_ms)
-        else:
-            policy.finish(decision, service_ms)
-            options.deferred.update(policy=policy, decision=decision)
-        met = latency_ms + options.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
+        policy.finish(decision, service_ms)
+        latency_ms = (time.perf_counter() - arrived_at) * 1e3
+        met = latency_ms + request.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
         self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)
-        return outputs, {"variant": decision.variant, "backend": served_by,
-                         "latency_ms": round(latency_ms, 3), "budget_ms": decision.budget_ms, "budget_met": met,
-                         "reason": decision.reason}
+        meta = {"variant": decision.variant, "backend": served_by, "latency_ms": round(latency_ms, 3),
+                "budget_ms": decision.budget_ms, "budget_met": met, "reason": decision.reason}
+        return outputs, meta, Completion(policy, decision, arrived_at)
 
 
 class UnknownFamilyError(InvalidRequestError):
@@ -257,4 +265,3 @@ def _required(value: object, field_name: str) -> object:
     if value is None:
         raise InvalidRequestError(field_name, "is missing", "see the API docs at /docs")
     return value
-

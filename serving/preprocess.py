@@ -6,12 +6,12 @@ checks that these tensors equal the ones training built.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from contract.manifest import FamilySection
 from serving.errors import InvalidRequestError
 
 MAX_BATCH = 64  # images or texts per request
@@ -37,10 +37,10 @@ class ImageCodec:
     width: int = 28
 
     @classmethod
-    def from_manifest(cls, section: dict) -> ImageCodec:
-        low, high = section["contract"]["input_range"]
-        _, _, height, width = section["inputs"][0]["shape"]
-        return cls(section["contract"]["labels"], float(low), float(high), int(height), int(width))
+    def from_manifest(cls, section: FamilySection) -> ImageCodec:
+        low, high = section.contract["input_range"]
+        _, _, height, width = section.inputs[0].shape
+        return cls(section.contract["labels"], float(low), float(high), int(height), int(width))
 
     @property
     def accepted(self) -> str:
@@ -94,9 +94,9 @@ class TextCodec:
     unk_id: int
 
     @classmethod
-    def from_manifest(cls, section: dict, vocab: list[str]) -> TextCodec:
-        spec = section["contract"]["tokenizer"]
-        return cls(section["contract"]["labels"], {tok: i for i, tok in enumerate(vocab)}, re.compile(spec["pattern"]),
+    def from_manifest(cls, section: FamilySection, vocab: list[str]) -> TextCodec:
+        spec = section.contract["tokenizer"]
+        return cls(section.contract["labels"], {tok: i for i, tok in enumerate(vocab)}, re.compile(spec["pattern"]),
                    bool(spec["lowercase"]), int(spec["max_tokens"]), int(spec["pad_id"]), int(spec["unk_id"]))
 
     accepted = f"a list of 1 to {MAX_BATCH} non-empty strings of at most {MAX_TEXT_CHARS} characters"
@@ -145,8 +145,8 @@ class Catalog:
         self.rating_range = rating_range
 
     @classmethod
-    def from_manifest(cls, section: dict, catalog: dict) -> Catalog:
-        low, high = section["contract"]["rating_range"]
+    def from_manifest(cls, section: FamilySection, catalog: dict) -> Catalog:
+        low, high = section.contract["rating_range"]
         return cls(catalog, (float(low), float(high)))
 
     def rows(self, user: int, items: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,6 +157,18 @@ class Catalog:
 
     def encode(self, user_id: object, k: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
         """(model inputs, candidate rows, k) for one recommend request."""
+        feeds, candidates = self.score(user_id, candidate_item_ids)
+        limit = min(MAX_K, len(candidates))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
+            raise InvalidRequestError("k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})")
+        return feeds, candidates, k
+
+    def score(self, user_id: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(model inputs, candidate rows) scoring the candidates (default: the whole catalogue) for a user."""
+        user, candidates = self._user(user_id), self._candidates(candidate_item_ids)
+        return self.rows(user, candidates), candidates
+
+    def _user(self, user_id: object) -> int:
         if isinstance(user_id, bool) or not isinstance(user_id, int):
             raise InvalidRequestError("user_id", f"expected an integer, got {user_id!r}",
                                       f"a MovieLens user id, 1 to {len(self.user_row)}")
@@ -164,6 +176,9 @@ class Catalog:
         if user is None:
             raise InvalidRequestError("user_id", f"{user_id} is not a known user",
                                       f"a MovieLens user id, 1 to {len(self.user_row)}")
+        return user
+
+    def _candidates(self, candidate_item_ids: object) -> np.ndarray:
         if candidate_item_ids is None:
             candidates = np.arange(len(self.items))
         else:
@@ -182,10 +197,7 @@ class Catalog:
             if len(set(rows)) != len(rows):
                 raise InvalidRequestError("candidate_item_ids", "lists a movie twice", accepted)
             candidates = np.array(rows, dtype=np.int64)
-        limit = min(MAX_K, len(candidates))
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
-            raise InvalidRequestError("k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})")
-        return self.rows(user, candidates), candidates, k
+        return candidates
 
     def decode(self, ratings: np.ndarray, candidates: np.ndarray, k: int) -> list[dict]:
         scores = ratings.reshape(-1)
@@ -203,43 +215,13 @@ def _as_int(value: object) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def check_budget_header(value: str | None) -> float | None:
-    """The `X-Latency-Budget-Ms` header as a number (the policy checks its range)."""
-    if value is None:
-        return None
-    try:
-        budget = float(value)
-    except ValueError:
-        raise InvalidRequestError("X-Latency-Budget-Ms", f"{value!r} is not a number",
-                                  "a number of milliseconds, e.g. 20") from None
-    if not math.isfinite(budget):
-        raise InvalidRequestError("X-Latency-Budget-Ms", f"{value!r} is not finite", "a number of milliseconds, e.g. 20")
-    return budget
-
-
-# X-Request-Start: when the client (or a proxy in front, e.g. nginx `t=${msec}`) sent the request.
-MAX_REQUEST_AGE_MS = 60_000.0
-
-
-def elapsed_since_request_start(value: str | None, now: float) -> float:
-    """Milliseconds between the `X-Request-Start` header and `now` (Unix seconds), 0 without it.
-
-    Accepts `t=<time>` or `<time>` in seconds, milliseconds or microseconds since the epoch (told
-    apart by magnitude, as APM tools do). A stamp in the future (clock skew) counts as 0; one older
-    than a minute is a clock problem, not a queue, and is refused with a 400."""
-    if value is None:
-        return 0.0
-    text = value.strip().removeprefix("t=")
-    try:
-        stamp = float(text)
-    except ValueError:
-        stamp = math.nan
-    if not math.isfinite(stamp) or stamp <= 0:
-        raise InvalidRequestError("X-Request-Start", f"{value!r} is not a time",
-                                  "t=<Unix time> in seconds, milliseconds or microseconds, e.g. t=1700000000.123")
-    stamp /= 1e6 if stamp > 1e14 else 1e3 if stamp > 1e11 else 1.0
-    elapsed = (now - stamp) * 1e3
-    if elapsed > MAX_REQUEST_AGE_MS:
-        raise InvalidRequestError("X-Request-Start", f"{value!r} is {elapsed / 1e3:.0f} s ago",
-                                  f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)")
-    return max(0.0, elapsed)
+def codec_for(repo, family: str) -> ImageCodec | TextCodec | Catalog:
+    """The codec of one of the built-in families, from the repository's manifest and artifacts."""
+    section = repo.family(family)
+    if family == "cnn":
+        return ImageCodec.from_manifest(section)
+    if family == "rnn":
+        return TextCodec.from_manifest(section, repo.artifact(family, "vocab"))
+    if family == "recsys":
+        return Catalog.from_manifest(section, repo.artifact(family, "catalog"))
+    raise ValueError(f"no codec for family {family!r}: the built-in families are cnn, rnn and recsys")

@@ -1,31 +1,26 @@
-"""The BentoML HTTP gateway: `bentoml serve` in the repository root (see bentofile.yaml).
+"""The BentoML HTTP gateway: `bentoml serve` in the repository root (see bentofile.yaml), or
+`flexserve serve`.
 
-A thin adapter: `serving/gateway.py` does the work; this module maps JSON bodies and headers
-to it, errors to HTTP status codes, and what happens to Prometheus metrics.
+A thin adapter: `serving/gateway.py` does the work. This module is the edge: it builds each
+request's `RequestContext` once (budget from the body, else the X-Latency-Budget-Ms header, else
+the configured default; time before the server from X-Request-Start; arrival time from the
+`ArrivalTime` middleware), maps errors to HTTP status codes, hands the gateway's `Completion` to
+BentoML to call once the response has been sent, and turns what happens into Prometheus metrics.
 
     POST /v1/classify_image   {"images": [[[0..255] x 28] x 28, ...]}
     POST /v1/classify_text    {"texts": ["...", ...]}
     POST /v1/recommend        {"user_id": 1, "k": 10, "candidate_item_ids": [...]}
     GET  /v1/variants         routing state per family
-Every POST also takes `latency_budget_ms` (or the X-Latency-Budget-Ms header), `min_accuracy`
-(`max_rmse` for /v1/recommend), `variant` and `strict`. A client (or proxy) that sends
-X-Request-Start (`t=<Unix time>`, when it sent the request) has the time before the request
-reached the server counted against its budget.
-
-Configuration (environment): FLEXSERVE_REPO (default artifacts/model_repository) or
-FLEXSERVE_MODEL_TAG (a BentoML model store tag), FLEXSERVE_DEVICE (auto|cpu|cuda),
-FLEXSERVE_WORKERS (default: the cores), FLEXSERVE_DEFAULT_BUDGET_MS (200),
-FLEXSERVE_MAX_BODY_BYTES (1 MiB).
+Every POST also takes `latency_budget_ms`, `min_accuracy` (`max_rmse` for /v1/recommend),
+`variant` and `strict`. Configuration: the FLEXSERVE_* environment (`GatewayConfig.from_env`).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import math
-import os
-import time
 import typing as t
-from dataclasses import replace
 
 import bentoml
 from starlette.applications import Starlette
@@ -34,10 +29,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving.errors import FlexServeError, InvalidRequestError, OverloadError
-from serving.gateway import Gateway, GatewayConfig, Observer, RouteOptions, UnknownFamilyError
-from serving.preprocess import check_budget_header, elapsed_since_request_start
-
-DEFAULT_MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB
+from serving.gateway import Completion, Gateway, GatewayConfig, Observer, RequestContext, UnknownFamilyError
+from serving.headers import BUDGET_HEADER, REQUEST_START_HEADER, budget_from_header, elapsed_since_request_start
+from serving.middleware import ArrivalTime, BodyLimit, arrival_of
 
 
 @functools.cache
@@ -73,78 +67,11 @@ class PrometheusObserver(Observer):
         self.requests.labels(family=family, variant="none", outcome=outcome).inc()
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` with 413 before reading them all."""
-
-    def __init__(self, app, max_bytes: int | None = None):
-        self.app = app
-        self.max_bytes = max_bytes or int(os.environ.get("FLEXSERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            return await self.app(scope, counted, send)
-        except _TooLarge:
-            return await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        body = {"error": {"field": "body", "problem": "the request body is too large",
-                          "accepted": f"at most {self.max_bytes} bytes",
-                          "message": f"body: the request body is too large; accepted: at most {self.max_bytes} bytes"}}
-        await JSONResponse(body, status_code=413)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-ARRIVAL, SENT, DEFERRED = "flexserve_arrival", "flexserve_request_start", "flexserve_deferred"
-
-
-class ArrivalStamp:
-    """ASGI middleware: the request's time in the server, as the policy should learn it.
-
-    Notes when a request reached the app (so the latency the gateway reports includes the time
-    before the handler ran), keeps the X-Request-Start header with the wall-clock time it was read
-    at, and reports the request's latency to the policy once the response's last byte has been
-    handed to the server: the way out (serialisation, BentoML's middlewares) counts too."""
+class ConfiguredBodyLimit(BodyLimit):
+    """`BodyLimit` at FLEXSERVE_MAX_BODY_BYTES, read when the app is built (not at import)."""
 
     def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        state[ARRIVAL] = time.perf_counter()
-        for key, value in scope.get("headers") or ():
-            if key == b"x-request-start":
-                state[SENT] = (value.decode("latin-1"), time.time())
-                break
-        deferred = state[DEFERRED] = {}
-
-        async def sent(message):
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body") and "policy" in deferred:
-                latency_ms = (time.perf_counter() - state[ARRIVAL]) * 1e3
-                deferred.pop("policy").observe_latency(deferred.pop("decision"), latency_ms)
-
-        return await self.app(scope, receive, sent)
+        super().__init__(app, GatewayConfig.from_env().max_body_bytes)
 
 
 async def _variants(request: Request) -> JSONResponse:
@@ -165,6 +92,10 @@ def _error_body(error: FlexServeError) -> dict:
         return {"error": {"field": error.field, "problem": error.problem, "accepted": error.accepted,
                           "message": str(error)}}
     return {"error": {"message": str(error)}}
+
+
+async def _report(completion: Completion) -> None:
+    completion()  # async, so that Starlette runs it on the event loop rather than a thread
 
 
 @bentoml.asgi_app(variants_app, path="/")
@@ -193,60 +124,72 @@ class FlexServe:
     async def classify_image(self, ctx: bentoml.Context, images: t.Any = None, latency_budget_ms: t.Any = None,
                              min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
         """Classify 28x28 grayscale images (pixel values 0-255) as Fashion-MNIST classes."""
-        return await self._call(ctx, "cnn", lambda o, t0: self.gateway.classify_image(images, o, t0),
-                                RouteOptions(latency_budget_ms, min_accuracy, variant, strict))
+        try:
+            request = self._context(ctx, latency_budget_ms, min_accuracy, variant, strict)
+            answer = await self.gateway.classify_image(images, request)
+        except (InvalidRequestError, OverloadError) as error:
+            return self._refuse(ctx, "cnn", error)
+        return self._respond(ctx, *answer)
 
     @bentoml.api(route="/v1/classify_text")
     async def classify_text(self, ctx: bentoml.Context, texts: t.Any = None, latency_budget_ms: t.Any = None,
                             min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
         """Classify movie-review snippets as fresh or rotten."""
-        return await self._call(ctx, "rnn", lambda o, t0: self.gateway.classify_text(texts, o, t0),
-                                RouteOptions(latency_budget_ms, min_accuracy, variant, strict))
+        try:
+            request = self._context(ctx, latency_budget_ms, min_accuracy, variant, strict)
+            answer = await self.gateway.classify_text(texts, request)
+        except (InvalidRequestError, OverloadError) as error:
+            return self._refuse(ctx, "rnn", error)
+        return self._respond(ctx, *answer)
 
     @bentoml.api(route="/v1/recommend")
     async def recommend(self, ctx: bentoml.Context, user_id: t.Any = None, k: t.Any = None,
                         candidate_item_ids: t.Any = None, latency_budget_ms: t.Any = None, max_rmse: t.Any = None,
                         min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
         """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10)."""
-        options = RouteOptions(latency_budget_ms, max_rmse, variant, strict)
-
-        async def run(o: RouteOptions, arrival: float | None) -> dict:
+        try:
             if min_accuracy is not None:
                 raise InvalidRequestError("min_accuracy", "the recommender is measured by RMSE, not accuracy",
                                           "max_rmse: the highest test RMSE you accept, e.g. 0.95")
-            return await self.gateway.recommend(user_id, k, candidate_item_ids, o, arrival)
+            request = self._context(ctx, latency_budget_ms, max_rmse, variant, strict)
+            answer = await self.gateway.recommend(user_id, k, candidate_item_ids, request)
+        except (InvalidRequestError, OverloadError) as error:
+            return self._refuse(ctx, "recsys", error)
+        return self._respond(ctx, *answer)
 
-        return await self._call(ctx, "recsys", run, options)
+    # -- the edge ---------------------------------------------------------------------------
+    def _context(self, ctx: bentoml.Context, budget: object, floor: object, variant: object,
+                 strict: object) -> RequestContext:
+        """The request's one context: budget from the body, else the header, else the default."""
+        headers, arrival = ctx.request.headers, arrival_of(ctx.request.scope)
+        field = "latency_budget_ms"
+        if budget is None:
+            budget, field = budget_from_header(headers.get(BUDGET_HEADER)), BUDGET_HEADER
+        if budget is None:
+            budget, field = self.gateway.config.default_budget_ms, "latency_budget_ms"
+        elapsed = 0.0
+        if arrival is not None:
+            elapsed = elapsed_since_request_start(headers.get(REQUEST_START_HEADER), arrival.unix_s)
+        return RequestContext(budget, floor, variant, strict, elapsed, arrival.monotonic_s if arrival else None, field)
 
-    async def _call(self, ctx: bentoml.Context, family: str, handler, options: RouteOptions) -> dict:
-        try:
-            state = ctx.request.scope.get("state", {})
-            if options.latency_budget_ms is None:
-                header = check_budget_header(ctx.request.headers.get("x-latency-budget-ms"))
-                options = replace(options, latency_budget_ms=header)
-            if SENT in state:
-                options = replace(options, elapsed_ms=elapsed_since_request_start(*state[SENT]))
-            if DEFERRED in state:
-                options = replace(options, deferred=state[DEFERRED])
-            result = await handler(options, state.get(ARRIVAL))
-        except OverloadError as error:
+    def _respond(self, ctx: bentoml.Context, answer: dict, completion: Completion) -> Response:
+        ctx.response.headers["X-FlexServe-Variant"] = answer["variant"]
+        ctx.response.headers["X-FlexServe-Budget-Met"] = json.dumps(answer["budget_met"])
+        ctx.response.background.add_task(_report, completion)  # after the last byte is sent
+        # Already plain JSON types: skip BentoML's validation of the returned dict (~0.1 ms a request).
+        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+
+    def _refuse(self, ctx: bentoml.Context, family: str, error: InvalidRequestError | OverloadError) -> dict:
+        """A client's mistake (400, 404) or a strict request nothing can meet (503 + Retry-After)."""
+        if isinstance(error, OverloadError):
             ctx.response.status_code = 503
             ctx.response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
             self.observer.rejected(family, "overload")
-            return _error_body(error)
-        except UnknownFamilyError as error:
-            ctx.response.status_code = 404
+        else:
+            ctx.response.status_code = 404 if isinstance(error, UnknownFamilyError) else 400
             self.observer.rejected(family, "client_error")
-            return _error_body(error)
-        except InvalidRequestError as error:
-            ctx.response.status_code = 400
-            self.observer.rejected(family, "client_error")
-            return _error_body(error)
-        ctx.response.headers["X-FlexServe-Variant"] = result["variant"]
-        ctx.response.headers["X-FlexServe-Budget-Met"] = json.dumps(result["budget_met"])
-        # Already plain JSON types: skip BentoML's validation of the returned dict (~0.1 ms a request).
-        return Response(json.dumps(result, separators=(",", ":")), media_type="application/json")
+        return _error_body(error)
 
 
-FlexServe.add_asgi_middleware(BodyLimit)
-FlexServe.add_asgi_middleware(ArrivalStamp)
+FlexServe.add_asgi_middleware(ConfiguredBodyLimit)
+FlexServe.add_asgi_middleware(ArrivalTime)

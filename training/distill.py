@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import Dataset
+from training.progress import Progress
 from training.tasks import Task
 from training.trainer import TrainConfig, TrainResult, predict, resolve_device, resolve_precision, to_tensors, train
 
@@ -39,7 +40,7 @@ def kd_regression_loss(student: torch.Tensor, teacher: torch.Tensor, targets: to
 
 
 def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, config: TrainConfig,
-            distill_config: DistillConfig, name: str) -> TrainResult:
+            distill_config: DistillConfig, name: str, progress: Progress | None = None) -> TrainResult:
     """Train `student` against `teacher`'s outputs on the training split (computed once)."""
     teacher.eval()
     precision = resolve_precision(config.precision, resolve_device(config.device))
@@ -49,7 +50,7 @@ def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, c
 
     def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> torch.Tensor:
         teacher_batch = teacher_outputs[index].to(outputs.device)
-        if task.kind == "classification":
+        if task.problem == "classification":
             return kd_classification_loss(outputs, teacher_batch, targets, distill_config.temperature, distill_config.alpha)
         loss = kd_regression_loss(outputs, teacher_batch, targets, distill_config.alpha)
         extra = int(len(index) * distill_config.unlabelled_ratio)
@@ -60,4 +61,4 @@ def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, c
             loss = loss + distill_config.alpha * F.mse_loss(student(*tensors).float(), teacher_scores)
         return loss
 
-    return train(student, task, data.train, data.val, config, name, loss_fn=loss_fn)
+    return train(student, task, data.train, data.val, config, name, loss_fn=loss_fn, progress=progress)

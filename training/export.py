@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from serving.backends.onnxruntime import open_session
+from contract.sessions import open_session
 from training.data import Split
 from training.tasks import Task
 from training.trainer import batches, predict, to_tensors
@@ -61,16 +61,12 @@ def export_onnx(model: nn.Module, task: Task, sample: dict[str, np.ndarray], pat
     onnx.checker.check_model(str(path))
 
 
-# An ORT session with explicit thread counts, exactly as serving opens it (one thread per request).
-session = open_session
-
-
 def run_onnx(sess: ort.InferenceSession, split: Split, task: Task, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([sess.run(None, inputs)[0] for _, inputs, _ in batches(split, task, batch_size, None)])
 
 
 def _comparable(outputs: np.ndarray, task: Task) -> np.ndarray:
-    if task.kind != "classification":
+    if task.problem != "classification":
         return outputs
     shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -80,12 +76,12 @@ def check_parity(model: nn.Module, onnx_path: Path, task: Task, split: Split, pr
     """Compare the ONNX file with the PyTorch model on real rows; raise ParityError past tolerance."""
     tolerance = PARITY_TOLERANCES[precision]
     reference = predict(model.cpu(), split, task, device=torch.device("cpu"))
-    candidate = run_onnx(session(onnx_path, threads=2), split, task)
+    candidate = run_onnx(open_session(onnx_path, threads=2), split, task)
     ref, cand = _comparable(reference, task), _comparable(candidate, task)
     diff = np.abs(ref - cand)
     report = {"rows": len(split), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
     problems = []
-    if task.kind == "classification":
+    if task.problem == "classification":
         report["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
         if report["top1_agreement"] < tolerance.min_top1_agreement:
             problems.append(f"top-1 agreement {report['top1_agreement']:.4f} < {tolerance.min_top1_agreement}")

@@ -5,7 +5,6 @@ against PyTorch and evaluated in ONNX Runtime on the test split -> model reposit
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,26 +14,27 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from training import repository
+from contract.manifest import DEFAULT_REPOSITORY, FamilySection, Manifest, VariantEntry, read_manifest, variant_name
+from contract.sessions import open_session
+from training import BUILT_IN_FAMILIES, repository, trainer
 from training.data import Dataset, load_dataset
 from training.distill import DistillConfig, distill
-from training.export import check_parity, export_onnx, run_onnx, session
-from training.tasks import Task, config_from_json, config_to_json, get_task
+from training.export import check_parity, export_onnx, run_onnx
+from training.progress import Progress
+from training.tasks import KINDS, Task, config_from_json, config_to_json, get_task
 from training.trainer import TrainConfig, TrainResult, batches, predict, train
 from training.variants import PRECISIONS, to_fp16, to_int8_dynamic, to_int8_static
 
-FAMILIES = ("cnn", "rnn", "recsys")
+FAMILIES = BUILT_IN_FAMILIES
 # --quick: seeded subsets (train, val, test) small enough to build everything in ~2 minutes.
 QUICK_SUBSETS = {"cnn": (3000, 500, 1000), "rnn": (2500, 500, 1000), "recsys": (20000, 4000, 4000)}
 PARITY_ROWS = 256
 CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 16, 32
-# Triton's max_batch_size in the written configs, in model rows (the recommender scores a catalogue).
-MAX_BATCH_ROWS = {"cnn": 64, "rnn": 64, "recsys": 16384}
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    out: Path = Path("artifacts/model_repository")
+    out: Path = DEFAULT_REPOSITORY
     checkpoints: Path | None = None  # default: a `checkpoints` folder beside `out`
     quick: bool = False  # small subsets and few epochs: for tests, CI and a first look
     synthetic: bool = False  # generated data instead of the real datasets (unit tests only)
@@ -45,10 +45,6 @@ class BuildConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return self.checkpoints or self.out.parent / "checkpoints"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -89,42 +85,63 @@ def _training_summary(result: TrainResult) -> dict:
             "best_val_metric": round(result.best_metric, 5), "history": result.history}
 
 
-def build_family(family: str, config: BuildConfig) -> dict:
-    """Train, distil, export and evaluate one family; write its variants into the repository."""
-    task = get_task(family)
-    started = time.perf_counter()
+@dataclass
+class _Trained:
+    full: TrainResult
+    distilled: TrainResult
+    # The same student, same initial weights, trained without the teacher: the measured gain.
+    baseline: TrainResult
+
+
+def load_family_data(family: str, config: BuildConfig) -> Dataset:
     data = load_dataset(family, seed=config.seed, synthetic=config.synthetic)
     if config.quick and not config.synthetic:
         data = data.subset(*QUICK_SUBSETS[family], seed=config.seed)
-    log(f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows")
+    return data
 
-    def settings(kind: str) -> TrainConfig:
-        return TrainConfig(**task.train_settings(kind, config.quick), seed=config.seed, device=config.device)
+
+def _settings(task: Task, kind: str, config: BuildConfig) -> TrainConfig:
+    return TrainConfig(**task.train_settings(kind, config.quick), seed=config.seed, device=config.device)
+
+
+def planned_steps(family: str, data: Dataset, config: BuildConfig) -> int:
+    """What one family's build counts on the progress display: every training batch of its three
+    models (full, distilled, the student without a teacher) and every variant exported."""
+    task = get_task(family)
+    rows = len(data.train)
+    models = ("full", "distilled", "distilled")  # the last: the student without a teacher
+    train_batches = sum(trainer.planned_steps(rows, _settings(task, kind, config)) for kind in models)
+    return train_batches + len(KINDS) * len(PRECISIONS)
+
+
+def train_models(family: str, data: Dataset, config: BuildConfig, progress: Progress) -> _Trained:
+    task = get_task(family)
 
     def seeded(kind: str) -> torch.nn.Module:
         torch.manual_seed(config.seed)  # the initial weights are part of what a seed reproduces
         return task.build(kind, data)
 
-    full = train(seeded("full"), task, data.train, data.val, settings("full"), f"{family}_full")
-    student = distill(seeded("distilled"), full.model, task, data, settings("distilled"),
-                      DistillConfig(), f"{family}_distilled")
-    # The same student, same initial weights, trained without the teacher: the measured gain.
-    baseline = train(seeded("distilled"), task, data.train, data.val, settings("distilled"),
-                     f"{family}_student_without_distillation")
-    for name, result in (("full", full), ("distilled", student)):
-        save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{name}")
+    full = train(seeded("full"), task, data.train, data.val, _settings(task, "full", config), f"{family}_full",
+                 progress=progress)
+    distilled = distill(seeded("distilled"), full.model, task, data, _settings(task, "distilled", config),
+                        DistillConfig(), f"{family}_distilled", progress=progress)
+    baseline = train(seeded("distilled"), task, data.train, data.val, _settings(task, "distilled", config),
+                     f"{family}_student_without_distillation", progress=progress)
+    for kind, result in (("full", full), ("distilled", distilled)):
+        save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}")
+    return _Trained(full, distilled, baseline)
 
-    def test_metric(model: torch.nn.Module) -> float:
-        return task.metric(predict(model, data.test, task), data.test.targets)
 
-    repo = config.out
-    repo.mkdir(parents=True, exist_ok=True)
-    inputs = task.input_specs(data)
+def export_variants(family: str, data: Dataset, trained: _Trained, repo: Path, seed: int,
+                    progress: Progress) -> list[VariantEntry]:
+    """Every kind x precision as ONNX, parity-checked against PyTorch, evaluated in ONNX Runtime, stored."""
+    task = get_task(family)
+    inputs, outputs = task.input_specs(data), [task.output_spec()]
     parity_split = data.test.take(np.arange(min(PARITY_ROWS, len(data.test))))
-    calibration = _calibration_feeds(task, data, config.seed) if family == "cnn" else None
+    calibration = _calibration_feeds(task, data, seed) if family == "cnn" else None
     variants = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, result in (("full", full), ("distilled", student)):
+        for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
             model = result.model.cpu().eval()
             files = {precision: Path(tmp) / f"{kind}_{precision}.onnx" for precision in PRECISIONS}
             export_onnx(model, task, data.test.take(np.arange(2)).inputs, files["fp32"])
@@ -134,57 +151,76 @@ def build_family(family: str, config: BuildConfig) -> dict:
             else:
                 to_int8_dynamic(files["fp32"], files["int8"])
             for precision, path in files.items():
-                name = repository.variant_name(family, kind, precision)
+                name = variant_name(family, kind, precision)
                 parity = check_parity(model, path, task, parity_split, precision)
-                metric = task.metric(run_onnx(session(path, threads=2), data.test, task), data.test.targets)
-                stored = repository.add_variant(repo, task, name, path, inputs, MAX_BATCH_ROWS[family])
-                variants.append({"name": name, "kind": kind, "precision": precision, **stored,
-                                 "params": count_params(model), "metrics": {task.metric_name: metric},
-                                 "parity": parity})
-                log(f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
-                    f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB")
+                metric = task.metric(run_onnx(open_session(path, threads=2), data.test, task), data.test.targets)
+                stored = repository.add_variant(repo, name, path, inputs, outputs, task.rows_per_request(data))
+                variants.append(VariantEntry(name=name, kind=kind, precision=precision, **stored,
+                                             params=count_params(model), metrics={task.metric_name: metric},
+                                             parity=parity))
+                progress.log(f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
+                             f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB")
+                progress.update(1, note=f"exported {name}")
+    return variants
 
-    preprocessing = {}
-    if family == "rnn":
-        preprocessing["vocab"] = repository.write_json_artifact(repo, "rnn_vocab.json", data.preprocessing["vocab"])
-    if family == "recsys":
-        preprocessing["catalog"] = repository.write_json_artifact(repo, "recsys_catalog.json",
-                                                                  data.preprocessing["catalog"])
-    section = {
-        "task": task.kind,
-        "metric": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "dataset": {"source": data.source, "seed": config.seed, "quick": config.quick,
-                    "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}},
-        "inputs": [spec.to_json() for spec in inputs],
-        "outputs": [task.output_spec().to_json()],
-        "rows_per_request": task.rows_per_request(data),
-        "contract": task.serving_contract(data),
-        "preprocessing": preprocessing,
-        "training": {
-            "full": {**_training_summary(full), "test_metric_pytorch": test_metric(full.model)},
-            "distilled": {**_training_summary(student), "test_metric_pytorch": test_metric(student.model)},
-            "student_without_distillation": {**_training_summary(baseline),
-                                             "test_metric_pytorch": test_metric(baseline.model)},
-        },
-        "variants": variants,
-    }
-    repository.write_family(repo, family, section)
-    log(f"[{family}] done in {time.perf_counter() - started:.0f}s")
+
+def family_section(family: str, data: Dataset, config: BuildConfig, trained: _Trained,
+                   variants: list[VariantEntry]) -> FamilySection:
+    """The family's manifest section; writes its preprocessing artifacts beside the variants."""
+    task, repo = get_task(family), config.out
+
+    def summary(result: TrainResult) -> dict:
+        metric = task.metric(predict(result.model, data.test, task), data.test.targets)
+        return {**_training_summary(result), "test_metric_pytorch": metric}
+
+    preprocessing = {name: repository.write_json_artifact(repo, f"{family}_{name}.json", data.preprocessing[name])
+                     for name in task.preprocessing_artifacts}
+    return FamilySection(
+        task=task.problem,
+        metric=task.metric_name,
+        higher_is_better=task.higher_is_better,
+        dataset={"source": data.source, "seed": config.seed, "quick": config.quick,
+                 "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}},
+        inputs=tuple(task.input_specs(data)),
+        outputs=(task.output_spec(),),
+        rows_per_request=task.rows_per_request(data),
+        contract=task.serving_contract(data),
+        preprocessing=preprocessing,
+        training={"full": summary(trained.full), "distilled": summary(trained.distilled),
+                  "student_without_distillation": summary(trained.baseline)},
+        variants=tuple(variants),
+    )
+
+
+def build_family(family: str, config: BuildConfig, data: Dataset, progress: Progress) -> FamilySection:
+    """Train, distil, export and evaluate one family; write its variants into the repository."""
+    started = time.perf_counter()
+    progress.log(f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows")
+    trained = train_models(family, data, config, progress)
+    config.out.mkdir(parents=True, exist_ok=True)
+    variants = export_variants(family, data, trained, config.out, config.seed, progress)
+    section = family_section(family, data, config, trained, variants)
+    repository.write_family(config.out, family, section)
+    progress.log(f"[{family}] done in {time.perf_counter() - started:.0f}s")
     return section
 
 
-def build(families: list[str], config: BuildConfig) -> dict:
+def build(families: list[str], config: BuildConfig) -> Manifest:
+    """Build `families` into the repository `config.out` (other families stay), with one progress
+    display over every batch and export of the whole build."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown family {unknown[0]!r}: expected one of {', '.join(FAMILIES)} or all")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    for family in families:
-        build_family(family, config)
-    manifest = repository.load_manifest(config.out)
-    if config.register:
-        tag = repository.register_in_bentoml(config.out, manifest)
-        log(f"registered in the BentoML model store as {tag} (`bentoml models list`)")
-    log(f"model repository: {config.out} ({time.perf_counter() - started:.0f}s)")
+    datasets = {family: load_family_data(family, config) for family in families}
+    total = sum(planned_steps(family, data, config) for family, data in datasets.items())
+    with Progress(total, "train", unit="step") as progress:
+        for family, data in datasets.items():
+            build_family(family, config, data, progress)
+        manifest = read_manifest(config.out)
+        if config.register:
+            tag = repository.register_in_bentoml(config.out, manifest)
+            progress.log(f"registered in the BentoML model store as {tag} (`bentoml models list`)")
+        progress.log(f"model repository: {config.out} ({time.perf_counter() - started:.0f}s)")
     return manifest

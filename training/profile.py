@@ -16,17 +16,18 @@ import functools
 import json
 import os
 import platform
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from contract.manifest import FamilySection, Manifest, read_manifest, write_manifest
+from contract.sessions import GPU_HINT, open_session
 from training.data import catalog_rows, catalog_tables
-from training.export import session
-from training.repository import load_manifest, register_in_bentoml, save_manifest
+from training.progress import Progress
+from training.repository import register_in_bentoml
 
 BATCH_SIZES = (1, 4, 16, 64)
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -58,25 +59,25 @@ def _artifact(path: Path):
     return catalog_tables(data) if isinstance(data, dict) else data  # the catalogue, or the vocabulary list
 
 
-def typical_feed(repo: Path, family: str, section: dict, rows: int, rng: np.random.Generator) -> dict:
+def typical_feed(repo: Path, family: str, section: FamilySection, rows: int, rng: np.random.Generator) -> dict:
     """`rows` model rows shaped like real traffic, built from the repository's own artifacts."""
     if family == "cnn":
         # Real pixels are not in the repository; a uniform image costs the same as a real one.
         return {"IMAGES": rng.uniform(0, 255, (rows, 1, 28, 28)).astype(np.float32)}
     if family == "rnn":
-        vocab = _artifact(repo / section["preprocessing"]["vocab"]["path"])
+        vocab = _artifact(repo / section.preprocessing["vocab"].path)
         length = 22  # the median Rotten Tomatoes snippet, in tokens
         tokens = rng.integers(2, len(vocab), (rows, length)).astype(np.int64)
         return {"TOKENS": tokens, "LENGTHS": np.full(rows, length, dtype=np.int64)}
-    tables = _artifact(repo / section["preprocessing"]["catalog"]["path"])
+    tables = _artifact(repo / section.preprocessing["catalog"].path)
     num_items = len(tables["ITEM_FEATURES"])
     users = rng.integers(0, len(tables["USER_FEATURES"]), -(-rows // num_items))
     # A typical request scores the whole catalogue for one user; smaller batches, part of it.
     return catalog_rows(tables, np.repeat(users, num_items)[:rows], np.tile(np.arange(num_items), len(users))[:rows])
 
 
-def batch_sizes_for(section: dict) -> list[int]:
-    rows = int(section.get("rows_per_request", 1))
+def batch_sizes_for(section: FamilySection) -> list[int]:
+    rows = section.rows_per_request
     return sorted(set(BATCH_SIZES) | ({rows} if rows > 1 else set()))
 
 
@@ -104,12 +105,12 @@ def hardware(device: str) -> dict:
     return info
 
 
-def profile_family(repo: Path, family: str, section: dict, settings: ProfileSettings,
-                   rng: np.random.Generator) -> dict[str, dict[str, dict]]:
+def profile_family(repo: Path, family: str, section: FamilySection, settings: ProfileSettings,
+                   rng: np.random.Generator, progress: Progress) -> dict[str, dict[str, dict]]:
     """{variant: {"<batch>": stats}} for one family, variants timed round-robin."""
     providers = PROVIDERS[settings.device]
-    sessions = {v["name"]: session(repo / v["onnx"], threads=settings.threads, providers=providers)
-                for v in section["variants"]}
+    sessions = {v.name: open_session(repo / v.onnx, threads=settings.threads, providers=providers)
+                for v in section.variants}
     result: dict[str, dict[str, dict]] = {name: {} for name in sessions}
     for batch in batch_sizes_for(section):
         feed = typical_feed(repo, family, section, batch, rng)
@@ -129,48 +130,48 @@ def profile_family(repo: Path, family: str, section: dict, settings: ProfileSett
         for name, values in samples.items():
             result[name][str(batch)] = _stats(values)
         fastest = min(result.values(), key=lambda r: r[str(batch)]["p50"])[str(batch)]["p50"]
-        print(f"[profile] {family} batch {batch:>5}: {len(sessions)} variants x {runs} runs in "
-              f"{time.perf_counter() - started:.1f} s (fastest p50 {fastest:.3f} ms)", file=sys.stderr, flush=True)
+        progress.log(f"[profile] {family} batch {batch:>5}: {len(sessions)} variants x {runs} runs in "
+                     f"{time.perf_counter() - started:.1f} s (fastest p50 {fastest:.3f} ms)")
+        progress.update(1, note=f"{family} batch {batch}")
     return result
 
 
 def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families: list[str] | None = None,
-            missing_only: bool = False, register: bool = False) -> dict:
+            missing_only: bool = False, register: bool = False) -> Manifest:
     """Profile the repository's variants and write `latency_ms` into its manifest; returns the manifest."""
-    manifest = load_manifest(repo)
-    if not manifest["families"]:
-        raise FileNotFoundError(f"no model repository at {repo}: build one with `flexserve train --quick` "
-                                "(minutes) or `flexserve train`")
-    unknown = sorted(set(families or []) - set(manifest["families"]))
+    manifest = read_manifest(repo)
+    unknown = sorted(set(families or []) - set(manifest.families))
     if unknown:
-        raise ValueError(f"family {', '.join(unknown)} is not in {repo}: it holds {', '.join(manifest['families'])}")
+        raise ValueError(f"family {', '.join(unknown)} is not in {repo}: it holds {', '.join(manifest.families)}")
     if settings.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise RuntimeError("--device cuda needs ONNX Runtime's CUDA execution provider: "
-                           "`pip install 'flexserve[gpu]'` (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+        raise RuntimeError(f"--device cuda needs ONNX Runtime's CUDA execution provider: {GPU_HINT}")
+    families = list(families or manifest.families)
     if missing_only:  # only families with a variant that has no profile yet (e.g. just retrained)
-        families = [f for f in families or manifest["families"]
-                    if any(not v.get("latency_ms") for v in manifest["families"][f]["variants"])]
-        if not families:
-            print(f"[profile] every variant in {repo} has a latency profile; nothing to do", file=sys.stderr)
-            return manifest
-    rng = np.random.default_rng(0)
+        families = [f for f in families if any(not v.latency_ms for v in manifest.families[f].variants)]
     started = time.perf_counter()
-    for family in families or list(manifest["families"]):
-        section = manifest["families"][family]
-        measured = profile_family(repo, family, section, settings, rng)
-        for variant in section["variants"]:
-            variant["latency_ms"] = measured[variant["name"]]
-    manifest["latency_profile"] = {
-        "taken_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "hardware": hardware(settings.device),
-        "settings": {**asdict(settings), "provider": PROVIDERS[settings.device][0],
-                     "inter_op_threads": 1, "onnxruntime": ort.__version__},
-        "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
-    }
-    save_manifest(repo, manifest)
-    if register:  # a new version in the BentoML model store, so FLEXSERVE_MODEL_TAG serves the profiles
-        tag = register_in_bentoml(repo, manifest)
-        print(f"[profile] registered the profiled repository as {tag}", file=sys.stderr, flush=True)
-    print(f"[profile] wrote latency_ms for {sum(len(manifest['families'][f]['variants']) for f in families or manifest['families'])} "
-          f"variants into {repo / 'manifest.json'} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    total = sum(len(batch_sizes_for(manifest.families[f])) for f in families)
+    with Progress(total, "profile", unit="point") as progress:
+        if not families:
+            progress.log(f"[profile] every variant in {repo} has a latency profile; nothing to do")
+            return manifest
+        rng = np.random.default_rng(0)
+        for family in families:
+            section = manifest.families[family]
+            measured = profile_family(repo, family, section, settings, rng, progress)
+            variants = tuple(replace(v, latency_ms=measured[v.name]) for v in section.variants)
+            manifest = manifest.with_family(family, replace(section, variants=variants))
+        manifest = replace(manifest, latency_profile={
+            "taken_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "hardware": hardware(settings.device),
+            "settings": {**asdict(settings), "provider": PROVIDERS[settings.device][0],
+                         "inter_op_threads": 1, "onnxruntime": ort.__version__},
+            "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
+        })
+        manifest = write_manifest(repo, manifest)
+        if register:  # a new version in the BentoML model store, so FLEXSERVE_MODEL_TAG serves the profiles
+            tag = register_in_bentoml(repo, manifest)
+            progress.log(f"[profile] registered the profiled repository as {tag}")
+        count = sum(len(manifest.families[f].variants) for f in families)
+        progress.log(f"[profile] wrote latency_ms for {count} variants into {repo / 'manifest.json'} "
+                     f"in {time.perf_counter() - started:.0f} s")
     return manifest

@@ -1,4 +1,4 @@
-"""`flexserve report`: the variant table and the issue's targets, measured on this machine.
+"""`flexserve report`: the variant table and the project's targets for it, measured on this machine.
 
 For every variant: the test metric from the manifest (measured in ONNX Runtime at build
 time), parameters, file size, and ONNX Runtime CPU p50 latency for one typical request and
@@ -9,28 +9,29 @@ ratios hold. Then each target is checked and printed PASS or FAIL.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from training.export import session
+from contract.manifest import Manifest, read_manifest
+from contract.sessions import open_session
 from training.profile import typical_feed
-from training.repository import load_manifest
+from training.progress import Progress
 
 BATCH_SIZES = (1, 32)
 WARMUP = 3
 
 
-def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict[int, float]]:
+def measure_latencies(repo: Path, manifest: Manifest, rounds: int) -> dict[str, dict[int, float]]:
     """p50 ms per variant per batch size (in requests), variants of a family interleaved."""
     rng = np.random.default_rng(0)
     result: dict[str, dict[int, float]] = {}
-    for family, section in manifest["families"].items():
-        sessions = {v["name"]: session(repo / v["onnx"], threads=1) for v in section["variants"]}
+    progress = Progress(len(manifest.families) * len(BATCH_SIZES), "report", unit="point")
+    for family, section in manifest.families.items():
+        sessions = {v.name: open_session(repo / v.onnx, threads=1) for v in section.variants}
         for batch in BATCH_SIZES:
-            feed = typical_feed(repo, family, section, batch * int(section.get("rows_per_request", 1)), rng)
+            feed = typical_feed(repo, family, section, batch * section.rows_per_request, rng)
             times: dict[str, list[float]] = {name: [] for name in sessions}
             runs = max(5, rounds if batch == 1 else rounds // 4)
             for round_index in range(WARMUP + runs):
@@ -41,63 +42,64 @@ def measure_latencies(repo: Path, manifest: dict, rounds: int) -> dict[str, dict
                         times[name].append((time.perf_counter() - start) * 1e3)
             for name, samples in times.items():
                 result.setdefault(name, {})[batch] = float(np.median(samples))
-            print(f"[report] {family} batch {batch}: timed {runs} rounds", file=sys.stderr, flush=True)
+            progress.update(1, note=f"{family} batch {batch}: {runs} rounds")
+    progress.close()
     return result
 
 
-def _targets(manifest: dict, latency: dict[str, dict[int, float]]) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for each of the issue's targets present in the repository."""
+def _targets(manifest: Manifest, latency: dict[str, dict[int, float]]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target whose variants are in the repository."""
     floors = {"cnn": ("accuracy >= 0.91", lambda m: m >= 0.91), "rnn": ("accuracy >= 0.74", lambda m: m >= 0.74),
               "recsys": ("RMSE <= 0.94", lambda m: m <= 0.94)}
     rows = []
-    for family, section in manifest["families"].items():
-        variants = {v["name"]: v for v in section["variants"]}
-        metric = section["metric"]
+    for family, section in manifest.families.items():
+        variants = {v.name: v for v in section.variants}
+        metric = section.metric
         full, student = variants[f"{family}_full_fp32"], variants[f"{family}_distilled_fp32"]
-        full_m, student_m = full["metrics"][metric], student["metrics"][metric]
+        full_m, student_m = full.metrics[metric], student.metrics[metric]
         label, ok = floors[family]
         rows.append((f"{family} full {label}", f"{full_m:.4f}", ok(full_m)))
-        rows.append((f"{family} full >= 2 ms per typical request", f"{latency[full['name']][1]:.2f} ms",
-                     latency[full["name"]][1] >= 2.0))
-        rows.append((f"{family} student >= 3x fewer params", f"{full['params'] / student['params']:.1f}x",
-                     full["params"] / student["params"] >= 3))
-        speedup = latency[full["name"]][1] / latency[student["name"]][1]
+        rows.append((f"{family} full >= 2 ms per typical request", f"{latency[full.name][1]:.2f} ms",
+                     latency[full.name][1] >= 2.0))
+        rows.append((f"{family} student >= 3x fewer params", f"{full.params / student.params:.1f}x",
+                     full.params / student.params >= 3))
+        speedup = latency[full.name][1] / latency[student.name][1]
         rows.append((f"{family} student >= 2x faster at batch 1", f"{speedup:.1f}x", speedup >= 2))
-        if section["higher_is_better"]:
+        if section.higher_is_better:
             kept = student_m / full_m
             rows.append((f"{family} student keeps >= 97% of accuracy", f"{kept:.1%}", kept >= 0.97))
         else:
             rows.append((f"{family} student RMSE <= full + 0.03", f"+{student_m - full_m:.4f}", student_m - full_m <= 0.03))
-        plain = section["training"]["student_without_distillation"]["test_metric_pytorch"]
-        kd = section["training"]["distilled"]["test_metric_pytorch"]
-        better = kd > plain if section["higher_is_better"] else kd < plain
+        plain = section.training["student_without_distillation"]["test_metric_pytorch"]
+        kd = section.training["distilled"]["test_metric_pytorch"]
+        better = kd > plain if section.higher_is_better else kd < plain
         rows.append((f"{family} distilled beats the same student without a teacher",
                      f"{kd:.4f} vs {plain:.4f} (PyTorch)", better))
         for kind in ("full", "distilled"):
-            parent = variants[f"{family}_{kind}_fp32"]["metrics"][metric]
+            parent = variants[f"{family}_{kind}_fp32"].metrics[metric]
             for precision, limit in (("fp16", 0.003), ("int8", 0.01)):
                 # Points of accuracy; for RMSE the same absolute limits.
-                delta = abs(variants[f"{family}_{kind}_{precision}"]["metrics"][metric] - parent)
+                delta = abs(variants[f"{family}_{kind}_{precision}"].metrics[metric] - parent)
                 rows.append((f"{family}_{kind}_{precision} within {limit * 100:g} point(s) of fp32",
-                             f"{delta * 100:.2f} points" if section["higher_is_better"] else f"{delta:.4f}",
+                             f"{delta * 100:.2f} points" if section.higher_is_better else f"{delta:.4f}",
                              delta <= limit))
     return rows
 
 
-def _tables(manifest: dict, latency: dict[str, dict[int, float]], targets: list) -> str:
+def _tables(manifest: Manifest, latency: dict[str, dict[int, float]], targets: list) -> str:
     lines = ["| variant | test metric | params | file size | p50 batch 1 (ms) | p50 batch 32 (ms) |",
              "|---|---|---:|---:|---:|---:|"]
-    for family, section in manifest["families"].items():
-        for v in section["variants"]:
-            lines.append(f"| {v['name']} | {section['metric']} {v['metrics'][section['metric']]:.4f} | "
-                         f"{v['params']:,} | {v['size_bytes'] / 1e6:.2f} MB | {latency[v['name']][1]:.3f} | "
-                         f"{latency[v['name']][32]:.2f} |")
+    for section in manifest.families.values():
+        for v in section.variants:
+            lines.append(f"| {v.name} | {section.metric} {v.metrics[section.metric]:.4f} | "
+                         f"{v.params:,} | {v.size_bytes / 1e6:.2f} MB | {latency[v.name][1]:.3f} | "
+                         f"{latency[v.name][32]:.2f} |")
     lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in targets]
     return "\n".join(lines)
 
 
-def _plot(manifest: dict, latency: dict[str, dict[int, float]], path: Path) -> None:
+def _plot(manifest: Manifest, latency: dict[str, dict[int, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,29 +107,29 @@ def _plot(manifest: dict, latency: dict[str, dict[int, float]], path: Path) -> N
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-    families = list(manifest["families"])
+    families = list(manifest.families)
     fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.4), squeeze=False)
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     colours = {"full": "tab:blue", "distilled": "tab:orange"}
     label_offsets = {"fp32": (6, 5), "fp16": (6, -11), "int8": (6, 5)}  # fp32 and fp16 often coincide
     for ax, family in zip(axes[0], families):
-        section = manifest["families"][family]
-        for v in section["variants"]:
-            x, y = latency[v["name"]][1], v["metrics"][section["metric"]]
-            ax.scatter(x, y, marker=markers[v["precision"]], color=colours[v["kind"]], s=70, zorder=3)
-            ax.annotate(v["precision"], (x, y), fontsize=8, xytext=label_offsets[v["precision"]],
+        section = manifest.families[family]
+        for v in section.variants:
+            x, y = latency[v.name][1], v.metrics[section.metric]
+            ax.scatter(x, y, marker=markers[v.precision], color=colours[v.kind], s=70, zorder=3)
+            ax.annotate(v.precision, (x, y), fontsize=8, xytext=label_offsets[v.precision],
                         textcoords="offset points")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50]))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.25, y=0.2)
-        if not section["higher_is_better"]:
+        if not section.higher_is_better:
             ax.invert_yaxis()  # better is up in every panel
         ax.set_xlabel("ONNX Runtime CPU p50 per typical request (ms, log scale)")
-        ax.set_ylabel(f"test {section['metric']}" + (" (lower is better, axis inverted)"
-                                                      if not section["higher_is_better"] else ""))
-        ax.set_title(f"{family}: {section['contract'].get('typical_request', '')}", fontsize=10)
+        ax.set_ylabel(f"test {section.metric}" + (" (lower is better, axis inverted)"
+                                                   if not section.higher_is_better else ""))
+        ax.set_title(f"{family}: {section.contract.get('typical_request', '')}", fontsize=10)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colours.items()]
     handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=p) for p, m in markers.items()]
@@ -139,9 +141,7 @@ def _plot(manifest: dict, latency: dict[str, dict[int, float]], path: Path) -> N
 
 def report(repo: Path, markdown: Path | None = None, plot: Path | None = None, json_out: Path | None = None,
            rounds: int = 40) -> int:
-    manifest = load_manifest(repo)
-    if not manifest["families"]:
-        raise FileNotFoundError(f"no model repository at {repo}: build one with `flexserve train`")
+    manifest = read_manifest(repo)
     latency = measure_latencies(repo, manifest, rounds)
     targets = _targets(manifest, latency)
     text = _tables(manifest, latency, targets)

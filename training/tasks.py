@@ -16,29 +16,22 @@ from torch import nn
 from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
+from contract.manifest import TensorSpec
 from training.data import Dataset, catalog_rows
 
 KINDS = ("full", "distilled")
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # numpy dtype name
-    shape: tuple[int, ...]  # -1 marks a dynamic axis (always the batch on axis 0)
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
 class Task:
     family: ClassVar[str]
-    kind: ClassVar[str]  # "classification" or "regression"
+    problem: ClassVar[str]  # "classification" or "regression" (the manifest's `task`)
     metric_name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     channels_last: ClassVar[bool] = False
     model_class: ClassVar[type[nn.Module]]
     config_class: ClassVar[type]
+    # Files serving needs beside the models (written as `<family>_<name>.json` from `data.preprocessing`).
+    preprocessing_artifacts: ClassVar[tuple[str, ...]] = ()
 
     # ---- architectures and training settings (the trainer's TrainConfig fields)
     def model_config(self, kind: str, data: Dataset) -> Any:
@@ -74,12 +67,12 @@ class Task:
 
     # ---- objective
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.kind == "classification":
+        if self.problem == "classification":
             return F.cross_entropy(outputs, targets)
         return F.mse_loss(outputs, targets)
 
     def metric(self, outputs: np.ndarray, targets: np.ndarray) -> float:
-        if self.kind == "classification":
+        if self.problem == "classification":
             return float((outputs.argmax(axis=1) == targets).mean())
         return float(np.sqrt(np.mean((np.clip(outputs, 1.0, 5.0) - targets) ** 2)))
 
@@ -94,7 +87,7 @@ class Task:
 
 class ImageTask(Task):
     family = "cnn"
-    kind = "classification"
+    problem = "classification"
     metric_name = "accuracy"
     higher_is_better = True
     channels_last = True  # oneDNN's convolutions train ~1.3x faster in NHWC on this CPU
@@ -110,8 +103,7 @@ class ImageTask(Task):
     def train_settings(self, kind: str, quick: bool) -> dict:
         if quick:
             return {"epochs": 2, "batch_size": 128, "lr": 3e-3}
-        # The full model's epoch costs ~3 minutes on 2 cores, the student's ~50 s: the epoch
-        # counts keep the whole build under 30 minutes (4 full epochs gave 93.2% test accuracy).
+        # Few epochs: they keep the whole build under 30 minutes on 2 cores (README, "How the variants are made").
         return {"epochs": 3 if kind == "full" else 4, "batch_size": 128, "lr": 3e-3}
 
     def input_specs(self, data: Dataset | None) -> list[TensorSpec]:
@@ -127,11 +119,12 @@ class ImageTask(Task):
 
 class TextTask(Task):
     family = "rnn"
-    kind = "classification"
+    problem = "classification"
     metric_name = "accuracy"
     higher_is_better = True
     model_class = TextClassifier
     config_class = RNNConfig
+    preprocessing_artifacts = ("vocab",)
 
     def model_config(self, kind: str, data: Dataset) -> RNNConfig:
         vocab = len(data.preprocessing["vocab"])
@@ -140,13 +133,12 @@ class TextTask(Task):
         return RNNConfig(vocab_size=vocab, embed_dim=64, hidden_size=96, bidirectional=False)
 
     def train_settings(self, kind: str, quick: bool) -> dict:
-        # fp32: at this size bf16 autocast trained the packed LSTM no faster here (42 s vs 43 s an
-        # epoch), and it would run the recurrence in bf16.
+        # fp32: bf16 autocast trains this packed LSTM no faster, and would run the recurrence in bf16.
         if quick:
             return {"epochs": 2, "batch_size": 64, "lr": 2e-3, "precision": "fp32"}
-        if kind == "full":  # ~60 s an epoch; validation accuracy peaks around epoch 5
+        if kind == "full":  # validation accuracy peaks around epoch 5
             return {"epochs": 5, "batch_size": 64, "lr": 2e-3, "precision": "fp32", "patience": 2}
-        # ~7 s an epoch: students still improved at 6 (validation 0.770 at 6 epochs, 0.791 at 10).
+        # The small student keeps improving for longer than the full model.
         return {"epochs": 10, "batch_size": 64, "lr": 2e-3, "precision": "fp32", "patience": 3}
 
     def collate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,11 +162,12 @@ class TextTask(Task):
 
 class RecsysTask(Task):
     family = "recsys"
-    kind = "regression"
+    problem = "regression"
     metric_name = "rmse"
     higher_is_better = False
     model_class = RatingPredictor
     config_class = RecsysConfig
+    preprocessing_artifacts = ("catalog",)
 
     def model_config(self, kind: str, data: Dataset) -> RecsysConfig:
         sizes = data.preprocessing["sizes"]
@@ -185,8 +178,7 @@ class RecsysTask(Task):
     def train_settings(self, kind: str, quick: bool) -> dict:
         if quick:
             return {"epochs": 2, "batch_size": 512, "lr": 3e-3, "max_steps_per_epoch": 60}
-        # The full model overfits the ids: weight decay 0.4 gave the best validation RMSE
-        # (0.906, against 0.914 at 0.1 and 0.909 at 0.8); the small student did best at 0.1.
+        # The full model overfits the ids: strong weight decay, chosen on validation RMSE (README).
         return {"epochs": 12, "batch_size": 512, "lr": 3e-3, "weight_decay": 0.4 if kind == "full" else 0.1,
                 "patience": 3}
 

@@ -2,24 +2,24 @@
 
 AdamW with a one-cycle learning-rate schedule, early stopping on the validation metric
 (the best weights are restored), mixed precision through `torch.autocast` (bfloat16 on CPUs
-with native bf16 support, float16 with a gradient scaler on CUDA), seeded, with a progress
-bar per epoch on a terminal and one summary line per epoch everywhere.
+with native bf16 support, float16 with a gradient scaler on CUDA), seeded. Progress (batches
+done of those planned, with an ETA) goes to a `Progress` display, the whole build's when the
+pipeline passes it; each epoch ends with one summary line.
 """
 from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training.data import Split
+from training.progress import Progress
 from training.tasks import Task
 
 
@@ -101,6 +101,16 @@ def predict(model: nn.Module, split: Split, task: Task, batch_size: int = 512,
     return np.concatenate(outputs)
 
 
+def steps_per_epoch(rows: int, config: TrainConfig) -> int:
+    steps = math.ceil(rows / config.batch_size)
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
+
+
+def planned_steps(rows: int, config: TrainConfig) -> int:
+    """Batches a run takes if it does not stop early (what a progress display counts)."""
+    return config.epochs * steps_per_epoch(rows, config)
+
+
 def train(
     model: nn.Module,
     task: Task,
@@ -109,11 +119,13 @@ def train(
     config: TrainConfig,
     name: str,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train `model` in place and return it with its best validation weights.
 
     loss_fn(outputs, targets, row_index) overrides the task's hard-label loss (distillation
-    uses the row index to look up the teacher's outputs for the same rows).
+    uses the row index to look up the teacher's outputs for the same rows). `progress` counts
+    the batches (and, on an early stop, the ones skipped); without one, the run shows its own.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -126,13 +138,13 @@ def train(
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or (lambda outputs, targets, _: task.loss(outputs, targets))
 
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    steps = steps_per_epoch(len(train_split), config)
+    own = progress is None
+    progress = progress or Progress(planned_steps(len(train_split), config), name, unit="batch")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # OneCycleLR needs a few steps per phase; tiny (synthetic) runs simply stop before the end.
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps_per_epoch, 20), pct_start=0.25
+        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps, 20), pct_start=0.25
     )
     sign = 1.0 if task.higher_is_better else -1.0
     best_score, best_state, stale, history = -math.inf, None, 0, []
@@ -141,13 +153,8 @@ def train(
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_start, total_loss, seen = time.perf_counter(), 0.0, 0
-        interactive = sys.stderr.isatty()
-        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
-                   disable=not interactive, unit="batch")
-        # Without a terminal (CI, nohup) there is no bar: log each quarter of the epoch instead.
-        quarter = max(1, steps_per_epoch // 4)
         for step, (index, inputs, targets) in enumerate(batches(train_split, task, config.batch_size, rng)):
-            if step >= steps_per_epoch:
+            if step >= steps:
                 break
             tensors = to_tensors(inputs, task, device)
             target = torch.from_numpy(targets).to(device)
@@ -163,12 +170,7 @@ def train(
             schedule.step()
             total_loss += loss.item() * len(index)
             seen += len(index)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-            if not interactive and (step + 1) % quarter == 0 and (step + 1) // quarter < 4:
-                print(f"[{name}] epoch {epoch}: {step + 1}/{steps_per_epoch} batches, loss {total_loss / seen:.4f}, "
-                      f"{time.perf_counter() - epoch_start:.0f}s", file=sys.stderr, flush=True)
-        bar.close()
+            progress.update(1, note=f"{name} epoch {epoch}/{config.epochs} loss {total_loss / seen:.4f}")
         metric = task.metric(predict(model, val_split, task, device=device, precision=precision), val_split.targets)
         improved = sign * metric > best_score
         if improved:
@@ -178,12 +180,14 @@ def train(
         seconds = time.perf_counter() - epoch_start
         history.append({"epoch": epoch, "loss": total_loss / max(seen, 1), f"val_{task.metric_name}": metric,
                         "seconds": round(seconds, 2)})
-        print(f"[{name}] epoch {epoch}/{config.epochs} loss {total_loss / max(seen, 1):.4f} "
-              f"val_{task.metric_name} {metric:.4f}{' *' if improved else ''} ({seconds:.1f}s, {precision})",
-              file=sys.stderr, flush=True)
+        progress.log(f"[{name}] epoch {epoch}/{config.epochs} loss {total_loss / max(seen, 1):.4f} "
+                     f"val_{task.metric_name} {metric:.4f}{' *' if improved else ''} ({seconds:.1f}s, {precision})")
         if stale >= config.patience:
-            print(f"[{name}] early stop: no better val_{task.metric_name} for {stale} epochs", file=sys.stderr)
+            progress.log(f"[{name}] early stop: no better val_{task.metric_name} for {stale} epochs")
+            progress.update((config.epochs - epoch) * steps)  # the batches it will not run
             break
+    if own:
+        progress.close()
     assert best_state is not None, "training ran no epoch"
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format).eval()

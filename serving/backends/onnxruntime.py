@@ -11,42 +11,19 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from serving.errors import RepositoryError
+from contract.manifest import FamilySection
+from contract.sessions import open_session, providers_for
 from serving.repository import Repository, check_signature
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def providers_for(device: str) -> list[str]:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise RepositoryError("device cuda needs ONNX Runtime's CUDA execution provider: "
-                              "`pip install 'flexserve[gpu]'` (onnxruntime-gpu) on a machine with an NVIDIA GPU")
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def open_session(path, threads: int = 1, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session as serving runs it: `threads` intra-op threads, one inter-op, quiet logs."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # hide ORT's warnings about unused initialisers
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-
-
-def _warmup_feeds(section: dict) -> list[dict[str, np.ndarray]]:
+def _warmup_feeds(section: FamilySection) -> list[dict[str, np.ndarray]]:
     """Ones (a valid id, length and pixel for every family) at one row and at a typical request's
     rows: the first run at a new size allocates, and that cost must not land on a request."""
     feeds = []
-    for rows in sorted({1, int(section.get("rows_per_request", 1))}):
+    for rows in sorted({1, section.rows_per_request}):
         feed = {}
-        for spec in section["inputs"]:
-            shape = [rows] + [1 if d == -1 else d for d in spec["shape"][1:]]
-            feed[spec["name"]] = np.ones(shape, dtype=spec["dtype"])
+        for spec in section.inputs:
+            shape = [rows] + [1 if d == -1 else d for d in spec.shape[1:]]
+            feed[spec.name] = np.ones(shape, dtype=spec.dtype)
         feeds.append(feed)
     return feeds
 
@@ -59,7 +36,7 @@ class OnnxRuntimeBackend:
     def __init__(self, repo: Repository, families: list[str], device: str = "auto", threads: int | None = None):
         self.repo, self.families = repo, families
         self.providers = providers_for(device)
-        settings = repo.manifest.get("latency_profile", {}).get("settings", {})
+        settings = (repo.manifest.latency_profile or {}).get("settings", {})
         self.threads = threads or int(settings.get("threads", 1))
         self._sessions: dict[str, ort.InferenceSession] = {}
 

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
+from contract.dtypes import dtype
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger("flexserve.triton")
 PROTOCOLS = ("grpc", "http")
-TRITON_DTYPES = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
 
 
 class TritonBackend:
@@ -78,7 +78,7 @@ class TritonBackend:
         inputs = []
         for name, value in feeds.items():
             value = value.reshape(-1, 1) if name == "LENGTHS" else value  # Triton's per-row scalars are [n, 1]
-            tensor = self._module.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
+            tensor = self._module.InferInput(name, list(value.shape), dtype(value.dtype).triton)
             tensor.set_data_from_numpy(np.ascontiguousarray(value))
             inputs.append(tensor)
         start = time.perf_counter()

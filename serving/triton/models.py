@@ -6,7 +6,8 @@
   as one ONNX Runtime call.
 - `RouterModel`: one per family (`<family>_router`). Per request it asks the routing policy
   (the same code as the HTTP gateway) for a variant within the request's latency budget, calls
-  that variant model with BLS, returns its output and the variant's name (`VARIANT`), and
+  that variant model with BLS, returns its output, the variant's name (`VARIANT`) and whether the
+  policy predicted it to meet the budget (`PREDICTED_TO_MEET`; the client measures the truth), and
   reports the observed latency back to the policy. It also accepts raw inputs, so a client
   needs only tritonclient: `TEXT` (BYTES, one string per row) for the text family, and
   `USER_ID` (INT64) + `ITEM_IDS` (INT64 [n], MovieLens ids) for the recommender.
@@ -27,7 +28,7 @@ from serving.errors import FlexServeError, InvalidRequestError
 
 
 # The gateway's request fields and the router's tensors that carry them.
-TENSOR_NAMES = {"texts": "TEXT", "user_id": "USER_ID", "candidate_item_ids": "ITEM_IDS", "k": "ITEM_IDS",
+TENSOR_NAMES = {"texts": "TEXT", "user_id": "USER_ID", "candidate_item_ids": "ITEM_IDS",
                 "latency_budget_ms": "LATENCY_BUDGET_MS"}
 
 
@@ -49,8 +50,8 @@ def _error(message: str, invalid: bool = True):
 
 class VariantModel:
     def initialize(self, args: dict) -> None:
-        from serving.backends.onnxruntime import open_session
-        from serving.repository import sha256_file
+        from contract.files import sha256_file
+        from contract.sessions import open_session
 
         config = json.loads(args["model_config"])
         params = _parameters(config)
@@ -101,21 +102,21 @@ class VariantModel:
 
 class RouterModel:
     def initialize(self, args: dict) -> None:
-        from serving.policy import policy_from_manifest
+        from serving.policy import DEFAULT_LATENCY_BUDGET_MS, policy_from_manifest
         from serving.preprocess import Catalog, TextCodec
         from serving.repository import load_repository
 
         config = json.loads(args["model_config"])
         params = _parameters(config)
         self.family = params["family"]
-        self.default_budget_ms = float(params.get("default_budget_ms", "200"))
+        self.default_budget_ms = float(params.get("default_budget_ms", DEFAULT_LATENCY_BUDGET_MS))
         repo = load_repository(params["flexserve_repo"])  # verifies every file's sha256
         section = repo.family(self.family)
         # Each variant model is its own Triton model with one instance: its own queue.
         self.policy = policy_from_manifest(self.family, section, executor_of=lambda name: name,
-                                           executors={v["name"]: 1 for v in section["variants"]})
-        self.inputs = [spec["name"] for spec in section["inputs"]]
-        self.output = section["outputs"][0]["name"]
+                                           executors={v.name: 1 for v in section.variants})
+        self.inputs = [spec.name for spec in section.inputs]
+        self.output = section.outputs[0].name
         self.text = TextCodec.from_manifest(section, repo.artifact("rnn", "vocab")) if self.family == "rnn" else None
         self.catalog = (Catalog.from_manifest(section, repo.artifact("recsys", "catalog"))
                         if self.family == "recsys" else None)
@@ -155,8 +156,7 @@ class RouterModel:
                 user_ids = user.as_numpy().reshape(-1)
                 if user_ids.size != 1:
                     raise InvalidRequestError("USER_ID", f"{user_ids.size} values", "exactly one INT64 user id")
-                n = len(item_ids) if item_ids is not None else len(self.catalog.items)
-                return self.catalog.encode(int(user_ids[0]), min(n, 1), item_ids)[0]
+                return self.catalog.score(int(user_ids[0]), item_ids)[0]
         feeds = {}
         for name in self.inputs:
             tensor = pb.get_input_tensor_by_name(request, name)
@@ -195,9 +195,9 @@ class RouterModel:
         self.policy.finish(decision, elapsed_ms)
         output = pb.get_output_tensor_by_name(response, self.output).as_numpy()
         variant = np.array([decision.variant.encode()], dtype=np.object_)
-        met = np.array([decision.budget_met], dtype=bool)  # predicted; the client measures the truth
+        predicted = np.array([decision.predicted_to_meet], dtype=bool)  # the client measures the truth
         return pb.InferenceResponse(output_tensors=[pb.Tensor(self.output, output), pb.Tensor("VARIANT", variant),
-                                                    pb.Tensor("BUDGET_MET", met)])
+                                                    pb.Tensor("PREDICTED_TO_MEET", predicted)])
 
     def finalize(self) -> None:
         self.policy = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-FLEXSERVE = [sys.executable, "-m", "training.cli"]
+FLEXSERVE = [sys.executable, "-m", "flexserve"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +34,6 @@ def quick_repo(tmp_path_factory) -> Path:
 def profiled_quick_repo(quick_repo) -> Path:
     result = run_flexserve(["profile", "--repo", str(quick_repo), "--min-runs", "10", "--seconds", "0.02"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[profile] cnn batch    64" in result.stderr  # progress is shown
+    assert "[profile] cnn batch    64" in result.stderr and "profile: 100%" in result.stderr  # progress is shown
     assert "cnn_full_fp32" in result.stdout and "b64:" in result.stdout
     return quick_repo

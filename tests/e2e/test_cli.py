@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from serving.repository import check_signature, load_repository
-from training.export import session
+from contract.sessions import open_session as session
 
 @pytest.mark.slow
 def test_quick_build_on_real_data_serves_every_variant(quick_repo):
@@ -20,14 +20,14 @@ def test_quick_build_on_real_data_serves_every_variant(quick_repo):
     assert repo.families == ["cnn", "recsys", "rnn"]
     for family in repo.families:
         section = repo.family(family)
-        assert "subset" in section["dataset"]["source"]  # real data, --quick subset
+        assert "subset" in section.dataset["source"]  # real data, --quick subset
         variants = repo.variants(family)
         assert len(variants) == 6
         for variant in variants:
             check_signature(repo, family, variant, session(variant.path))
     cnn = repo.family("cnn")
-    assert cnn["contract"]["labels"][7] == "Sneaker"
-    assert repo.family("recsys")["rows_per_request"] == 1682
+    assert cnn.contract["labels"][7] == "Sneaker"
+    assert repo.family("recsys").rows_per_request == 1682
     full = next(v for v in repo.variants("cnn") if v.name == "cnn_full_fp32")
     assert full.metric > 0.5  # real Fashion-MNIST, two short epochs: far above chance (0.1)
 
@@ -82,10 +82,10 @@ def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path, c
                    "--loads", "50", "500", "5000", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png"),
                    "--markdown", str(tmp_path / "s.md")])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[simulate] cnn" in result.stderr
+    assert "simulate cnn: 100% 24/24 run" in result.stderr  # progress with a total
     rows = json.loads((tmp_path / "s.json").read_text())
     assert len(rows) == 3 * 4 * 2  # loads x policies x arrival patterns
-    assert {"policy", "load_rps", "slo_attainment", "mean_accuracy", "p99_ms"} <= set(rows[0])
+    assert {"policy", "load_rps", "slo_attainment", "mean_metric", "p99_ms"} <= set(rows[0])
     assert "adaptive holds 99% SLO" in result.stdout
     assert (tmp_path / "s.png").stat().st_size > 10_000
 
@@ -101,8 +101,9 @@ def test_simulate_without_profiles_says_how_to_make_them(tmp_path, cli):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "manifest.json").write_text(json.dumps({"schema_version": 1, "families": {"cnn": {
-        "metric": "accuracy", "higher_is_better": True, "variants": [
-            {"name": "cnn_full_fp32", "metrics": {"accuracy": 0.9}}]}}}))
+        "task": "classification", "metric": "accuracy", "higher_is_better": True, "inputs": [], "outputs": [],
+        "variants": [{"name": "cnn_full_fp32", "kind": "full", "precision": "fp32", "onnx": "x.onnx", "sha256": "0",
+                      "size_bytes": 1, "params": 1, "metrics": {"accuracy": 0.9}}]}}}))
     result = cli(["simulate", "--repo", str(repo)])
     assert result.returncode == 2
     assert "flexserve profile" in result.stderr

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from serving.policy import policy_from_manifest
-from serving.process import BENTOML, ServerProcess
+from loadtest.servers import BENTOML, ServerProcess
 from serving.repository import load_repository
 from training.data import encode_texts, load_fashion_mnist
 
@@ -125,7 +125,7 @@ def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_rep
     result = cli(["bench-routing", "--repo", str(profiled_quick_repo), "--family", "cnn", "--loads", "5", "20",
                   "--seconds", "1.5", "--repeats", "2", "--min-requests", "10", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[bench-routing] cnn adaptive" in result.stderr  # progress per step
+    assert "[bench-routing] adaptive" in result.stderr and "bench-routing cnn: 100% 12/12 step" in result.stderr
     rows = json.loads((out / "rows.json").read_text())
     measured = {(r["routing"], r["load_rps"]): r for r in rows["measured"]}
     assert set(measured) == {(r, load) for r in ("adaptive", "full", "fastest") for load in (5.0, 20.0)}

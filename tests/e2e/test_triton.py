@@ -73,7 +73,7 @@ def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol)
     module = grpcclient if protocol == "grpc" else httpclient
     client = module.InferenceServerClient(triton.grpc_url if protocol == "grpc" else triton.http_url)
     feeds = feeds_for(repo, family)
-    out = repo.family(family)["outputs"][0]["name"]
+    out = repo.family(family).outputs[0].name
     variant = repo.variants(family)[0].name
     direct = {k: (v.reshape(-1, 1) if k == "LENGTHS" else v) for k, v in feeds.items()}
     (got,) = infer(module, client, variant, direct, [out])
@@ -81,7 +81,7 @@ def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol)
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
     # Through the router, with a loose budget: the most accurate variant, named in VARIANT.
     loose = {**feeds, "LATENCY_BUDGET_MS": np.array([10_000.0], np.float32)}
-    routed, chosen, met = infer(module, client, f"{family}_router", loose, [out, "VARIANT", "BUDGET_MET"])
+    routed, chosen, met = infer(module, client, f"{family}_router", loose, [out, "VARIANT", "PREDICTED_TO_MEET"])
     name = chosen[0].decode()
     np.testing.assert_allclose(routed.reshape(-1), onnx_output(repo, family, name, feeds).reshape(-1),
                                rtol=1e-5, atol=1e-5)
@@ -140,7 +140,7 @@ def test_bad_requests_are_invalid_argument(triton, model, feeds, field):
 
 
 def test_gateway_fails_over_when_triton_dies_and_returns_when_it_is_back(triton_models, profiled_repo, tmp_path):
-    from serving.bench_triton import failover
+    from loadtest.bench_triton import failover
 
     result = failover(triton_models, profiled_repo, tmp_path, load_seconds=2.0)
     assert result["failed"] == 0, result["failures"]  # no request failed while Triton was killed
@@ -175,7 +175,7 @@ def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo,
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     before = set(Path(tempfile.gettempdir()).glob("flexserve-triton-*"))
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "triton", "up", "--repo", str(profiled_repo),
+    process = subprocess.Popen([sys.executable, "-m", "flexserve", "triton", "up", "--repo", str(profiled_repo),
                                 "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -201,7 +201,7 @@ def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo,
 def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
     import asyncio
 
-    from serving.gateway import Gateway, GatewayConfig, RouteOptions
+    from serving.gateway import Gateway, GatewayConfig, RequestContext
 
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
     remote = Gateway(GatewayConfig(repo=profiled_repo, workers=1, backend="triton", triton_url=url,
@@ -209,14 +209,14 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
     local = Gateway(GatewayConfig(repo=profiled_repo, workers=1))
     try:
         texts = ["a great, moving film", "dull and long"]
-        pinned = RouteOptions(variant="rnn_full_fp32")
-        on_triton = asyncio.run(remote.classify_text(texts, pinned))
-        in_process = asyncio.run(local.classify_text(texts, pinned))
+        pinned = RequestContext(variant="rnn_full_fp32")
+        on_triton, _ = asyncio.run(remote.classify_text(texts, pinned))
+        in_process, _ = asyncio.run(local.classify_text(texts, pinned))
         assert on_triton["backend"] == "triton" and in_process["backend"] == "onnxruntime"
         for a, b in zip(on_triton["predictions"], in_process["predictions"]):
             assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
-        top = asyncio.run(remote.recommend(int(remote.repo.artifact("recsys", "catalog")["users"][0]["user_id"]), 3,
-                                           None, RouteOptions()))
+        user = int(remote.repo.artifact("recsys", "catalog")["users"][0]["user_id"])
+        top, _ = asyncio.run(remote.recommend(user, 3, None, RequestContext()))
         assert top["backend"] == "triton" and len(top["items"]) == 3
     finally:
         remote.close()

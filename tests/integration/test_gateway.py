@@ -58,7 +58,7 @@ def test_classify_image_answers_with_predictions_and_routing_fields(client, repo
     response = client.post("/v1/classify_image", json={"images": [IMAGE, IMAGE], "latency_budget_ms": 5000})
     assert response.status_code == 200, response.text
     body = response.json()
-    labels = repo.family("cnn")["contract"]["labels"]
+    labels = repo.family("cnn").contract["labels"]
     assert len(body["predictions"]) == 2
     for p in body["predictions"]:
         assert p["label"] == labels[p["class_id"]] and 0 < p["probability"] <= 1
@@ -315,7 +315,7 @@ def test_a_bentoml_model_store_tag_serves_the_profiled_repository(profiled_repo,
     gateway = Gateway(GatewayConfig(model_tag="flexserve-model-repository:latest", workers=1))
     try:
         assert gateway.ready() and gateway.repo.root != copy  # the store's own copy
-        assert gateway.repo.family("rnn")["variants"][0]["latency_ms"]
+        assert gateway.repo.family("rnn").variants[0].latency_ms
     finally:
         gateway.close()
     with pytest.raises(RepositoryError, match="flexserve train"):
@@ -325,7 +325,7 @@ def test_a_bentoml_model_store_tag_serves_the_profiled_repository(profiled_repo,
 def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
     import asyncio
 
-    from serving.gateway import RouteOptions, UnknownFamilyError
+    from serving.gateway import RequestContext, UnknownFamilyError
 
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy)
@@ -335,7 +335,7 @@ def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
     gateway = Gateway(GatewayConfig(repo=copy, workers=1))
     try:
         with pytest.raises(UnknownFamilyError) as error:
-            asyncio.run(gateway.classify_text(["fine"], RouteOptions()))
+            asyncio.run(gateway.classify_text(["fine"], RequestContext()))
         assert error.value.field == "family" and "flexserve train --family rnn" in error.value.accepted
     finally:
         gateway.close()

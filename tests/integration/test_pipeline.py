@@ -8,7 +8,8 @@ import torch
 
 from serving.repository import check_signature, load_repository, sha256_file
 from training.data import load_dataset
-from training.export import ParityError, check_parity, export_onnx, session
+from contract.sessions import open_session as session
+from training.export import ParityError, check_parity, export_onnx
 from training.pipeline import FAMILIES, load_checkpoint
 from training.tasks import get_task
 
@@ -75,7 +76,7 @@ def test_text_preprocessing_can_be_repeated_from_the_manifest_alone(synthetic_re
     import re
 
     repo = load_repository(synthetic_repo)
-    spec = repo.family("rnn")["contract"]["tokenizer"]
+    spec = repo.family("rnn").contract["tokenizer"]
     vocab = {tok: i for i, tok in enumerate(repo.artifact("rnn", "vocab"))}
     from training.data import encode_texts
 

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from contract.manifest import FamilySection
 from serving.errors import InvalidRequestError, OverloadError
 from serving.policy import Policy, PolicyConfig, ServiceProfile, VariantProfile, policy_from_manifest
 
@@ -45,7 +46,7 @@ def test_budget_boundaries_with_the_safety_margin():
     assert policy.route(11.2).variant == "m_full"
     fresh = make(safety_margin=0.1)
     d = fresh.route(11.0)
-    assert d.variant == "m_int8" and d.budget_met and "1 more accurate variant" in d.reason
+    assert d.variant == "m_int8" and d.predicted_to_meet and "1 more accurate variant" in d.reason
     assert make(safety_margin=0.1).route(4.0 / 0.9 + 0.01).variant == "m_int8"
     assert make(safety_margin=0.1).route(4.0 / 0.9 - 0.01).variant == "m_student"
 
@@ -74,7 +75,7 @@ def test_quality_tolerance_treats_near_equals_as_equal():
 def test_accuracy_floor_excludes_and_an_unmeetable_floor_is_an_error():
     policy = make()
     d = policy.route(2.0, min_quality=0.91)  # nothing above 0.91 fits 2 ms: the fastest of the two
-    assert d.variant == "m_int8" and not d.budget_met
+    assert d.variant == "m_int8" and not d.predicted_to_meet
     with pytest.raises(InvalidRequestError) as error:
         make().route(100.0, min_quality=0.95)
     assert error.value.field == "min_accuracy" and "m_full" in str(error.value) and "0.9200" in str(error.value)
@@ -106,12 +107,12 @@ def test_a_floor_that_excludes_the_fastest_still_reports_a_fit():
     policy = make(parallelism=1, safety_margin=0.0)
     policy.route(5.0)  # a tight request (int8): loose requests now keep the queue short
     d = policy.route(1000.0, min_quality=0.91)  # only full and int8 qualify; both crowd the queue
-    assert d.variant in {"m_full", "m_int8"} and d.budget_met
+    assert d.variant in {"m_full", "m_int8"} and d.predicted_to_meet
 
 
 def test_nothing_fits_serves_the_fastest_and_says_so():
     d = make().route(0.5)
-    assert d.variant == "m_student" and not d.budget_met
+    assert d.variant == "m_student" and not d.predicted_to_meet
     assert "no variant fits" in d.reason
 
 
@@ -124,7 +125,7 @@ def test_nothing_fits_in_strict_mode_is_an_overload_error():
 def test_pinned_variant_is_served_even_when_it_does_not_fit():
     policy = make()
     d = policy.route(1.0, variant="m_full")
-    assert d.variant == "m_full" and not d.budget_met and d.reason.startswith("pinned")
+    assert d.variant == "m_full" and not d.predicted_to_meet and d.reason.startswith("pinned")
     with pytest.raises(OverloadError):
         make().route(1.0, variant="m_full", strict=True)
     with pytest.raises(InvalidRequestError) as error:
@@ -291,9 +292,12 @@ def test_profile_interpolation_and_extrapolation():
 
 
 def test_policy_from_manifest_needs_a_profile():
-    section = {"metric": "accuracy", "higher_is_better": True, "variants": [
-        {"name": "a", "metrics": {"accuracy": 0.9}, "latency_ms": {"1": {"p50": 1, "p95": 2, "p99": 3}}},
-        {"name": "b", "metrics": {"accuracy": 0.8}}]}
+    entry = {"kind": "full", "precision": "fp32", "onnx": "x", "sha256": "0", "size_bytes": 1, "params": 1}
+    section = FamilySection.from_json({
+        "task": "classification", "metric": "accuracy", "higher_is_better": True, "inputs": [], "outputs": [],
+        "variants": [{**entry, "name": "a", "metrics": {"accuracy": 0.9},
+                      "latency_ms": {"1": {"p50": 1, "p95": 2, "p99": 3}}},
+                     {**entry, "name": "b", "metrics": {"accuracy": 0.8}}]})
     with pytest.raises(Exception) as error:
         policy_from_manifest("m", section)
     assert "flexserve profile" in str(error.value)
@@ -370,7 +374,7 @@ def test_time_before_the_server_counts_against_that_request_only():
     assert policy.route(10.5).variant == "m_full"
     late = policy.route(10.5, elapsed_ms=5.0)  # 5 ms already spent on the way in: 10 ms of full no longer fits
     assert late.variant == "m_int8" and late.predicted_ms == pytest.approx(4.0 + 5.0)
-    assert policy.route(12.0, variant="m_full", elapsed_ms=5.0).budget_met is False
+    assert policy.route(12.0, variant="m_full", elapsed_ms=5.0).predicted_to_meet is False
     assert policy.overhead_ms == 0.0  # nothing learned from it
     with pytest.raises(ValueError, match="elapsed_ms"):
         policy.route(10.0, elapsed_ms=-1.0)

@@ -2,25 +2,16 @@ import json
 
 import pytest
 
+from contract.manifest import FamilySection, VariantEntry
 from serving.errors import IntegrityError, RepositoryError
 from serving.repository import load_repository
-from training.repository import triton_config, write_family
-from training.tasks import get_task
+from training.repository import write_family
 
 
-def test_triton_config_excludes_the_batch_axis_and_reshapes_scalars():
-    task = get_task("rnn")
-    text = triton_config("rnn_full_fp32", task.input_specs(None), task.output_spec(), 64)
-    assert 'platform: "onnxruntime_onnx"' in text and "max_batch_size: 64" in text
-    assert 'name: "TOKENS"' in text and "dims: [ -1 ]" in text
-    assert "reshape: { shape: [ ] }" in text  # LENGTHS is one scalar per row
-    assert "dynamic_batching { }" in text
-
-
-def _section(names):
-    return {"metric": "accuracy", "preprocessing": {}, "variants": [
-        {"name": n, "kind": "full", "precision": "fp32", "onnx": f"{n}/1/model.onnx", "sha256": "0" * 64,
-         "params": 1, "size_bytes": 1, "metrics": {"accuracy": 0.5}} for n in names]}
+def _section(names) -> FamilySection:
+    return FamilySection(task="classification", metric="accuracy", higher_is_better=True, inputs=(), outputs=(),
+                         variants=tuple(VariantEntry(n, "full", "fp32", f"{n}/1/model.onnx", "0" * 64, 1, 1,
+                                                     {"accuracy": 0.5}) for n in names))
 
 
 def test_write_family_replaces_one_family_and_removes_its_stale_variants(tmp_path):
@@ -28,9 +19,11 @@ def test_write_family_replaces_one_family_and_removes_its_stale_variants(tmp_pat
     write_family(tmp_path, "cnn", _section(["cnn_old"]))
     write_family(tmp_path, "rnn", _section(["rnn_a"]))
     manifest = write_family(tmp_path, "cnn", _section(["cnn_new"]))
-    assert set(manifest["families"]) == {"cnn", "rnn"}
-    assert [v["name"] for v in manifest["families"]["cnn"]["variants"]] == ["cnn_new"]
+    assert set(manifest.families) == {"cnn", "rnn"}
+    assert [v.name for v in manifest.families["cnn"].variants] == ["cnn_new"]
     assert not (tmp_path / "cnn_old").exists()
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert [v["name"] for v in on_disk["families"]["cnn"]["variants"]] == ["cnn_new"]
 
 
 def test_missing_repository_says_how_to_build_one(tmp_path):
@@ -41,6 +34,12 @@ def test_missing_repository_says_how_to_build_one(tmp_path):
 def test_unknown_schema_version_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99, "families": {"cnn": {}}}))
     with pytest.raises(RepositoryError, match="schema_version 99"):
+        load_repository(tmp_path)
+
+
+def test_a_malformed_family_section_is_refused_with_its_problem(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "families": {"cnn": {"metric": "x"}}}))
+    with pytest.raises(RepositoryError, match="malformed"):
         load_repository(tmp_path)
 
 

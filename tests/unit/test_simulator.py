@@ -4,22 +4,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import simulator
-from serving.simulator import Scenario, simulate
+from contract.manifest import FamilySection, VariantEntry
+from loadtest import simulator
+from loadtest.simulator import Scenario, simulate
 
 
 def stats(p50: float) -> dict:
     return {"p50": p50, "p95": 1.3 * p50, "p99": 1.6 * p50, "min": 0.8 * p50, "max": 2.0 * p50}
 
 
-def section(full_ms: float = 4.0, student_ms: float = 0.5) -> dict:
+def section(full_ms: float = 4.0, student_ms: float = 0.5) -> FamilySection:
     """A family whose full model is 8x slower than its student."""
-    def latency(ms):
-        return {str(b): stats(ms * b) for b in (1, 4, 16, 64)}
+    def variant(name, accuracy, ms):
+        return VariantEntry(name, "full", "fp32", f"{name}.onnx", "0", 1, 1, {"accuracy": accuracy},
+                            latency_ms={str(b): stats(ms * b) for b in (1, 4, 16, 64)})
 
-    return {"metric": "accuracy", "higher_is_better": True, "rows_per_request": 1, "variants": [
-        {"name": "x_full_fp32", "metrics": {"accuracy": 0.92}, "latency_ms": latency(full_ms)},
-        {"name": "x_distilled_fp32", "metrics": {"accuracy": 0.90}, "latency_ms": latency(student_ms)}]}
+    return FamilySection(task="classification", metric="accuracy", higher_is_better=True, inputs=(), outputs=(),
+                         variants=(variant("x_full_fp32", 0.92, full_ms), variant("x_distilled_fp32", 0.90, student_ms)))
 
 
 BUDGETS = ((15.0, 0.5), (40.0, 0.5))
@@ -33,7 +34,7 @@ def run(policy: str, load: float, **kw) -> dict:
 
 def test_rows_carry_the_reported_fields():
     row = run("adaptive", 100.0)
-    for key in ("policy", "load_rps", "slo_attainment", "mean_accuracy", "p99_ms", "throughput_rps", "p50_ms",
+    for key in ("policy", "load_rps", "slo_attainment", "mean_metric", "p99_ms", "throughput_rps", "p50_ms",
                 "p95_ms", "variant_mix", "requests"):
         assert key in row
     assert row["requests"] == pytest.approx(1000, rel=0.15)  # 100 rps x 10 s
@@ -43,7 +44,7 @@ def test_rows_carry_the_reported_fields():
 def test_at_low_load_adaptive_serves_the_full_model_like_full():
     adaptive, full = run("adaptive", 20.0), run("full", 20.0)
     assert full["slo_attainment"] == 1.0 and adaptive["slo_attainment"] == 1.0
-    assert adaptive["mean_accuracy"] == pytest.approx(0.92, abs=0.002)
+    assert adaptive["mean_metric"] == pytest.approx(0.92, abs=0.002)
     assert adaptive["requests"] == full["requests"]  # the same arrivals
 
 
@@ -52,7 +53,7 @@ def test_under_overload_adaptive_keeps_the_slo_that_full_loses():
     full, adaptive = run("full", 800.0), run("adaptive", 800.0)
     assert full["slo_attainment"] < 0.5
     assert adaptive["slo_attainment"] >= 0.99
-    assert 0.90 < adaptive["mean_accuracy"] < 0.92  # a mix of both variants
+    assert 0.90 < adaptive["mean_metric"] < 0.92  # a mix of both variants
     assert set(adaptive["variant_mix"]) == {"x_full_fp32", "x_distilled_fp32"}
 
 
@@ -78,13 +79,13 @@ def test_replicas_in_parallel_processes_give_the_same_answer():
                             budgets=BUDGETS), processes=1)
     two = simulate(Scenario("x", section(), "adaptive", "poisson", 400.0, replicas=4, duration_s=5.0,
                             budgets=BUDGETS), processes=2)
-    for key in ("requests", "slo_attainment", "mean_accuracy", "p99_ms"):
+    for key in ("requests", "slo_attainment", "mean_metric", "p99_ms"):
         assert one[key] == two[key]
 
 
 def test_targets_compare_the_load_each_policy_holds():
     rows = [{"family": "x", "arrivals": "poisson", "policy": p, "load_rps": load, "slo_attainment": slo,
-             "mean_accuracy": acc, "metric": "accuracy", "most_accurate": "x_full", "fastest": "x_student",
+             "mean_metric": acc, "metric": "accuracy", "most_accurate": "x_full", "fastest": "x_student",
              "most_accurate_p50_ms": 4.0, "fastest_p50_ms": 0.5}
             for p, acc, curve in (("full", 0.92, [1.0, 0.995, 0.9, 0.5]), ("adaptive", 0.915, [1.0, 1.0, 0.999, 0.98]))
             for load, slo in zip((100, 200, 400, 800), curve)]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from loadtest.sla import SlaClass, SlaPolicy, check, load_policy, parse_classes
+from loadtest.sla import SlaClass, SlaSpec, check, load_spec, parse_classes
 
 
 def test_parse_classes_with_and_without_weights():
@@ -20,18 +20,18 @@ def test_malformed_classes_say_what_is_expected(text):
 def test_policy_from_a_file_overrides_thresholds(tmp_path):
     path = tmp_path / "sla.json"
     path.write_text(json.dumps({"classes": [{"name": "x", "budget_ms": 7}], "percentile": 99, "min_budget_met": 0.5}))
-    policy = load_policy(path, "ignored=1", 95, 0.01, 0.9)
+    policy = load_spec(path, "ignored=1", 95, 0.01, 0.9)
     assert policy.classes == (SlaClass("x", 7, 1.0),) and policy.percentile == 99 and policy.min_budget_met == 0.5
     assert policy.max_failure_ratio == 0.01
 
 
 def test_a_class_within_everything_passes():
-    policy = SlaPolicy((SlaClass("std", 20, 1),))
+    policy = SlaSpec((SlaClass("std", 20, 1),))
     assert check(policy, "std", requests=100, failures=0, percentile_ms=19.0, budget_met=95).ok
 
 
 def test_each_broken_sla_says_by_how_much():
-    policy = SlaPolicy((SlaClass("std", 20, 1),), max_failure_ratio=0.01, min_budget_met=0.9)
+    policy = SlaSpec((SlaClass("std", 20, 1),), max_failure_ratio=0.01, min_budget_met=0.9)
     result = check(policy, "std", requests=100, failures=5, percentile_ms=30.0, budget_met=50)
     assert not result.ok and len(result.problems) == 3
     assert "over by 10.0 ms" in result.problems[0]

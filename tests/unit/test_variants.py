@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import torch
 
-from training.export import session
+from contract.sessions import open_session as session
 from training.variants import gemm_to_matmul, to_fp16
 
 

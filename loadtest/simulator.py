@@ -29,7 +29,6 @@ from __future__ import annotations
 import heapq
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.manifest import FamilySection
 from serving.policy import Policy, PolicyConfig, policy_from_manifest
+from training.progress import Progress
 
 POLICIES = ("adaptive", "full", "fastest", "static")
 ARRIVALS = ("poisson", "bursty")
@@ -52,7 +53,7 @@ BURST = (2.0, 1.0, 2 / 3, 3.0)  # (rate multiplier, mean dwell s) in a burst, th
 @dataclass(frozen=True)
 class Scenario:
     family: str
-    section: dict  # the manifest's family section, with latency_ms
+    section: FamilySection  # the manifest's family section, with latency_ms
     policy: str = "adaptive"
     arrivals: str = "poisson"
     load_rps: float = 100.0  # over all replicas
@@ -72,7 +73,7 @@ class Scenario:
 
     @property
     def batch_rows(self) -> int:
-        return int(self.section.get("rows_per_request", 1))
+        return self.section.rows_per_request
 
 
 class _Clock:
@@ -124,20 +125,20 @@ def arrival_times(rate_rps: float, duration_s: float, segments, rng: np.random.G
 def _service_table(policy: Policy, scenario: Scenario) -> dict[str, tuple[float, ...]]:
     """Per variant: (min, p50, p95, p99, max) service ms at the scenario's batch size."""
     table = {}
-    for v in scenario.section["variants"]:
-        rows = {int(b): s for b, s in v["latency_ms"].items()}
+    for v in scenario.section.variants:
+        rows = {int(b): s for b, s in v.latency_ms.items()}
         b = scenario.batch_rows
         if b in rows:
             s = rows[b]
             p50, p95, p99 = s["p50"], s["p95"], s["p99"]
             lo, hi = s.get("min", 0.9 * p50), s.get("max", p99)
         else:  # between profiled batch sizes: the policy's interpolation
-            profile = policy.profile_of(v["name"])
+            profile = policy.profile_of(v.name)
             p50, p95, p99 = (profile.at(b, q) for q in ("p50", "p95", "p99"))
             lo, hi = 0.9 * p50, p99
         # The slowest 1% is drawn up to the measured maximum, capped where one stray pause
         # (a page fault, a GC) would otherwise stand for a whole percentile.
-        table[v["name"]] = (lo, p50, p95, p99, min(hi, 2 * p99 - p95))
+        table[v.name] = (lo, p50, p95, p99, min(hi, 2 * p99 - p95))
     return table
 
 
@@ -227,19 +228,19 @@ def summarise(scenario: Scenario, result: dict[str, np.ndarray]) -> dict:
     fastest = order.fastest(scenario.batch_rows)
     row = {"family": scenario.family, "policy": scenario.policy, "arrivals": scenario.arrivals,
            "load_rps": round(scenario.load_rps, 3), "replicas": scenario.replicas, "workers": scenario.workers,
-           "duration_s": scenario.duration_s, "requests": int(n), "metric": scenario.section["metric"],
+           "duration_s": scenario.duration_s, "requests": int(n), "metric": scenario.section.metric,
            "most_accurate": order.most_accurate, "fastest": fastest,
            "most_accurate_p50_ms": order.profile_of(order.most_accurate).at(scenario.batch_rows),
            "fastest_p50_ms": order.profile_of(fastest).at(scenario.batch_rows)}
     if n == 0:
-        return {**row, "slo_attainment": math.nan, "mean_accuracy": math.nan, "throughput_rps": 0.0,
+        return {**row, "slo_attainment": math.nan, "mean_metric": math.nan, "throughput_rps": 0.0,
                 "p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan, "variant_mix": {}}
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
     counts = np.bincount(variant, minlength=len(names))
     row.update({
         "slo_attainment": round(float((latency <= budget).mean()), 5),
         # The family's metric, averaged over the answers served (RMSE for the recommender).
-        "mean_accuracy": round(float(quality[variant].mean()), 5),
+        "mean_metric": round(float(quality[variant].mean()), 5),
         "throughput_rps": round(float((result["finished"] <= scenario.duration_s * 1e3).sum() / scenario.duration_s), 2),
         "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4), "p99_ms": round(float(p99), 4),
         "variant_mix": {name: round(float(c / n), 4) for name, c in zip(names, counts) if c},
@@ -249,20 +250,20 @@ def summarise(scenario: Scenario, result: dict[str, np.ndarray]) -> dict:
     return row
 
 
-def default_budgets(policy: Policy, section: dict) -> tuple[tuple[float, float], ...]:
-    p99 = policy.profile_of(policy.most_accurate).at(int(section.get("rows_per_request", 1)), "p99")
+def default_budgets(policy: Policy, section: FamilySection) -> tuple[tuple[float, float], ...]:
+    p99 = policy.profile_of(policy.most_accurate).at(section.rows_per_request, "p99")
     return tuple((round(factor * p99, 2), weight) for factor, weight in DEFAULT_BUDGET_CLASSES)
 
 
-def full_capacity_rps(policy: Policy, section: dict, workers: int) -> float:
+def full_capacity_rps(policy: Policy, section: FamilySection, workers: int) -> float:
     """Requests/s one replica sustains when it always serves the most accurate variant."""
-    p50 = policy.profile_of(policy.most_accurate).at(int(section.get("rows_per_request", 1)), "p50")
+    p50 = policy.profile_of(policy.most_accurate).at(section.rows_per_request, "p50")
     return workers * 1e3 / p50
 
 
-def sweep(family: str, section: dict, *, replicas: int = 1, workers: int = 2, loads: list[float] | None = None,
-          budgets: tuple[tuple[float, float], ...] | None = None, policies=POLICIES, arrivals=ARRIVALS,
-          duration_s: float | None = None, seed: int = 0, progress=None) -> list[dict]:
+def sweep(family: str, section: FamilySection, *, replicas: int = 1, workers: int = 2,
+          loads: list[float] | None = None, budgets: tuple[tuple[float, float], ...] | None = None,
+          policies=POLICIES, arrivals=ARRIVALS, duration_s: float | None = None, seed: int = 0) -> list[dict]:
     """Every policy x arrival pattern x load for one family; rows as `summarise` makes them."""
     probe = policy_from_manifest(family, section, executors={"local": workers})
     budgets = budgets or default_budgets(probe, section)
@@ -270,15 +271,16 @@ def sweep(family: str, section: dict, *, replicas: int = 1, workers: int = 2, lo
         capacity = full_capacity_rps(probe, section, workers) * replicas
         loads = [round(capacity * f, 1) for f in DEFAULT_LOAD_FACTORS]
     rows = []
-    for pattern in arrivals:
-        for load in loads:
-            # Default: 30 simulated seconds, shortened at high loads to ~200k requests (plenty for a p99).
-            seconds = duration_s or min(30.0, max(5.0, 200_000 / load))
-            for policy in policies:
-                scenario = Scenario(family, section, policy, pattern, load, replicas, workers, seconds, budgets, seed)
-                rows.append(simulate(scenario))
-                if progress:
-                    progress(rows[-1])
+    with Progress(len(arrivals) * len(loads) * len(policies), f"simulate {family}", unit="run") as progress:
+        for pattern in arrivals:
+            for load in loads:
+                # Default: 30 simulated seconds, shortened at high loads to ~200k requests (plenty for a p99).
+                seconds = duration_s or min(30.0, max(5.0, 200_000 / load))
+                for policy in policies:
+                    scenario = Scenario(family, section, policy, pattern, load, replicas, workers, seconds, budgets, seed)
+                    row = simulate(scenario)
+                    rows.append(row)
+                    progress.update(1, note=f"{pattern} {load:g} rps {policy}: SLO {row['slo_attainment']:.2%}")
     return rows
 
 
@@ -294,7 +296,7 @@ def holds_up_to(rows: list[dict], policy: str, arrivals: str, threshold: float =
 
 
 def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets, per family and arrival pattern: (target, measured, met or None if moot)."""
+    """The routing targets, per family and arrival pattern: (target, measured, met or None if moot)."""
     out = []
     for family in dict.fromkeys(r["family"] for r in rows):
         for pattern in dict.fromkeys(r["arrivals"] for r in rows if r["family"] == family):
@@ -316,7 +318,7 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
             low = min(r["load_rps"] for r in sub)
             at_low = {r["policy"]: r for r in sub if r["load_rps"] == low}
             if "full" in at_low and "adaptive" in at_low:
-                gap = abs(at_low["full"]["mean_accuracy"] - at_low["adaptive"]["mean_accuracy"])
+                gap = abs(at_low["full"]["mean_metric"] - at_low["adaptive"]["mean_metric"])
                 metric = at_low["full"]["metric"]
                 limit = 0.01  # one point of accuracy; the same absolute limit on RMSE
                 shown = f"{gap * 100:.2f} points" if metric == "accuracy" else f"{gap:.4f} {metric}"
@@ -348,7 +350,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 if policy == "full":  # wide and pale underneath: `static` often coincides with it
                     kw.update(linewidth=5, alpha=0.35, marker=None, zorder=1)
                 axes[0][col].plot(x, [100 * r["slo_attainment"] for r in line], **kw)
-                axes[1][col].plot(x, [r["mean_accuracy"] for r in line], **kw)
+                axes[1][col].plot(x, [r["mean_metric"] for r in line], **kw)
         metric = sub[0]["metric"]
         axes[0][col].axhline(99, color="grey", linewidth=0.8)
         axes[0][col].set_ylim(0, 101)
@@ -375,17 +377,9 @@ def markdown(rows: list[dict], checks: list[tuple[str, str, bool]]) -> str:
     for r in rows:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["variant_mix"].items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"| {r['family']} | {r['arrivals']} | {r['load_rps']:g} | {r['policy']} | "
-                     f"{r['slo_attainment']:.2%} | {r['metric']} {r['mean_accuracy']:.4f} | "
+                     f"{r['slo_attainment']:.2%} | {r['metric']} {r['mean_metric']:.4f} | "
                      f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {mix} |")
     lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |"
               for name, measured, ok in checks]
     return "\n".join(lines)
-
-
-def progress_line(row: dict) -> None:
-    print(f"[simulate] {row['family']:<6} {row['arrivals']:<7} {row['load_rps']:>10g} rps {row['policy']:<8} "
-          f"SLO {row['slo_attainment']:7.2%}  {row['metric']} {row['mean_accuracy']:.4f}  "
-          f"p99 {row['p99_ms']:9.2f} ms  ({row['requests']:,} requests, {row['wall_s']:.1f} s)",
-          file=sys.stderr, flush=True)
-

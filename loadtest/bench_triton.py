@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -23,31 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.dtypes import dtype
+from contract.sessions import open_session
+from loadtest.payloads import model_inputs, typical_requests
 from serving.repository import load_repository
 from serving.triton.repository import write_triton_repository
 from serving.triton.server import TritonServer
-
-DTYPES = {"float32": "FP32", "int64": "INT64"}
-
-
-def _feeds(repo, family: str) -> dict[str, np.ndarray]:
-    from serving.preprocess import Catalog, TextCodec
-
-    section = repo.family(family)
-    if family == "cnn":
-        return {"IMAGES": np.random.default_rng(0).uniform(0, 255, (1, 1, 28, 28)).astype(np.float32)}
-    if family == "rnn":
-        codec = TextCodec.from_manifest(section, repo.artifact("rnn", "vocab"))
-        return codec.encode(["An intelligent, beautifully acted drama that never quite finds its pace."])
-    catalog = Catalog.from_manifest(section, repo.artifact("recsys", "catalog"))
-    return catalog.rows(0, np.arange(len(catalog.items)))  # one whole typical request
+from training.progress import Progress
 
 
 def _caller(kind: str, server: TritonServer | None, repo, family: str, variant: str, feeds: dict):
     """A zero-argument function that runs one request the `kind` way (thread-local clients)."""
     if kind == "onnxruntime":
-        from serving.backends.onnxruntime import open_session
-
         sess = open_session(next(v.path for v in repo.variants(family) if v.name == variant))
         return lambda: sess.run(None, feeds)
     if kind == "grpc":
@@ -59,7 +45,7 @@ def _caller(kind: str, server: TritonServer | None, repo, family: str, variant: 
     inputs = []
     for name, value in feeds.items():
         value = value.reshape(-1, 1) if name == "LENGTHS" else value
-        tensor = module.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+        tensor = module.InferInput(name, list(value.shape), dtype(value.dtype).triton)
         tensor.set_data_from_numpy(np.ascontiguousarray(value))
         inputs.append(tensor)
     return lambda: client.infer(variant, inputs)
@@ -72,9 +58,11 @@ def overhead(server: TritonServer, repo, rounds: int, concurrency: int, seconds:
     from serving.policy import policy_from_manifest
 
     rows = []
-    for family in repo.families:
+    requests = typical_requests(repo, np.random.default_rng(0))
+    progress = Progress(len(requests), "bench-triton", unit="family")
+    for family, (_, body) in requests.items():
         variant = policy_from_manifest(family, repo.family(family)).most_accurate
-        feeds = _feeds(repo, family)
+        feeds = model_inputs(repo, family, body)
         calls = {kind: _caller(kind, server, repo, family, variant, feeds) for kind in KINDS}
         times: dict[str, list[float]] = {kind: [] for kind in KINDS}
         for i in range(rounds + 10):
@@ -93,8 +81,9 @@ def overhead(server: TritonServer, repo, rounds: int, concurrency: int, seconds:
             row[f"{kind}_vs_onnxruntime_c{concurrency}"] = round(
                 row[f"onnxruntime_c{concurrency}_rps"] / max(row[f"{kind}_c{concurrency}_rps"], 1e-9), 2)
         rows.append(row)
-        print(f"[bench-triton] {family}: " + ", ".join(f"{k} p50 {row[f'{k}_p50_ms']:.3f} ms" for k in KINDS),
-              file=sys.stderr, flush=True)
+        progress.update(1, note=family)
+        progress.log(f"[bench-triton] {family}: " + ", ".join(f"{k} p50 {row[f'{k}_p50_ms']:.3f} ms" for k in KINDS))
+    progress.close()
     return rows
 
 
@@ -118,7 +107,7 @@ def _throughput(kind, server, repo, family, variant, feeds, concurrency: int, se
 
 
 def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float = 3.0) -> dict:
-    from serving.gateway import Gateway, GatewayConfig, RouteOptions
+    from serving.gateway import Gateway, GatewayConfig, RequestContext
 
     server = TritonServer(models, log=log_dir / "triton-failover.log").start()
     gateway = Gateway(GatewayConfig(repo=repo_path, workers=2, backend="triton",
@@ -132,7 +121,8 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
         async def loop():
             while not stop.is_set():
                 try:
-                    answer = await gateway.classify_image([image], RouteOptions(latency_budget_ms=10_000))
+                    answer, done = await gateway.classify_image([image], RequestContext(latency_budget_ms=10_000))
+                    done()
                     served.append((time.monotonic(), answer["backend"]))
                 except Exception as error:  # noqa: BLE001 - counted and reported
                     failures.append(repr(error))

@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import threading
 import time
 import typing as t
@@ -28,10 +27,13 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
+from loadtest.payloads import model_inputs, typical_requests
+from loadtest.servers import ServerProcess
 from loadtest.sla import DEFAULT_CLASSES, parse_classes
-from serving.process import ServerProcess
+from training.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP_ROUNDS = 20
 
 
 @bentoml.service(name="flexserve-echo", http={"host": "127.0.0.1"}, workers=1)
@@ -44,46 +46,25 @@ class Echo:
         return {"ok": True}
 
 
-def _payloads(repo, rng: np.random.Generator) -> dict[str, tuple[str, dict]]:
-    """One typical request per family, built from the repository alone."""
-    payloads = {}
-    if "cnn" in repo.families:
-        payloads["cnn"] = ("/v1/classify_image", {"images": rng.integers(0, 256, (1, 28, 28)).astype(float).tolist()})
-    if "rnn" in repo.families:
-        payloads["rnn"] = ("/v1/classify_text",
-                           {"texts": ["An intelligent, beautifully acted drama that never quite finds its pace."]})
-    if "recsys" in repo.families:
-        first_user = repo.artifact("recsys", "catalog")["users"][0]["user_id"]
-        payloads["recsys"] = ("/v1/recommend", {"user_id": int(first_user), "k": 10})
-    return payloads
-
-
-def _feeds(gateway_like, family: str, body: dict) -> dict[str, np.ndarray]:
-    codec = gateway_like.codecs[family]
-    if family == "cnn":
-        return codec.encode(body["images"])
-    if family == "rnn":
-        return codec.encode(body["texts"])
-    return codec.encode(body["user_id"], body["k"], None)[0]
-
-
 def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300) -> list[dict]:
     """Concurrency 1: p50 of the gateway, of in-process ONNX Runtime, and of the echo, per family."""
     import httpx
 
     from serving.gateway import Gateway, GatewayConfig
 
-    local = Gateway(GatewayConfig(repo=repo_path, workers=1))  # codecs and policies, as the server has them
+    local = Gateway(GatewayConfig(repo=repo_path, workers=1))  # sessions and policies, as the server has them
+    requests = typical_requests(local.repo, np.random.default_rng(0))
     rows = []
+    progress = Progress(len(requests) * (rounds + WARMUP_ROUNDS), "bench-gateway overhead", unit="round")
     try:
         with httpx.Client(timeout=30) as client:
-            for family, (path, body) in _payloads(local.repo, np.random.default_rng(0)).items():
+            for family, (path, body) in requests.items():
                 body = {**body, "latency_budget_ms": 10_000}
                 variant = local.policies[family].most_accurate
-                feeds = _feeds(local, family, body)
+                feeds = model_inputs(local.repo, family, body)
                 times: dict[str, list[float]] = {"gateway": [], "onnxruntime": [], "echo": []}
                 served = Counter()
-                for i in range(rounds + 20):  # the first 20 warm up
+                for i in range(rounds + WARMUP_ROUNDS):
                     t0 = time.perf_counter()
                     answer = client.post(gateway_url + path, json=body)
                     t1 = time.perf_counter()
@@ -93,7 +74,8 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
                     t3 = time.perf_counter()
                     answer.raise_for_status()
                     served[answer.json()["variant"]] += 1
-                    if i >= 20:
+                    progress.update(1, note=family)
+                    if i >= WARMUP_ROUNDS:
                         times["gateway"].append((t1 - t0) * 1e3)
                         times["onnxruntime"].append((t2 - t1) * 1e3)
                         times["echo"].append((t3 - t2) * 1e3)
@@ -103,9 +85,10 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
                              "gateway_p50_ms": round(p50["gateway"], 3), "onnxruntime_p50_ms": round(p50["onnxruntime"], 3),
                              "echo_p50_ms": round(p50["echo"], 3), "gateway_overhead_ms": round(added, 3),
                              "overhead_vs_echo": round(added / p50["echo"], 3)})
-                print(f"[bench-gateway] {family}: gateway p50 {p50['gateway']:.3f} ms, ONNX Runtime {p50['onnxruntime']:.3f} ms, "
-                      f"echo {p50['echo']:.3f} ms", file=sys.stderr, flush=True)
+                progress.log(f"[bench-gateway] {family}: gateway p50 {p50['gateway']:.3f} ms, ONNX Runtime "
+                             f"{p50['onnxruntime']:.3f} ms, echo {p50['echo']:.3f} ms")
     finally:
+        progress.close()
         local.close()
     return rows
 
@@ -122,8 +105,10 @@ def throughput(gateway_url: str, repo_path: Path, concurrency: int = 8, seconds:
     from serving.repository import load_repository
 
     repo = load_repository(repo_path, verify=False)
+    requests = typical_requests(repo, np.random.default_rng(1))
     rows = []
-    for family, (path, body) in _payloads(repo, np.random.default_rng(1)).items():
+    progress = Progress(len(requests) * seconds, "bench-gateway throughput", unit="s")
+    for family, (path, body) in requests.items():
         budgets = np.array([b for b, _ in classes])
         weights = np.array([w for _, w in classes]) / sum(w for _, w in classes)
         results: list[tuple[float, float, str, bool]] = []
@@ -163,8 +148,8 @@ def throughput(gateway_url: str, repo_path: Path, concurrency: int = 8, seconds:
             "within_budget": round(float(np.mean([r[0] <= r[1] for r in results])), 4),
             "budgets_ms": [float(b) for b in budgets], "variant_mix": {k: round(v / len(results), 3) for k, v in mix.most_common()},
             "client_cpu_cores": round(client_cpu, 2)})
-        print(f"[bench-gateway] {family}: {rows[-1]['throughput_rps']} req/s at concurrency {concurrency}",
-              file=sys.stderr, flush=True)
+        progress.update(seconds, note=f"{family}: {rows[-1]['throughput_rps']} req/s at concurrency {concurrency}")
+    progress.close()
     return rows
 
 
@@ -175,7 +160,7 @@ def run(repo: Path, rounds: int = 300, concurrency: int = 8, seconds: float = 10
     load_repository(repo)  # a clear error, before any server starts, if it is missing or broken
     env = {**os.environ, "FLEXSERVE_REPO": str(repo.resolve())}
     with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT) as gateway, \
-            ServerProcess("serving.bench_gateway:Echo", env=env, cwd=ROOT) as echo:
+            ServerProcess("loadtest.bench_gateway:Echo", env=env, cwd=ROOT) as echo:
         over = overhead(gateway.url, echo.url, repo, rounds)
         load = throughput(gateway.url, repo, concurrency, seconds)
     lines = ["| family | variant | gateway p50 (ms) | ONNX Runtime p50 (ms) | overhead (ms) | echo p50 (ms) | overhead / echo | |",

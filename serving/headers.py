@@ -1,0 +1,51 @@
+"""The request headers FlexServe reads, parsed (pure functions: the edge calls them once per request).
+
+- `X-Latency-Budget-Ms`: the budget, when the body names none (the policy checks its range).
+- `X-Request-Start`: when the client (or a proxy in front, e.g. nginx `t=${msec}`) sent the
+  request; the time since then counts against that request's budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+from serving.errors import InvalidRequestError
+
+BUDGET_HEADER = "X-Latency-Budget-Ms"
+REQUEST_START_HEADER = "X-Request-Start"
+MAX_REQUEST_AGE_MS = 60_000.0  # older than a minute: a clock problem, not a queue
+REQUEST_START_ACCEPTED = "t=<Unix time> in seconds, milliseconds or microseconds, e.g. t=1700000000.123"
+
+
+def budget_from_header(value: str | None) -> float | None:
+    """`X-Latency-Budget-Ms` as a number, None without it. Its range is the policy's to check."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequestError(BUDGET_HEADER, f"{value!r} is not a number",
+                                  "a number of milliseconds, e.g. 20") from None
+
+
+def elapsed_since_request_start(value: str | None, now: float) -> float:
+    """Milliseconds between the `X-Request-Start` header and `now` (Unix seconds), 0 without it.
+
+    Accepts `t=<time>` or `<time>` in seconds, milliseconds or microseconds since the epoch (told
+    apart by magnitude, as APM tools do). A stamp in the future (clock skew) counts as 0; one older
+    than a minute is refused (400) with a hint to check the clock."""
+    if value is None:
+        return 0.0
+    text = value.strip().removeprefix("t=")
+    try:
+        stamp = float(text)
+    except ValueError:
+        stamp = math.nan
+    if not math.isfinite(stamp) or stamp <= 0:
+        raise InvalidRequestError(REQUEST_START_HEADER, f"{value!r} is not a time", REQUEST_START_ACCEPTED)
+    stamp /= 1e6 if stamp > 1e14 else 1e3 if stamp > 1e11 else 1.0
+    elapsed = (now - stamp) * 1e3
+    if elapsed > MAX_REQUEST_AGE_MS:
+        raise InvalidRequestError(REQUEST_START_HEADER, f"{value!r} is {elapsed / 1e3:.0f} s ago",
+                                  f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)")
+    return max(0.0, elapsed)

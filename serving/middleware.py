@@ -1,0 +1,77 @@
+"""ASGI middlewares of the HTTP gateway (added to the BentoML service in `serving/service.py`).
+
+- `BodyLimit`: refuses bodies over a limit with 413 before reading them all.
+- `ArrivalTime`: notes when a request reached the app, on the monotonic and the wall clock, so
+  the latency the gateway reports (and the policy learns) includes the time before the handler
+  ran (body parsing, validation), and X-Request-Start is compared with the wall clock of arrival.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from starlette.responses import JSONResponse
+
+MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB
+ARRIVAL = "flexserve_arrival"  # the key in the ASGI scope's `state` (Starlette's `request.state`)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    monotonic_s: float  # time.perf_counter() when the request reached the app
+    unix_s: float  # time.time() at the same moment
+
+
+def arrival_of(scope: dict) -> Arrival | None:
+    return scope.get("state", {}).get(ARRIVAL)
+
+
+class ArrivalTime:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVAL] = Arrival(time.perf_counter(), time.time())
+        return await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413: at once from Content-Length, else as they stream in."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            return await self.app(scope, counted, send)
+        except _TooLarge:
+            return await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        problem, accepted = "the request body is too large", f"at most {self.max_bytes} bytes"
+        body = {"error": {"field": "body", "problem": problem, "accepted": accepted,
+                          "message": f"body: {problem}; accepted: {accepted}"}}
+        await JSONResponse(body, status_code=413)(scope, receive, send)
