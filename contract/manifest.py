@@ -177,8 +177,11 @@ class Manifest:
         return replace(self, families={**self.families, name: section})
 
     def to_json(self) -> dict:
-        out = {"schema_version": self.schema_version, "updated_at": self.updated_at,
-               "families": {name: s.to_json() for name, s in self.families.items()}}
+        out = {
+            "schema_version": self.schema_version,
+            "updated_at": self.updated_at,
+            "families": {name: s.to_json() for name, s in self.families.items()},
+        }
         if self.latency_profile is not None:
             out["latency_profile"] = dict(self.latency_profile)
         return {**out, **self.extra}
@@ -186,8 +189,10 @@ class Manifest:
     @classmethod
     def from_json(cls, data: Mapping) -> Manifest:
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError(f"schema_version {data.get('schema_version')!r}; this FlexServe reads "
-                                f"{SCHEMA_VERSION}: rebuild it with this version's `flexserve train`")
+            raise ManifestError(
+                f"schema_version {data.get('schema_version')!r}; this FlexServe reads "
+                f"{SCHEMA_VERSION}: rebuild it with this version's `flexserve train`"
+            )
         known, extra = _split(cls, data)
         try:
             known["families"] = {name: FamilySection.from_json(s) for name, s in known.get("families", {}).items()}
@@ -217,8 +222,11 @@ def read_manifest(root: str | Path, missing_ok: bool = False) -> Manifest:
 
 def write_manifest(root: str | Path, manifest: Manifest) -> Manifest:
     """Write atomically (a reader never sees half a manifest); returns what was written."""
-    manifest = replace(manifest, schema_version=SCHEMA_VERSION,
-                       updated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest = replace(
+        manifest,
+        schema_version=SCHEMA_VERSION,
+        updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
     path = Path(root) / MANIFEST_FILE
     tmp = path.with_name(MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")

@@ -38,9 +38,13 @@ def decision_overhead(family: str, section: FamilySection, decisions: int = 20_0
         samples.append(t1 - t0)
         finishes.append(clock() - t1)
     samples.sort()
-    return {"family": family, "decisions": decisions, "median_us": round(statistics.median(samples) / 1e3, 3),
-            "p99_us": round(samples[int(0.99 * len(samples))] / 1e3, 3),
-            "finish_median_us": round(statistics.median(finishes) / 1e3, 3)}
+    return {
+        "family": family,
+        "decisions": decisions,
+        "median_us": round(statistics.median(samples) / 1e3, 3),
+        "p99_us": round(samples[int(0.99 * len(samples))] / 1e3, 3),
+        "finish_median_us": round(statistics.median(finishes) / 1e3, 3),
+    }
 
 
 def run(repo_path: Path, decisions: int = 20_000) -> int:
@@ -49,8 +53,10 @@ def run(repo_path: Path, decisions: int = 20_000) -> int:
     for family in repo.families:
         result = decision_overhead(family, repo.family(family), decisions=decisions)
         worst = max(worst, result["median_us"])
-        print(f"{family:<7} route() over {result['decisions']:,} decisions: median {result['median_us']:.2f} us, "
-              f"p99 {result['p99_us']:.2f} us; finish() median {result['finish_median_us']:.2f} us")
+        print(
+            f"{family:<7} route() over {result['decisions']:,} decisions: median {result['median_us']:.2f} us, "
+            f"p99 {result['p99_us']:.2f} us; finish() median {result['finish_median_us']:.2f} us"
+        )
     verdict = "PASS" if worst <= TARGET_US else "FAIL"
     print(f"target: median <= {TARGET_US:g} us per decision: {verdict} (worst family {worst:.2f} us)")
     return 0

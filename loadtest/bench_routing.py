@@ -11,6 +11,7 @@ of the variants that answered, throughput, p50/p95/p99, the variant mix, and the
 the load generator (it shares the cores) and by the server. Requests carry X-Request-Start.
 The simulator is run on the same profiles, budgets and loads for comparison.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ ROUTINGS = ("adaptive", "full", "fastest")
 GRACE_S = 2.0  # after a step stops sending, how long its requests in flight may still take
 
 
-async def _step(url: str, path: str, body: dict, classes, rate: float, seconds: float, pin: str | None,
-                rng: np.random.Generator) -> list[tuple[float, float, str, bool]]:
+async def _step(
+    url: str, path: str, body: dict, classes, rate: float, seconds: float, pin: str | None, rng: np.random.Generator
+) -> list[tuple[float, float, str, bool]]:
     """Open-loop Poisson arrivals at `rate` for `seconds`: (latency ms, budget ms, variant, ok) each.
 
     A request still unanswered `GRACE_S` after the step stops sending is cancelled and counted as a
@@ -52,6 +54,7 @@ async def _step(url: str, path: str, body: dict, classes, rate: float, seconds: 
     results: list[tuple[float, float, str, bool]] = []
     timeout = aiohttp.ClientTimeout(total=seconds + GRACE_S)
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as client:
+
         async def one(budget: float) -> None:
             payload = {**body, "latency_budget_ms": budget, **({"variant": pin} if pin else {})}
             started = time.perf_counter()
@@ -60,7 +63,7 @@ async def _step(url: str, path: str, body: dict, classes, rate: float, seconds: 
                 async with client.post(path, json=payload, headers={"X-Request-Start": f"t={time.time():.6f}"}) as r:
                     if r.status == 200:
                         ok, variant = True, (await r.json())["variant"]
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             except asyncio.CancelledError:  # given up on: it waited this long, and failed
                 results.append(((time.perf_counter() - started) * 1e3, budget, "error", False))
@@ -107,20 +110,28 @@ def _drain(url: str, limit_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _row(routing: str, rate: float, results, metric_of: dict[str, float], cpu_s: float, server_cpu_s: float,
-         wall_s: float) -> dict:
+def _row(
+    routing: str, rate: float, results, metric_of: dict[str, float], cpu_s: float, server_cpu_s: float, wall_s: float
+) -> dict:
     latency = np.array([r[0] for r in results])
     served = [r for r in results if r[3]]
     mix = Counter(r[2] for r in served)
-    return {"routing": routing, "load_rps": rate, "requests": len(results), "errors": len(results) - len(served),
-            "slo_attainment": round(float(np.mean([r[3] and r[0] <= r[1] for r in results])), 4),
-            "mean_metric": round(float(np.mean([metric_of[r[2]] for r in served])), 5) if served else float("nan"),
-            "throughput_rps": round(len(served) / wall_s, 1),
-            "p50_ms": round(float(np.percentile(latency, 50)), 2), "p95_ms": round(float(np.percentile(latency, 95)), 2),
-            "p99_ms": round(float(np.percentile(latency, 99)), 2),
-            "variant_mix": {k: round(v / max(len(served), 1), 3) for k, v in mix.most_common()},
-            "client_cpu_cores": round(cpu_s / wall_s, 3), "server_cpu_cores": round(server_cpu_s / wall_s, 3),
-            "server_cpu_ms_per_request": round(server_cpu_s * 1e3 / max(len(served), 1), 2)}
+    return {
+        "routing": routing,
+        "load_rps": rate,
+        "requests": len(results),
+        "errors": len(results) - len(served),
+        "slo_attainment": round(float(np.mean([r[3] and r[0] <= r[1] for r in results])), 4),
+        "mean_metric": round(float(np.mean([metric_of[r[2]] for r in served])), 5) if served else float("nan"),
+        "throughput_rps": round(len(served) / wall_s, 1),
+        "p50_ms": round(float(np.percentile(latency, 50)), 2),
+        "p95_ms": round(float(np.percentile(latency, 95)), 2),
+        "p99_ms": round(float(np.percentile(latency, 99)), 2),
+        "variant_mix": {k: round(v / max(len(served), 1), 3) for k, v in mix.most_common()},
+        "client_cpu_cores": round(cpu_s / wall_s, 3),
+        "server_cpu_cores": round(server_cpu_s / wall_s, 3),
+        "server_cpu_ms_per_request": round(server_cpu_s * 1e3 / max(len(served), 1), 2),
+    }
 
 
 def _median_row(runs: list[dict]) -> dict:
@@ -142,38 +153,68 @@ def _median_row(runs: list[dict]) -> dict:
 HTTP_CPU_MS = 6.0
 
 
-def _steps_at(server: ServerProcess, path: str, body: dict, classes, rate: float, seconds: float, min_requests: int,
-              repeats: int, pins: dict[str, str | None], metric_of: dict[str, float],
-              progress: Progress) -> dict[str, list[dict]]:
+def _steps_at(
+    server: ServerProcess,
+    path: str,
+    body: dict,
+    classes,
+    rate: float,
+    seconds: float,
+    min_requests: int,
+    repeats: int,
+    pins: dict[str, str | None],
+    metric_of: dict[str, float],
+    progress: Progress,
+) -> dict[str, list[dict]]:
     """The three routings at one load, side by side, `repeats` times in rotating order, on the same
     arrivals and budgets within a repeat: the machine's drift and hiccups hit them alike."""
     # At least `min_requests` a step, so that one miss is a fraction of the 1% that matters.
     step_s = max(seconds, min_requests / rate)
     steps: dict[str, list[dict]] = {r: [] for r in ROUTINGS}
     for rep in range(repeats):
-        for routing in ROUTINGS[rep % 3:] + ROUTINGS[:rep % 3]:
+        for routing in ROUTINGS[rep % 3 :] + ROUTINGS[: rep % 3]:
             _drain(server.url)
-            asyncio.run(_step(server.url, path, body, classes, rate, 1.0, pins[routing],
-                              np.random.default_rng(1)))  # warm up (and let the policy learn) at this load
+            asyncio.run(
+                _step(server.url, path, body, classes, rate, 1.0, pins[routing], np.random.default_rng(1))
+            )  # warm up (and let the policy learn) at this load
             cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
             t0 = time.perf_counter()
-            results = asyncio.run(_step(server.url, path, body, classes, rate, step_s, pins[routing],
-                                        np.random.default_rng([int(rate * 10), rep])))
+            results = asyncio.run(
+                _step(
+                    server.url,
+                    path,
+                    body,
+                    classes,
+                    rate,
+                    step_s,
+                    pins[routing],
+                    np.random.default_rng([int(rate * 10), rep]),
+                )
+            )
             wall = time.perf_counter() - t0
             cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
             cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
             r = _row(routing, rate, results, metric_of, cpu, server1 - server0, wall)
             steps[routing].append(r)
             progress.update(1, note=f"{routing} {rate:g} req/s ({rep + 1}/{repeats}): SLO {r['slo_attainment']:.1%}")
-            progress.log(f"[bench-routing] {routing:<8} {rate:>7g} req/s ({rep + 1}/{repeats}): SLO "
-                         f"{r['slo_attainment']:.1%}, mean metric {r['mean_metric']:.4f}, p99 {r['p99_ms']:.1f} ms, "
-                         f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}")
+            progress.log(
+                f"[bench-routing] {routing:<8} {rate:>7g} req/s ({rep + 1}/{repeats}): SLO "
+                f"{r['slo_attainment']:.1%}, mean metric {r['mean_metric']:.4f}, p99 {r['p99_ms']:.1f} ms, "
+                f"CPU cores: client {r['client_cpu_cores']}, server {r['server_cpu_cores']}"
+            )
     return steps
 
 
-def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, seconds: float = 6.0,
-        out: Path = Path("reports/bench_routing"), classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES,
-        repeats: int = 3, min_requests: int = 300) -> int:
+def run(
+    repo: Path,
+    family: str = "recsys",
+    rates: list[float] | None = None,
+    seconds: float = 6.0,
+    out: Path = Path("reports/bench_routing"),
+    classes: tuple[SlaClass, ...] | str = DEFAULT_CLASSES,
+    repeats: int = 3,
+    min_requests: int = 300,
+) -> int:
     import httpx
 
     if repeats < 1:
@@ -196,12 +237,20 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
             rates = [round(capacity * f, 1) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
         with Progress(len(rates) * repeats * len(ROUTINGS), f"bench-routing {family}", unit="step") as progress:
             for rate in rates:
-                steps = _steps_at(server, path, body, classes, rate, seconds, min_requests, repeats, pins, metric_of,
-                                  progress)
+                steps = _steps_at(
+                    server, path, body, classes, rate, seconds, min_requests, repeats, pins, metric_of, progress
+                )
                 rows += [_median_row(steps[routing]) for routing in ROUTINGS]
-    sim = sweep(family, repository.family(family), workers=workers, loads=rates,
-                budgets=[(c.budget_ms, c.weight) for c in classes],
-                policies=["adaptive", "full", "fastest"], arrivals=["poisson"], duration_s=20.0)
+    sim = sweep(
+        family,
+        repository.family(family),
+        workers=workers,
+        loads=rates,
+        budgets=[(c.budget_ms, c.weight) for c in classes],
+        policies=["adaptive", "full", "fastest"],
+        arrivals=["poisson"],
+        duration_s=20.0,
+    )
     as_sim = [{**r, "policy": r["routing"], "arrivals": "poisson"} for r in rows]  # the simulator's row keys
     held = {r: holds_up_to(as_sim, r, "poisson") for r in ROUTINGS}
     sim_held = {r: holds_up_to(sim, r, "poisson") for r in ROUTINGS}
@@ -214,31 +263,45 @@ def run(repo: Path, family: str = "recsys", rates: list[float] | None = None, se
 
 
 def _markdown(family, metric, rows, sim, held, sim_held) -> str:
-    lines = [f"| routing | load (req/s) | SLO attainment: median [range] (simulated) | mean {metric} | throughput | p50 / p95 / p99 (ms) | "
-             "variant mix | CPU cores: client / server | server CPU per request |",
-             "|---|---:|---|---:|---:|---|---|---|---:|"]
+    lines = [
+        f"| routing | load (req/s) | SLO attainment: median [range] (simulated) | mean {metric} | throughput "
+        "| p50 / p95 / p99 (ms) | "
+        "variant mix | CPU cores: client / server | server CPU per request |",
+        "|---|---:|---|---:|---:|---|---|---|---:|",
+    ]
     simulated = {(r["policy"], r["load_rps"]): r["slo_attainment"] for r in sim}
     for r in rows:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in list(r["variant_mix"].items())[:3])
         s = simulated.get((r["routing"], r["load_rps"]))
         spread = f" [{min(r['slo_runs']):.1%}-{max(r['slo_runs']):.1%}]" if len(r.get("slo_runs", [])) > 1 else ""
-        lines.append(f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%}{spread} ({s:.1%}) | "
-                     f"{r['mean_metric']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
-                     f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} / {r['server_cpu_cores']:.2f} | "
-                     f"{r['server_cpu_ms_per_request']:.1f} ms |")
+        lines.append(
+            f"| {r['routing']} | {r['load_rps']:g} | {r['slo_attainment']:.1%}{spread} ({s:.1%}) | "
+            f"{r['mean_metric']:.4f} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / "
+            f"{r['p99_ms']:.1f} | {mix} | {r['client_cpu_cores']:.2f} / {r['server_cpu_cores']:.2f} | "
+            f"{r['server_cpu_ms_per_request']:.1f} ms |"
+        )
     full, adaptive = held["full"], held["adaptive"]
     top = max(r["load_rps"] for r in rows)
-    verdict = ("n/a: full never dropped below 99% here (add higher --loads)" if full == top
-               else "PASS" if full and adaptive >= 2 * full else "FAIL")
+    verdict = (
+        "n/a: full never dropped below 99% here (add higher --loads)"
+        if full == top
+        else "PASS"
+        if full and adaptive >= 2 * full
+        else "FAIL"
+    )
     low = min(r["load_rps"] for r in rows)
     acc = {r["routing"]: r["mean_metric"] for r in rows if r["load_rps"] == low}
     gap = abs(acc["adaptive"] - acc["full"])
-    lines += ["", "| target | measured | simulated | |", "|---|---|---|---|",
-              f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "
-              f"req/s ({adaptive / full if full else float('inf'):.1f}x) | full {sim_held['full']:g}, adaptive "
-              f"{sim_held['adaptive']:g} | {verdict} |",
-              f"| adaptive within 1 point of full at low load ({low:g} req/s) | {gap:.4f} | | "
-              f"{'PASS' if gap <= 0.01 else 'FAIL'} |"]
+    lines += [
+        "",
+        "| target | measured | simulated | |",
+        "|---|---|---|---|",
+        f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "
+        f"req/s ({adaptive / full if full else float('inf'):.1f}x) | full {sim_held['full']:g}, adaptive "
+        f"{sim_held['adaptive']:g} | {verdict} |",
+        f"| adaptive within 1 point of full at low load ({low:g} req/s) | {gap:.4f} | | "
+        f"{'PASS' if gap <= 0.01 else 'FAIL'} |",
+    ]
     return "\n".join(lines)
 
 
@@ -258,8 +321,9 @@ def _plot(family: str, rows: list[dict], path: Path) -> None:
         spread = np.array([y - [v.min() for v in runs], [v.max() for v in runs] - y])
         axes[0].errorbar(x, y, yerr=spread, marker="o", capsize=3, color=colours[routing], label=routing)
         axes[1].plot(x, [r["p99_ms"] for r in line], marker="o", color=colours[routing], label=f"{routing} p99")
-        axes[1].plot(x, [r["p50_ms"] for r in line], marker=".", linestyle=":", color=colours[routing],
-                     label=f"{routing} p50")
+        axes[1].plot(
+            x, [r["p50_ms"] for r in line], marker=".", linestyle=":", color=colours[routing], label=f"{routing} p50"
+        )
     adaptive = [r for r in rows if r["routing"] == "adaptive"]
     names = sorted({n for r in adaptive for n in r["variant_mix"]})
     bottom = np.zeros(len(adaptive))
@@ -268,7 +332,12 @@ def _plot(family: str, rows: list[dict], path: Path) -> None:
         axes[2].bar([str(r["load_rps"]) for r in adaptive], share, bottom=bottom, label=name)
         bottom += share
     axes[0].axhline(99, color="grey", linewidth=0.8)
-    axes[0].set(title=f"{family}: SLO attainment (median and range of repeats)", xlabel="offered load (req/s)", ylabel="within budget (%)", ylim=(0, 101))
+    axes[0].set(
+        title=f"{family}: SLO attainment (median and range of repeats)",
+        xlabel="offered load (req/s)",
+        ylabel="within budget (%)",
+        ylim=(0, 101),
+    )
     axes[1].set(title="client-measured latency", xlabel="offered load (req/s)", ylabel="ms", yscale="log")
     axes[2].set(title="variant mix chosen by adaptive", xlabel="offered load (req/s)", ylabel="share of answers")
     for ax in axes:

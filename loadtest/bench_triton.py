@@ -10,6 +10,7 @@
    requests served in-process meanwhile, and the time from "Triton ready again" until traffic
    is back on it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,9 +39,11 @@ def _caller(kind: str, server: TritonServer | None, repo, family: str, variant: 
         return lambda: sess.run(None, feeds)
     if kind == "grpc":
         import tritonclient.grpc as module
+
         client = module.InferenceServerClient(server.grpc_url)
     else:
         import tritonclient.http as module
+
         client = module.InferenceServerClient(server.http_url)
     inputs = []
     for name, value in feeds.items():
@@ -74,12 +77,14 @@ def overhead(server: TritonServer, repo, rounds: int, concurrency: int, seconds:
         row = {"family": family, "variant": variant}
         for kind in KINDS:
             row[f"{kind}_p50_ms"] = round(statistics.median(times[kind]), 3)
-            row[f"{kind}_c{concurrency}_rps"] = _throughput(kind, server, repo, family, variant, feeds, concurrency,
-                                                            seconds)
+            row[f"{kind}_c{concurrency}_rps"] = _throughput(
+                kind, server, repo, family, variant, feeds, concurrency, seconds
+            )
         for kind in ("grpc", "http"):
             row[f"{kind}_vs_onnxruntime_c1"] = round(row[f"{kind}_p50_ms"] / row["onnxruntime_p50_ms"], 2)
             row[f"{kind}_vs_onnxruntime_c{concurrency}"] = round(
-                row[f"onnxruntime_c{concurrency}_rps"] / max(row[f"{kind}_c{concurrency}_rps"], 1e-9), 2)
+                row[f"onnxruntime_c{concurrency}_rps"] / max(row[f"{kind}_c{concurrency}_rps"], 1e-9), 2
+            )
         rows.append(row)
         progress.update(1, note=family)
         progress.log(f"[bench-triton] {family}: " + ", ".join(f"{k} p50 {row[f'{k}_p50_ms']:.3f} ms" for k in KINDS))
@@ -110,8 +115,9 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
     from serving.gateway import Gateway, GatewayConfig, RequestContext
 
     server = TritonServer(models, log=log_dir / "triton-failover.log").start()
-    gateway = Gateway(GatewayConfig(repo=repo_path, workers=2, backend="triton",
-                                    triton_url=f"127.0.0.1:{server.ports.grpc}"))
+    gateway = Gateway(
+        GatewayConfig(repo=repo_path, workers=2, backend="triton", triton_url=f"127.0.0.1:{server.ports.grpc}")
+    )
     served: list[tuple[float, str]] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -124,8 +130,9 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
                     answer, done = await gateway.classify_image([image], RequestContext(latency_budget_ms=10_000))
                     done()
                     served.append((time.monotonic(), answer["backend"]))
-                except Exception as error:  # noqa: BLE001 - counted and reported
+                except Exception as error:
                     failures.append(repr(error))
+
         asyncio.run(loop())
 
     threads = [threading.Thread(target=client) for _ in range(4)]
@@ -155,14 +162,24 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
         if restarted:
             restarted.stop()
     during = [b for t, b in served if killed_at <= t < restart_at]
-    return {"requests": len(served), "failed": len(failures), "failures": failures[:5],
-            "served_in_process_while_down": during.count("onnxruntime"),
-            "triton_restart_to_ready_s": round(ready_at - restart_at, 2),
-            "ready_to_traffic_back_s": None if back is None else round(back - ready_at, 3)}
+    return {
+        "requests": len(served),
+        "failed": len(failures),
+        "failures": failures[:5],
+        "served_in_process_while_down": during.count("onnxruntime"),
+        "triton_restart_to_ready_s": round(ready_at - restart_at, 2),
+        "ready_to_traffic_back_s": None if back is None else round(back - ready_at, 3),
+    }
 
 
-def run(repo_path: Path, rounds: int = 200, concurrency: int = 8, seconds: float = 5.0, json_out: Path | None = None,
-        markdown_out: Path | None = None) -> int:
+def run(
+    repo_path: Path,
+    rounds: int = 200,
+    concurrency: int = 8,
+    seconds: float = 5.0,
+    json_out: Path | None = None,
+    markdown_out: Path | None = None,
+) -> int:
     repo = load_repository(repo_path)
     with tempfile.TemporaryDirectory(prefix="flexserve-bench-triton-") as workdir:
         models = Path(workdir) / "models"
@@ -171,23 +188,35 @@ def run(repo_path: Path, rounds: int = 200, concurrency: int = 8, seconds: float
             over = overhead(server, repo, rounds, concurrency, seconds)
         fail = failover(models, repo_path, Path(workdir))
     c = concurrency
-    lines = [f"| family | variant | p50 ORT / gRPC / HTTP (ms) | gRPC / ORT | HTTP / ORT | req/s at {c}: ORT / gRPC / HTTP | "
-             f"ORT / gRPC at {c} | ORT / HTTP at {c} |", "|---|---|---|---:|---:|---|---:|---:|"]
+    lines = [
+        f"| family | variant | p50 ORT / gRPC / HTTP (ms) | gRPC / ORT | HTTP / ORT "
+        f"| req/s at {c}: ORT / gRPC / HTTP | "
+        f"ORT / gRPC at {c} | ORT / HTTP at {c} |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
     for r in over:
-        lines.append(f"| {r['family']} | {r['variant']} | {r['onnxruntime_p50_ms']:.3f} / {r['grpc_p50_ms']:.3f} / "
-                     f"{r['http_p50_ms']:.3f} | {r['grpc_vs_onnxruntime_c1']:.2f}x | {r['http_vs_onnxruntime_c1']:.2f}x | "
-                     f"{r[f'onnxruntime_c{c}_rps']:.0f} / {r[f'grpc_c{c}_rps']:.0f} / {r[f'http_c{c}_rps']:.0f} | "
-                     f"{r[f'grpc_vs_onnxruntime_c{c}']:.2f}x | {r[f'http_vs_onnxruntime_c{c}']:.2f}x |")
-    lines += ["", "| failover | measured | |", "|---|---|---|",
-              f"| requests failed while Triton was killed and restarted | {fail['failed']} of {fail['requests']} | "
-              f"{'PASS' if fail['failed'] == 0 else 'FAIL'} (target 0) |",
-              f"| served in-process while Triton was down | {fail['served_in_process_while_down']} | |",
-              f"| Triton restart until ready | {fail['triton_restart_to_ready_s']} s | |",
-              f"| ready until traffic is back on Triton | {fail['ready_to_traffic_back_s']} s | |"]
+        lines.append(
+            f"| {r['family']} | {r['variant']} | {r['onnxruntime_p50_ms']:.3f} / {r['grpc_p50_ms']:.3f} / "
+            f"{r['http_p50_ms']:.3f} | {r['grpc_vs_onnxruntime_c1']:.2f}x | {r['http_vs_onnxruntime_c1']:.2f}x | "
+            f"{r[f'onnxruntime_c{c}_rps']:.0f} / {r[f'grpc_c{c}_rps']:.0f} / {r[f'http_c{c}_rps']:.0f} | "
+            f"{r[f'grpc_vs_onnxruntime_c{c}']:.2f}x | {r[f'http_vs_onnxruntime_c{c}']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| failover | measured | |",
+        "|---|---|---|",
+        f"| requests failed while Triton was killed and restarted | {fail['failed']} of {fail['requests']} | "
+        f"{'PASS' if fail['failed'] == 0 else 'FAIL'} (target 0) |",
+        f"| served in-process while Triton was down | {fail['served_in_process_while_down']} | |",
+        f"| Triton restart until ready | {fail['triton_restart_to_ready_s']} s | |",
+        f"| ready until traffic is back on Triton | {fail['ready_to_traffic_back_s']} s | |",
+    ]
     text = "\n".join(lines)
     print(text)
-    for path, content in ((json_out, json.dumps({"overhead": over, "failover": fail}, indent=1)),
-                          (markdown_out, text + "\n")):
+    for path, content in (
+        (json_out, json.dumps({"overhead": over, "failover": fail}, indent=1)),
+        (markdown_out, text + "\n"),
+    ):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)

@@ -16,6 +16,7 @@ the share of answers with `budget_met: true` over `--min-budget-met`. A broken S
 with how far off it is, and the process exits non-zero. `--routing full|fastest` pins every
 request to the most accurate or the fastest variant (for the adaptive-versus-static benchmark).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,9 +33,11 @@ from locust.stats import StatsEntry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` does not put the repo on the path
 
-from loadtest.sla import DEFAULT_CLASSES, check, load_spec  # noqa: E402
+from loadtest.sla import DEFAULT_CLASSES, check, load_spec
 
-budget_met_counts: Counter = Counter()  # SLA class -> answers with budget_met true (this process, since the last report)
+budget_met_counts: Counter = (
+    Counter()
+)  # SLA class -> answers with budget_met true (this process, since the last report)
 _totals: Counter = Counter()  # on the master (or a local run): all processes' counts
 _pins: dict[str, str] = {}  # family -> pinned variant, for --routing full|fastest
 
@@ -48,18 +51,26 @@ def _options(parser):
     group.add_argument("--max-failure-ratio", type=float, default=0.01)
     group.add_argument("--min-budget-met", type=float, default=0.9, help="least share of answers with budget_met")
     group.add_argument("--sla-report", default=None, help="write the SLA verdicts as JSON here")
-    group.add_argument("--routing", choices=["adaptive", "full", "fastest"], default="adaptive",
-                       help="adaptive (the policy), or pin every request to the most accurate / fastest variant")
-    group.add_argument("--no-request-start", action="store_true",
-                       help="do not stamp X-Request-Start (then the gateway cannot count the time before it "
-                       "against the budget; use when the load generators' clocks are not in sync with the server's)")
+    group.add_argument(
+        "--routing",
+        choices=["adaptive", "full", "fastest"],
+        default="adaptive",
+        help="adaptive (the policy), or pin every request to the most accurate / fastest variant",
+    )
+    group.add_argument(
+        "--no-request-start",
+        action="store_true",
+        help="do not stamp X-Request-Start (then the gateway cannot count the time before it "
+        "against the budget; use when the load generators' clocks are not in sync with the server's)",
+    )
 
 
 def sla_spec(environment):
     """The run's SLA classes and thresholds, from its command line (or --sla-file)."""
     o = environment.parsed_options
-    return load_spec(Path(o.sla_file) if o.sla_file else None, o.sla, o.sla_percentile, o.max_failure_ratio,
-                       o.min_budget_met)
+    return load_spec(
+        Path(o.sla_file) if o.sla_file else None, o.sla, o.sla_percentile, o.max_failure_ratio, o.min_budget_met
+    )
 
 
 @events.test_start.add_listener
@@ -98,26 +109,57 @@ def _verdict(environment, **_):
             if name.endswith(f":{cls.name}"):
                 merged.extend(entry)
         percentile = merged.get_response_time_percentile(spec.percentile / 100) if merged.num_requests else 0.0
-        results.append(check(spec, cls.name, merged.num_requests, merged.num_failures, float(percentile or 0.0),
-                             _totals[cls.name]))
-    print(f"\nFlexServe SLA check (p{spec.percentile:g} within budget, failures <= {spec.max_failure_ratio:.1%}, "
-          f"budget_met >= {spec.min_budget_met:.0%}):")
+        results.append(
+            check(spec, cls.name, merged.num_requests, merged.num_failures, float(percentile or 0.0), _totals[cls.name])
+        )
+    print(
+        f"\nFlexServe SLA check (p{spec.percentile:g} within budget, failures <= {spec.max_failure_ratio:.1%}, "
+        f"budget_met >= {spec.min_budget_met:.0%}):"
+    )
     for r in results:
         state = "PASS" if r.ok else "FAIL"
-        print(f"  {state} {r.name:<12} budget {r.budget_ms:g} ms: {r.requests} requests, p{spec.percentile:g} "
-              f"{r.percentile_ms:.1f} ms, {r.failures} failed, {r.budget_met} budget_met")
+        print(
+            f"  {state} {r.name:<12} budget {r.budget_ms:g} ms: {r.requests} requests, p{spec.percentile:g} "
+            f"{r.percentile_ms:.1f} ms, {r.failures} failed, {r.budget_met} budget_met"
+        )
         for problem in r.problems:
             print(f"       SLA broken: {problem}")
     if environment.parsed_options.sla_report:
         # The final numbers (Locust's CSV can miss the last seconds of a run).
-        by_name = [{"name": e.name, "requests": e.num_requests, "failures": e.num_failures,
-                    "median_ms": e.median_response_time, "p95_ms": e.get_response_time_percentile(0.95),
-                    "p99_ms": e.get_response_time_percentile(0.99), "rps": round(e.total_rps, 2)}
-                   for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)]
-        Path(environment.parsed_options.sla_report).write_text(json.dumps({"percentile": spec.percentile, "classes": [
-            {"class": r.name, "budget_ms": r.budget_ms, "requests": r.requests, "failures": r.failures,
-             "percentile_ms": r.percentile_ms, "budget_met": r.budget_met, "ok": r.ok, "problems": r.problems}
-            for r in results], "requests": by_name}, indent=1))
+        by_name = [
+            {
+                "name": e.name,
+                "requests": e.num_requests,
+                "failures": e.num_failures,
+                "median_ms": e.median_response_time,
+                "p95_ms": e.get_response_time_percentile(0.95),
+                "p99_ms": e.get_response_time_percentile(0.99),
+                "rps": round(e.total_rps, 2),
+            }
+            for e in sorted(environment.stats.entries.values(), key=lambda e: e.name)
+        ]
+        Path(environment.parsed_options.sla_report).write_text(
+            json.dumps(
+                {
+                    "percentile": spec.percentile,
+                    "classes": [
+                        {
+                            "class": r.name,
+                            "budget_ms": r.budget_ms,
+                            "requests": r.requests,
+                            "failures": r.failures,
+                            "percentile_ms": r.percentile_ms,
+                            "budget_met": r.budget_met,
+                            "ok": r.ok,
+                            "problems": r.problems,
+                        }
+                        for r in results
+                    ],
+                    "requests": by_name,
+                },
+                indent=1,
+            )
+        )
     if not all(r.ok for r in results):
         environment.process_exit_code = 1
 
@@ -163,10 +205,12 @@ class _FlexServeUser(FastHttpUser):
         body = {**self.payload(), "latency_budget_ms": cls.budget_ms}
         if self.family in _pins:
             body["variant"] = _pins[self.family]
-        headers = None if self.environment.parsed_options.no_request_start else {
-            "X-Request-Start": f"t={time.time():.6f}"}
-        with self.client.post(self.path, json=body, headers=headers, name=f"{self.family}:{cls.name}",
-                              catch_response=True) as response:
+        headers = (
+            None if self.environment.parsed_options.no_request_start else {"X-Request-Start": f"t={time.time():.6f}"}
+        )
+        with self.client.post(
+            self.path, json=body, headers=headers, name=f"{self.family}:{cls.name}", catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return

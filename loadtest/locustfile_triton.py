@@ -9,6 +9,7 @@
 checks are those of `loadtest/locustfile.py`; here an answer counts as budget met when the
 client measured it within its budget (Triton's `PREDICTED_TO_MEET` is the router's prediction).
 """
+
 from __future__ import annotations
 
 import random
@@ -22,7 +23,7 @@ from locust import User, between, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.locustfile import budget_met_counts, sample_images, sample_texts, sla_spec  # noqa: E402  (also registers the SLA checks)
+from loadtest.locustfile import budget_met_counts, sample_images, sample_texts, sla_spec
 
 
 class _TritonUser(User):
@@ -50,11 +51,17 @@ class _TritonUser(User):
         try:
             # Locust users are greenlets; the blocking gRPC call runs on a real thread so the others go on.
             gevent.get_hub().threadpool.apply(self.client.infer, (self.model, [*self.inputs(), budget]))
-        except Exception as exc:  # noqa: BLE001 - reported to Locust as a failure
+        except Exception as exc:
             error = exc
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        events.request.fire(request_type="grpc", name=f"{self.family}:{cls.name}", response_time=elapsed_ms,
-                            response_length=0, exception=error, context={})
+        events.request.fire(
+            request_type="grpc",
+            name=f"{self.family}:{cls.name}",
+            response_time=elapsed_ms,
+            response_length=0,
+            exception=error,
+            context={},
+        )
         if error is None and elapsed_ms <= cls.budget_ms:
             budget_met_counts[cls.name] += 1
 

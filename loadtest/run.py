@@ -4,6 +4,7 @@ Writes Locust's CSV files (`<out>/locust_*.csv`) and HTML report (`<out>/locust.
 verdicts (`<out>/sla.json`) and a Markdown summary (`<out>/summary.md`). Returns Locust's exit
 code: non-zero when an SLA broke (or a request failed beyond the threshold).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,40 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 LOCUST = str(Path(sys.executable).parent / "locust")
 
 
-def command(host: str, users: int, spawn_rate: float, duration: str, out: Path, sla: str | None,
-            sla_file: Path | None, routing: str, user_classes: list[str], extra: list[str]) -> list[str]:
-    cmd = [LOCUST, "-f", str(LOCUSTFILE), "--headless", "--host", host, "-u", str(users), "-r", str(spawn_rate),
-           "-t", duration, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
-           "--sla-report", str(out / "sla.json"), "--routing", routing]
+def command(
+    host: str,
+    users: int,
+    spawn_rate: float,
+    duration: str,
+    out: Path,
+    sla: str | None,
+    sla_file: Path | None,
+    routing: str,
+    user_classes: list[str],
+    extra: list[str],
+) -> list[str]:
+    cmd = [
+        LOCUST,
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        duration,
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "locust.html"),
+        "--sla-report",
+        str(out / "sla.json"),
+        "--routing",
+        routing,
+    ]
     if sla_file:
         cmd += ["--sla-file", str(sla_file)]
     elif sla:
@@ -30,23 +60,41 @@ def command(host: str, users: int, spawn_rate: float, duration: str, out: Path, 
 def summary(out: Path) -> str:
     report = json.loads((out / "sla.json").read_text()) if (out / "sla.json").exists() else {}
     p = f"p{report.get('percentile', 95):g}"
-    lines = [f"| SLA class | budget | requests | failures | {p} | budget_met | verdict |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"| SLA class | budget | requests | failures | {p} | budget_met | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for v in report.get("classes", []):
         verdict = "PASS" if v["ok"] else "FAIL: " + "; ".join(v["problems"])
-        lines.append(f"| {v['class']} | {v['budget_ms']:g} ms | {v['requests']} | {v['failures']} | "
-                     f"{v['percentile_ms']:.1f} ms | {v['budget_met']} | {verdict} |")
-    lines += ["", "| request | count | failures | median (ms) | p95 (ms) | p99 (ms) | req/s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {v['class']} | {v['budget_ms']:g} ms | {v['requests']} | {v['failures']} | "
+            f"{v['percentile_ms']:.1f} ms | {v['budget_met']} | {verdict} |"
+        )
+    lines += [
+        "",
+        "| request | count | failures | median (ms) | p95 (ms) | p99 (ms) | req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report.get("requests", []):
-        lines.append(f"| {r['name']} | {r['requests']} | {r['failures']} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {r['rps']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['requests']} | {r['failures']} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['rps']:.1f} |"
+        )
     return "\n".join(lines)
 
 
-def run(host: str, users: int = 8, spawn_rate: float = 4, duration: str = "60s", out: Path = Path("reports/loadtest"),
-        sla: str | None = None, sla_file: Path | None = None, routing: str = "adaptive",
-        user_classes: list[str] | None = None, extra: list[str] | None = None) -> int:
+def run(
+    host: str,
+    users: int = 8,
+    spawn_rate: float = 4,
+    duration: str = "60s",
+    out: Path = Path("reports/loadtest"),
+    sla: str | None = None,
+    sla_file: Path | None = None,
+    routing: str = "adaptive",
+    user_classes: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sla.json").unlink(missing_ok=True)
     cmd = command(host, users, spawn_rate, duration, out, sla, sla_file, routing, user_classes or [], extra or [])
@@ -55,6 +103,8 @@ def run(host: str, users: int = 8, spawn_rate: float = 4, duration: str = "60s",
     text = summary(out)
     (out / "summary.md").write_text(text + "\n")
     print(text)
-    print(f"[loadtest] reports in {out}/ (locust.html, locust_*.csv, sla.json, summary.md); exit code {code}",
-          file=sys.stderr)
+    print(
+        f"[loadtest] reports in {out}/ (locust.html, locust_*.csv, sla.json, summary.md); exit code {code}",
+        file=sys.stderr,
+    )
     return code

@@ -18,15 +18,28 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 class ServerProcess:
     """`bentoml serve TARGET` on 127.0.0.1 (a free port by default), in its own process group."""
 
-    def __init__(self, target: str, env: dict | None = None, log: Path | None = None, cwd: Path | None = None,
-                 port: int | None = None, ready_path: str = "/readyz", timeout_s: float = 90.0):
+    def __init__(
+        self,
+        target: str,
+        env: dict | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+        ready_path: str = "/readyz",
+        timeout_s: float = 90.0,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = log.open("w") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-                                        cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait(ready_path, timeout_s)
 
     def _tail(self) -> str:

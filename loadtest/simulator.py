@@ -24,6 +24,7 @@ Replicas are independent given the random split, so they are simulated in parall
 processes; 64 replicas at 50,000 requests/s for a simulated minute is 3 million routing
 decisions.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -91,8 +92,9 @@ class _Clock:
 def make_policy(scenario: Scenario, clock) -> tuple[Policy, str | None]:
     """The policy under test, and the variant it is pinned to (full / fastest)."""
     config = PolicyConfig(queue_aware=False, online=False) if scenario.policy == "static" else PolicyConfig()
-    policy = policy_from_manifest(scenario.family, scenario.section, executors={"local": scenario.workers},
-                                  config=config, clock=clock)
+    policy = policy_from_manifest(
+        scenario.family, scenario.section, executors={"local": scenario.workers}, config=config, clock=clock
+    )
     pin = {"full": policy.most_accurate, "fastest": policy.fastest(scenario.batch_rows)}.get(scenario.policy)
     return policy, pin
 
@@ -202,16 +204,20 @@ def _run_replicas(args: tuple[Scenario, list[int], list]) -> list[dict[str, np.n
 def simulate(scenario: Scenario, processes: int | None = None) -> dict:
     """Simulate one scenario; returns its summary row."""
     started = time.perf_counter()
-    segments = burst_schedule(scenario.duration_s, np.random.default_rng([scenario.seed, 10**6])) \
-        if scenario.arrivals == "bursty" else None
+    segments = (
+        burst_schedule(scenario.duration_s, np.random.default_rng([scenario.seed, 10**6]))
+        if scenario.arrivals == "bursty"
+        else None
+    )
     processes = max(1, min(processes or os.cpu_count() or 1, scenario.replicas))
     if processes == 1:
         parts = _run_replicas((scenario, list(range(scenario.replicas)), segments))
     else:
         chunks = [list(range(scenario.replicas))[p::processes] for p in range(processes)]
         with ProcessPoolExecutor(processes) as pool:
-            parts = [part for chunk in pool.map(_run_replicas, [(scenario, c, segments) for c in chunks])
-                     for part in chunk]
+            parts = [
+                part for chunk in pool.map(_run_replicas, [(scenario, c, segments) for c in chunks]) for part in chunk
+            ]
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     row = summarise(scenario, merged)
     row["wall_s"] = round(time.perf_counter() - started, 3)
@@ -226,27 +232,49 @@ def summarise(scenario: Scenario, result: dict[str, np.ndarray]) -> dict:
     latency, budget, variant = result["latency"], result["budget"], result["variant"]
     n = len(latency)
     fastest = order.fastest(scenario.batch_rows)
-    row = {"family": scenario.family, "policy": scenario.policy, "arrivals": scenario.arrivals,
-           "load_rps": round(scenario.load_rps, 3), "replicas": scenario.replicas, "workers": scenario.workers,
-           "duration_s": scenario.duration_s, "requests": int(n), "metric": scenario.section.metric,
-           "most_accurate": order.most_accurate, "fastest": fastest,
-           "most_accurate_p50_ms": order.profile_of(order.most_accurate).at(scenario.batch_rows),
-           "fastest_p50_ms": order.profile_of(fastest).at(scenario.batch_rows)}
+    row = {
+        "family": scenario.family,
+        "policy": scenario.policy,
+        "arrivals": scenario.arrivals,
+        "load_rps": round(scenario.load_rps, 3),
+        "replicas": scenario.replicas,
+        "workers": scenario.workers,
+        "duration_s": scenario.duration_s,
+        "requests": int(n),
+        "metric": scenario.section.metric,
+        "most_accurate": order.most_accurate,
+        "fastest": fastest,
+        "most_accurate_p50_ms": order.profile_of(order.most_accurate).at(scenario.batch_rows),
+        "fastest_p50_ms": order.profile_of(fastest).at(scenario.batch_rows),
+    }
     if n == 0:
-        return {**row, "slo_attainment": math.nan, "mean_metric": math.nan, "throughput_rps": 0.0,
-                "p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan, "variant_mix": {}}
+        return {
+            **row,
+            "slo_attainment": math.nan,
+            "mean_metric": math.nan,
+            "throughput_rps": 0.0,
+            "p50_ms": math.nan,
+            "p95_ms": math.nan,
+            "p99_ms": math.nan,
+            "variant_mix": {},
+        }
     p50, p95, p99 = np.percentile(latency, [50, 95, 99])
     counts = np.bincount(variant, minlength=len(names))
-    row.update({
-        "slo_attainment": round(float((latency <= budget).mean()), 5),
-        # The family's metric, averaged over the answers served (RMSE for the recommender).
-        "mean_metric": round(float(quality[variant].mean()), 5),
-        "throughput_rps": round(float((result["finished"] <= scenario.duration_s * 1e3).sum() / scenario.duration_s), 2),
-        "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4), "p99_ms": round(float(p99), 4),
-        "variant_mix": {name: round(float(c / n), 4) for name, c in zip(names, counts) if c},
-        "slo_by_budget": {f"{b:g}": round(float((latency[budget == b] <= b).mean()), 5)
-                          for b in np.unique(budget)},
-    })
+    row.update(
+        {
+            "slo_attainment": round(float((latency <= budget).mean()), 5),
+            # The family's metric, averaged over the answers served (RMSE for the recommender).
+            "mean_metric": round(float(quality[variant].mean()), 5),
+            "throughput_rps": round(
+                float((result["finished"] <= scenario.duration_s * 1e3).sum() / scenario.duration_s), 2
+            ),
+            "p50_ms": round(float(p50), 4),
+            "p95_ms": round(float(p95), 4),
+            "p99_ms": round(float(p99), 4),
+            "variant_mix": {name: round(float(c / n), 4) for name, c in zip(names, counts, strict=True) if c},
+            "slo_by_budget": {f"{b:g}": round(float((latency[budget == b] <= b).mean()), 5) for b in np.unique(budget)},
+        }
+    )
     return row
 
 
@@ -261,9 +289,19 @@ def full_capacity_rps(policy: Policy, section: FamilySection, workers: int) -> f
     return workers * 1e3 / p50
 
 
-def sweep(family: str, section: FamilySection, *, replicas: int = 1, workers: int = 2,
-          loads: list[float] | None = None, budgets: tuple[tuple[float, float], ...] | None = None,
-          policies=POLICIES, arrivals=ARRIVALS, duration_s: float | None = None, seed: int = 0) -> list[dict]:
+def sweep(
+    family: str,
+    section: FamilySection,
+    *,
+    replicas: int = 1,
+    workers: int = 2,
+    loads: list[float] | None = None,
+    budgets: tuple[tuple[float, float], ...] | None = None,
+    policies=POLICIES,
+    arrivals=ARRIVALS,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """Every policy x arrival pattern x load for one family; rows as `summarise` makes them."""
     probe = policy_from_manifest(family, section, executors={"local": workers})
     budgets = budgets or default_budgets(probe, section)
@@ -277,7 +315,9 @@ def sweep(family: str, section: FamilySection, *, replicas: int = 1, workers: in
                 # Default: 30 simulated seconds, shortened at high loads to ~200k requests (plenty for a p99).
                 seconds = duration_s or min(30.0, max(5.0, 200_000 / load))
                 for policy in policies:
-                    scenario = Scenario(family, section, policy, pattern, load, replicas, workers, seconds, budgets, seed)
+                    scenario = Scenario(
+                        family, section, policy, pattern, load, replicas, workers, seconds, budgets, seed
+                    )
                     row = simulate(scenario)
                     rows.append(row)
                     progress.update(1, note=f"{pattern} {load:g} rps {policy}: SLO {row['slo_attainment']:.2%}")
@@ -287,8 +327,9 @@ def sweep(family: str, section: FamilySection, *, replicas: int = 1, workers: in
 def holds_up_to(rows: list[dict], policy: str, arrivals: str, threshold: float = 0.99) -> float:
     """The highest load before which every load of `policy` keeps SLO attainment >= threshold (0 if none)."""
     best = 0.0
-    for row in sorted((r for r in rows if r["policy"] == policy and r["arrivals"] == arrivals),
-                      key=lambda r: r["load_rps"]):
+    for row in sorted(
+        (r for r in rows if r["policy"] == policy and r["arrivals"] == arrivals), key=lambda r: r["load_rps"]
+    ):
         if row["slo_attainment"] < threshold:
             break
         best = row["load_rps"]
@@ -309,12 +350,18 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
             first = sub[0]
             if first["most_accurate_p50_ms"] <= 1.25 * first["fastest_p50_ms"]:
                 # Nothing to trade: the most accurate variant is (within 25%) the fastest one too.
-                out.append((name, f"n/a: {first['most_accurate']} is the most accurate and within 25% of the "
-                                  f"fastest ({first['most_accurate_p50_ms']:.3f} vs {first['fastest_p50_ms']:.3f} ms p50)",
-                            None))
+                out.append(
+                    (
+                        name,
+                        f"n/a: {first['most_accurate']} is the most accurate and within 25% of the "
+                        f"fastest ({first['most_accurate_p50_ms']:.3f} vs {first['fastest_p50_ms']:.3f} ms p50)",
+                        None,
+                    )
+                )
             else:
-                out.append((name, f"full {full:g} rps, adaptive {adaptive:g} rps ({ratio:.1f}x)",
-                            full > 0 and ratio >= 2))
+                out.append(
+                    (name, f"full {full:g} rps, adaptive {adaptive:g} rps ({ratio:.1f}x)", full > 0 and ratio >= 2)
+                )
             low = min(r["load_rps"] for r in sub)
             at_low = {r["policy"]: r for r in sub if r["load_rps"] == low}
             if "full" in at_low and "adaptive" in at_low:
@@ -322,8 +369,13 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
                 metric = at_low["full"]["metric"]
                 limit = 0.01  # one point of accuracy; the same absolute limit on RMSE
                 shown = f"{gap * 100:.2f} points" if metric == "accuracy" else f"{gap:.4f} {metric}"
-                out.append((f"{family} {pattern}: adaptive within 1 point of full at low load ({low:g} rps)",
-                            shown, gap <= limit))
+                out.append(
+                    (
+                        f"{family} {pattern}: adaptive within 1 point of full at low load ({low:g} rps)",
+                        shown,
+                        gap <= limit,
+                    )
+                )
     return out
 
 
@@ -342,11 +394,16 @@ def plot(rows: list[dict], path: Path) -> None:
         sub = [r for r in rows if r["family"] == family]
         for policy in dict.fromkeys(r["policy"] for r in sub):
             for pattern in dict.fromkeys(r["arrivals"] for r in sub):
-                line = sorted((r for r in sub if r["policy"] == policy and r["arrivals"] == pattern),
-                              key=lambda r: r["load_rps"])
+                line = sorted(
+                    (r for r in sub if r["policy"] == policy and r["arrivals"] == pattern), key=lambda r: r["load_rps"]
+                )
                 x = [r["load_rps"] for r in line]
-                kw = {"color": colours.get(policy), "linestyle": styles.get(pattern, "-"), "marker": ".",
-                      "label": f"{policy} ({pattern})"}
+                kw = {
+                    "color": colours.get(policy),
+                    "linestyle": styles.get(pattern, "-"),
+                    "marker": ".",
+                    "label": f"{policy} ({pattern})",
+                }
                 if policy == "full":  # wide and pale underneath: `static` often coincides with it
                     kw.update(linewidth=5, alpha=0.35, marker=None, zorder=1)
                 axes[0][col].plot(x, [100 * r["slo_attainment"] for r in line], **kw)
@@ -372,14 +429,21 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown(rows: list[dict], checks: list[tuple[str, str, bool]]) -> str:
-    lines = ["| family | arrivals | load (rps) | policy | SLO attainment | mean metric | p50 / p95 / p99 (ms) | variant mix |",
-             "|---|---|---:|---|---:|---:|---|---|"]
+    lines = [
+        "| family | arrivals | load (rps) | policy | SLO attainment | mean metric | p50 / p95 / p99 (ms) "
+        "| variant mix |",
+        "|---|---|---:|---|---:|---:|---|---|",
+    ]
     for r in rows:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["variant_mix"].items(), key=lambda kv: -kv[1])[:3])
-        lines.append(f"| {r['family']} | {r['arrivals']} | {r['load_rps']:g} | {r['policy']} | "
-                     f"{r['slo_attainment']:.2%} | {r['metric']} {r['mean_metric']:.4f} | "
-                     f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {mix} |")
+        lines.append(
+            f"| {r['family']} | {r['arrivals']} | {r['load_rps']:g} | {r['policy']} | "
+            f"{r['slo_attainment']:.2%} | {r['metric']} {r['mean_metric']:.4f} | "
+            f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {mix} |"
+        )
     lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {measured} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |"
-              for name, measured, ok in checks]
+    lines += [
+        f"| {name} | {measured} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |"
+        for name, measured, ok in checks
+    ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ share of the traffic. When a run ends, each class is checked: the chosen percent
 response times (measured by the client) within its budget, its failure ratio under a
 threshold, and the share of answers the server reports as `budget_met` over a threshold.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,16 +54,19 @@ def parse_classes(text: str) -> tuple[SlaClass, ...]:
     return tuple(classes)
 
 
-def load_spec(path: Path | None, classes: str, percentile: float, max_failure_ratio: float,
-              min_budget_met: float) -> SlaSpec:
+def load_spec(
+    path: Path | None, classes: str, percentile: float, max_failure_ratio: float, min_budget_met: float
+) -> SlaSpec:
     """From a JSON file ({"classes": [{"name", "budget_ms", "weight"}], "percentile", ...}) or the options."""
     if path is None:
         return SlaSpec(parse_classes(classes), percentile, max_failure_ratio, min_budget_met)
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return SlaSpec(tuple(SlaClass(c["name"], float(c["budget_ms"]), float(c.get("weight", 1.0)))
-                         for c in data["classes"]),
-                   float(data.get("percentile", percentile)), float(data.get("max_failure_ratio", max_failure_ratio)),
-                   float(data.get("min_budget_met", min_budget_met)))
+    return SlaSpec(
+        tuple(SlaClass(c["name"], float(c["budget_ms"]), float(c.get("weight", 1.0))) for c in data["classes"]),
+        float(data.get("percentile", percentile)),
+        float(data.get("max_failure_ratio", max_failure_ratio)),
+        float(data.get("min_budget_met", min_budget_met)),
+    )
 
 
 @dataclass
@@ -80,8 +84,7 @@ class ClassResult:
         return not self.problems
 
 
-def check(spec: SlaSpec, name: str, requests: int, failures: int, percentile_ms: float,
-          budget_met: int) -> ClassResult:
+def check(spec: SlaSpec, name: str, requests: int, failures: int, percentile_ms: float, budget_met: int) -> ClassResult:
     """One class's verdict; each broken SLA says by how much."""
     budget = next(c.budget_ms for c in spec.classes if c.name == name)
     result = ClassResult(name, budget, requests, failures, percentile_ms, budget_met)
@@ -89,14 +92,17 @@ def check(spec: SlaSpec, name: str, requests: int, failures: int, percentile_ms:
         result.problems.append("no requests were made")
         return result
     if percentile_ms > budget:
-        result.problems.append(f"p{spec.percentile:g} {percentile_ms:.1f} ms > budget {budget:g} ms "
-                               f"(over by {percentile_ms - budget:.1f} ms, {percentile_ms / budget:.1f}x)")
+        result.problems.append(
+            f"p{spec.percentile:g} {percentile_ms:.1f} ms > budget {budget:g} ms "
+            f"(over by {percentile_ms - budget:.1f} ms, {percentile_ms / budget:.1f}x)"
+        )
     ratio = failures / requests
     if ratio > spec.max_failure_ratio:
         result.problems.append(f"failure ratio {ratio:.2%} > {spec.max_failure_ratio:.2%} ({failures} of {requests})")
     answered = requests - failures
     share = budget_met / answered if answered else 0.0
     if share < spec.min_budget_met:
-        result.problems.append(f"budget_met share {share:.1%} < {spec.min_budget_met:.1%} "
-                               f"(short by {spec.min_budget_met - share:.1%})")
+        result.problems.append(
+            f"budget_met share {share:.1%} < {spec.min_budget_met:.1%} (short by {spec.min_budget_met - share:.1%})"
+        )
     return result

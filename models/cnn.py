@@ -4,6 +4,7 @@ The full model is a small ResNet; the student is the same family with fewer, nar
 stages. Both take raw pixel values (0-255, float32) and normalise inside the graph, so the
 exported ONNX file needs no preprocessing beyond reshaping.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class ImageClassifier(nn.Module):
         assert config.widths, "CNNConfig.widths needs at least one stage"
         self.config = config
         first = config.widths[0]
-        self.stem = nn.Sequential(nn.Conv2d(1, first, 3, config.stem_stride, 1, bias=False), nn.BatchNorm2d(first), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, first, 3, config.stem_stride, 1, bias=False), nn.BatchNorm2d(first), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         in_channels = first
         for stage, width in enumerate(config.widths):

@@ -4,8 +4,10 @@ The user tower embeds the id and the demographics (age bucket, gender, occupatio
 item tower embeds the id, the release-year bucket, the genre set and the title's words.
 The head fuses both towers (concatenation and elementwise product) into a rating.
 """
+
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +36,7 @@ class RecsysConfig:
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for in_size, out_size in zip(sizes[:-1], sizes[1:]):
+    for in_size, out_size in itertools.pairwise(sizes):
         layers += [nn.Linear(in_size, out_size), nn.ReLU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
 
@@ -65,7 +67,11 @@ class RatingPredictor(nn.Module):
         )
 
     def forward(
-        self, user_features: torch.Tensor, item_features: torch.Tensor, item_genres: torch.Tensor, item_title: torch.Tensor
+        self,
+        user_features: torch.Tensor,
+        item_features: torch.Tensor,
+        item_genres: torch.Tensor,
+        item_title: torch.Tensor,
     ) -> torch.Tensor:
         user = torch.cat(
             [

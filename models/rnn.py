@@ -4,6 +4,7 @@ LSTM rather than GRU because ONNX Runtime's dynamic INT8 quantisation has a kern
 LSTM (DynamicQuantizeLSTM) and none for GRU. The sequences are packed in PyTorch and the
 ONNX export keeps the sequence axis dynamic, passing lengths as `sequence_lens`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

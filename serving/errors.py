@@ -1,4 +1,5 @@
 """FlexServe's error types. Front ends map them to HTTP / gRPC status codes at the edge."""
+
 from __future__ import annotations
 
 

@@ -30,8 +30,14 @@ import numpy as np
 from contract.manifest import BUILD_HINT, DEFAULT_REPOSITORY
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.errors import InvalidRequestError, RepositoryError
-from serving.policy import DEFAULT_LATENCY_BUDGET_MS, MAX_LATENCY_BUDGET_MS, Decision, Executor, Policy
-from serving.policy import policy_from_manifest
+from serving.policy import (
+    DEFAULT_LATENCY_BUDGET_MS,
+    MAX_LATENCY_BUDGET_MS,
+    Decision,
+    Executor,
+    Policy,
+    policy_from_manifest,
+)
 from serving.preprocess import codec_for
 from serving.repository import Repository, load_repository
 
@@ -59,10 +65,14 @@ class GatewayConfig:
     max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before they are read
 
     ENVIRONMENT: ClassVar[dict[str, tuple[str, type]]] = {  # field -> (variable, type)
-        "repo": ("FLEXSERVE_REPO", Path), "model_tag": ("FLEXSERVE_MODEL_TAG", str),
-        "device": ("FLEXSERVE_DEVICE", str), "backend": ("FLEXSERVE_BACKEND", str),
-        "triton_url": ("FLEXSERVE_TRITON_URL", str), "triton_protocol": ("FLEXSERVE_TRITON_PROTOCOL", str),
-        "workers": ("FLEXSERVE_WORKERS", int), "default_budget_ms": ("FLEXSERVE_DEFAULT_BUDGET_MS", float),
+        "repo": ("FLEXSERVE_REPO", Path),
+        "model_tag": ("FLEXSERVE_MODEL_TAG", str),
+        "device": ("FLEXSERVE_DEVICE", str),
+        "backend": ("FLEXSERVE_BACKEND", str),
+        "triton_url": ("FLEXSERVE_TRITON_URL", str),
+        "triton_protocol": ("FLEXSERVE_TRITON_PROTOCOL", str),
+        "workers": ("FLEXSERVE_WORKERS", int),
+        "default_budget_ms": ("FLEXSERVE_DEFAULT_BUDGET_MS", float),
         "max_body_bytes": ("FLEXSERVE_MAX_BODY_BYTES", int),
     }
 
@@ -84,7 +94,9 @@ class GatewayConfig:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0 < self.default_budget_ms <= MAX_LATENCY_BUDGET_MS:
-            raise ValueError(f"default_budget_ms must be in (0, {MAX_LATENCY_BUDGET_MS:g}], got {self.default_budget_ms}")
+            raise ValueError(
+                f"default_budget_ms must be in (0, {MAX_LATENCY_BUDGET_MS:g}], got {self.default_budget_ms}"
+            )
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
 
@@ -108,7 +120,7 @@ class Completion:
     then learns the request's whole time in the server, the way out included. Calling it twice, or
     not at all (an in-process caller), is harmless."""
 
-    __slots__ = ("_policy", "_decision", "_arrived_at")
+    __slots__ = ("_arrived_at", "_decision", "_policy")
 
     def __init__(self, policy: Policy, decision: Decision, arrived_at: float):
         self._policy, self._decision, self._arrived_at = policy, decision, arrived_at
@@ -134,15 +146,21 @@ def resolve_repository(config: GatewayConfig) -> Path:
         try:
             return Path(bentoml.models.get(config.model_tag).path)
         except bentoml.exceptions.NotFound as error:
-            raise RepositoryError(f"no model {config.model_tag!r} in the BentoML store ({error}): {BUILD_HINT}") from None
+            raise RepositoryError(
+                f"no model {config.model_tag!r} in the BentoML store ({error}): {BUILD_HINT}"
+            ) from None
     return config.repo
 
 
 class Gateway:
     """Every family in the repository, routed by budget, run in-process on ONNX Runtime (or on Triton)."""
 
-    def __init__(self, config: GatewayConfig = GatewayConfig(), observer: Observer | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: GatewayConfig = GatewayConfig(),
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config
         self.observer = observer or Observer()
         self.repo: Repository = load_repository(resolve_repository(config))  # refuses any file whose sha256 differs
@@ -151,8 +169,9 @@ class Gateway:
         if config.backend == "triton":
             from serving.backends.triton import FailoverBackend, TritonBackend
 
-            outputs = {v.name: self.repo.family(f).outputs[0].name for f in self.repo.families
-                       for v in self.repo.variants(f)}
+            outputs = {
+                v.name: self.repo.family(f).outputs[0].name for f in self.repo.families for v in self.repo.variants(f)
+            }
             remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol)
             self.backend = FailoverBackend(remote, local)
         else:
@@ -161,9 +180,11 @@ class Gateway:
         self.executor = Executor(parallelism=config.workers)
         lock = threading.Lock()
         self.policies: dict[str, Policy] = {
-            family: policy_from_manifest(family, self.repo.family(family), executors={"local": self.executor},
-                                         clock=clock, lock=lock)
-            for family in self.repo.families}
+            family: policy_from_manifest(
+                family, self.repo.family(family), executors={"local": self.executor}, clock=clock, lock=lock
+            )
+            for family in self.repo.families
+        }
         self.codecs = {family: codec_for(self.repo, family) for family in self.repo.families}
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="flexserve-model")
         self._closed = False
@@ -198,8 +219,9 @@ class Gateway:
         outputs, meta, done = await self._infer("rnn", feeds, len(feeds["TOKENS"]), request)
         return {"predictions": codec.decode(outputs), **meta}, done
 
-    async def recommend(self, user_id: object, k: object, candidate_item_ids: object,
-                        request: RequestContext) -> tuple[dict, Completion]:
+    async def recommend(
+        self, user_id: object, k: object, candidate_item_ids: object, request: RequestContext
+    ) -> tuple[dict, Completion]:
         catalog = self._codec("recsys")
         feeds, candidates, k = catalog.encode(_required(user_id, "user_id"), 10 if k is None else k, candidate_item_ids)
         outputs, meta, done = await self._infer("recsys", feeds, len(candidates), request)
@@ -211,11 +233,22 @@ class Gateway:
         out = {}
         for family, policy in self.policies.items():
             section = self.repo.family(family)
-            out[family] = {"metric": section.metric, "higher_is_better": section.higher_is_better,
-                           "most_accurate": policy.most_accurate, "fastest": policy.fastest(section.rows_per_request),
-                           "overhead_ms": round(policy.overhead_ms, 4), "variants": policy.snapshot()}
-        return {"backend": self.backend.name, "configured_backend": self.config.backend, "device": self.backend.device,
-                "workers": self.config.workers, "executor_in_flight": self.executor.in_flight, "families": out}
+            out[family] = {
+                "metric": section.metric,
+                "higher_is_better": section.higher_is_better,
+                "most_accurate": policy.most_accurate,
+                "fastest": policy.fastest(section.rows_per_request),
+                "overhead_ms": round(policy.overhead_ms, 4),
+                "variants": policy.snapshot(),
+            }
+        return {
+            "backend": self.backend.name,
+            "configured_backend": self.config.backend,
+            "device": self.backend.device,
+            "workers": self.config.workers,
+            "executor_in_flight": self.executor.in_flight,
+            "families": out,
+        }
 
     # -- internals --------------------------------------------------------------------------
     def _codec(self, family: str):
@@ -224,13 +257,20 @@ class Gateway:
             raise UnknownFamilyError(family, self.repo.families)
         return codec
 
-    async def _infer(self, family: str, feeds: dict[str, np.ndarray], batch_rows: int,
-                     request: RequestContext) -> tuple[np.ndarray, dict, Completion]:
+    async def _infer(
+        self, family: str, feeds: dict[str, np.ndarray], batch_rows: int, request: RequestContext
+    ) -> tuple[np.ndarray, dict, Completion]:
         arrived_at = request.arrived_at or time.perf_counter()
         policy = self.policies[family]
         try:
-            decision = policy.route(request.latency_budget_ms, batch_rows, min_quality=request.quality_floor,
-                                    variant=request.variant, strict=request.strict, elapsed_ms=request.elapsed_ms)
+            decision = policy.route(
+                request.latency_budget_ms,
+                batch_rows,
+                min_quality=request.quality_floor,
+                variant=request.variant,
+                strict=request.strict,
+                elapsed_ms=request.elapsed_ms,
+            )
         except InvalidRequestError as error:
             if error.field == "latency_budget_ms" and request.budget_field != error.field:
                 raise InvalidRequestError(request.budget_field, error.problem, error.accepted) from None
@@ -238,8 +278,9 @@ class Gateway:
         self.observer.started(family, decision.variant)
         loop = asyncio.get_running_loop()
         try:
-            outputs, service_ms, served_by = await loop.run_in_executor(self._pool, self.backend.run,
-                                                                        decision.variant, feeds)
+            outputs, service_ms, served_by = await loop.run_in_executor(
+                self._pool, self.backend.run, decision.variant, feeds
+            )
         except BaseException:
             policy.finish(decision, None)
             self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
@@ -248,8 +289,14 @@ class Gateway:
         latency_ms = (time.perf_counter() - arrived_at) * 1e3
         met = latency_ms + request.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
         self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)
-        meta = {"variant": decision.variant, "backend": served_by, "latency_ms": round(latency_ms, 3),
-                "budget_ms": decision.budget_ms, "budget_met": met, "reason": decision.reason}
+        meta = {
+            "variant": decision.variant,
+            "backend": served_by,
+            "latency_ms": round(latency_ms, 3),
+            "budget_ms": decision.budget_ms,
+            "budget_met": met,
+            "reason": decision.reason,
+        }
         return outputs, meta, Completion(policy, decision, arrived_at)
 
 
@@ -257,8 +304,11 @@ class UnknownFamilyError(InvalidRequestError):
     """The repository holds no variant of this family (HTTP 404)."""
 
     def __init__(self, family: str, families: list[str]):
-        super().__init__("family", f"{family!r} is not in this model repository",
-                         f"{', '.join(families)} (train it with `flexserve train --family {family}`)")
+        super().__init__(
+            "family",
+            f"{family!r} is not in this model repository",
+            f"{', '.join(families)} (train it with `flexserve train --family {family}`)",
+        )
 
 
 def _required(value: object, field_name: str) -> object:

@@ -24,8 +24,9 @@ def budget_from_header(value: str | None) -> float | None:
     try:
         return float(value)
     except ValueError:
-        raise InvalidRequestError(BUDGET_HEADER, f"{value!r} is not a number",
-                                  "a number of milliseconds, e.g. 20") from None
+        raise InvalidRequestError(
+            BUDGET_HEADER, f"{value!r} is not a number", "a number of milliseconds, e.g. 20"
+        ) from None
 
 
 def elapsed_since_request_start(value: str | None, now: float) -> float:
@@ -46,6 +47,9 @@ def elapsed_since_request_start(value: str | None, now: float) -> float:
     stamp /= 1e6 if stamp > 1e14 else 1e3 if stamp > 1e11 else 1.0
     elapsed = (now - stamp) * 1e3
     if elapsed > MAX_REQUEST_AGE_MS:
-        raise InvalidRequestError(REQUEST_START_HEADER, f"{value!r} is {elapsed / 1e3:.0f} s ago",
-                                  f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)")
+        raise InvalidRequestError(
+            REQUEST_START_HEADER,
+            f"{value!r} is {elapsed / 1e3:.0f} s ago",
+            f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)",
+        )
     return max(0.0, elapsed)

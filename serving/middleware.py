@@ -72,6 +72,12 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         problem, accepted = "the request body is too large", f"at most {self.max_bytes} bytes"
-        body = {"error": {"field": "body", "problem": problem, "accepted": accepted,
-                          "message": f"body: {problem}; accepted: {accepted}"}}
+        body = {
+            "error": {
+                "field": "body",
+                "problem": problem,
+                "accepted": accepted,
+                "message": f"body: {problem}; accepted: {accepted}",
+            }
+        }
         await JSONResponse(body, status_code=413)(scope, receive, send)

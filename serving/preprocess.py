@@ -4,6 +4,7 @@ Every check raises `InvalidRequestError(field, problem, accepted)`: the front en
 into HTTP 400 / gRPC INVALID_ARGUMENT. Nothing here imports `training/`; an integration test
 checks that these tensors equal the ones training built.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,9 @@ MAX_K = 100  # recommendations per request
 
 def _batch(value: object, field: str, what: str) -> list:
     if not isinstance(value, list):
-        raise InvalidRequestError(field, f"expected a list of {what}, got {type(value).__name__}",
-                                  f"a list of 1 to {MAX_BATCH} {what}")
+        raise InvalidRequestError(
+            field, f"expected a list of {what}, got {type(value).__name__}", f"a list of 1 to {MAX_BATCH} {what}"
+        )
     if not 1 <= len(value) <= MAX_BATCH:
         raise InvalidRequestError(field, f"{len(value)} {what}", f"a list of 1 to {MAX_BATCH} {what}")
     return value
@@ -44,20 +46,28 @@ class ImageCodec:
 
     @property
     def accepted(self) -> str:
-        return (f"a list of 1 to {MAX_BATCH} images, each {self.height} rows of {self.width} grayscale "
-                f"pixel values in [{self.low:g}, {self.high:g}]")
+        return (
+            f"a list of 1 to {MAX_BATCH} images, each {self.height} rows of {self.width} grayscale "
+            f"pixel values in [{self.low:g}, {self.high:g}]"
+        )
 
     def encode(self, images: object) -> dict[str, np.ndarray]:
         images = _batch(images, "images", "images")
         for i, image in enumerate(images):  # shape first: a ragged list must not reach numpy
-            if not isinstance(image, list) or len(image) != self.height or any(
-                    not isinstance(row, list) or len(row) != self.width for row in image):
+            if (
+                not isinstance(image, list)
+                or len(image) != self.height
+                or any(not isinstance(row, list) or len(row) != self.width for row in image)
+            ):
                 raise InvalidRequestError(f"images[{i}]", f"is not a {self.height}x{self.width} array", self.accepted)
         try:
             pixels = np.array(images, dtype=np.float32)
         except (TypeError, ValueError):
-            bad = next(i for i, image in enumerate(images)
-                       if any(isinstance(p, bool) or not isinstance(p, (int, float)) for row in image for p in row))
+            bad = next(
+                i
+                for i, image in enumerate(images)
+                if any(isinstance(p, bool) or not isinstance(p, (int, float)) for row in image for p in row)
+            )
             raise InvalidRequestError(f"images[{bad}]", "holds a value that is not a number", self.accepted) from None
         if any(isinstance(p, bool) for image in images for row in image for p in row):
             raise InvalidRequestError("images", "holds true/false, not pixel values", self.accepted)
@@ -67,8 +77,11 @@ class ImageCodec:
         inside = ((pixels >= self.low) & (pixels <= self.high)).all(axis=(1, 2))
         if not inside.all():
             i = int(np.argmin(inside))
-            raise InvalidRequestError(f"images[{i}]", f"has pixels outside [{self.low:g}, {self.high:g}] "
-                                      f"(min {pixels[i].min():g}, max {pixels[i].max():g})", self.accepted)
+            raise InvalidRequestError(
+                f"images[{i}]",
+                f"has pixels outside [{self.low:g}, {self.high:g}] (min {pixels[i].min():g}, max {pixels[i].max():g})",
+                self.accepted,
+            )
         return {"IMAGES": pixels[:, None, :, :]}
 
     def decode(self, logits: np.ndarray) -> list[dict]:
@@ -79,8 +92,10 @@ def _classes(logits: np.ndarray, labels: list[str]) -> list[dict]:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     best = probabilities.argmax(axis=1)
-    return [{"label": labels[c], "class_id": int(c), "probability": round(float(probabilities[i, c]), 6)}
-            for i, c in enumerate(best)]
+    return [
+        {"label": labels[c], "class_id": int(c), "probability": round(float(probabilities[i, c]), 6)}
+        for i, c in enumerate(best)
+    ]
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,15 @@ class TextCodec:
     @classmethod
     def from_manifest(cls, section: FamilySection, vocab: list[str]) -> TextCodec:
         spec = section.contract["tokenizer"]
-        return cls(section.contract["labels"], {tok: i for i, tok in enumerate(vocab)}, re.compile(spec["pattern"]),
-                   bool(spec["lowercase"]), int(spec["max_tokens"]), int(spec["pad_id"]), int(spec["unk_id"]))
+        return cls(
+            section.contract["labels"],
+            {tok: i for i, tok in enumerate(vocab)},
+            re.compile(spec["pattern"]),
+            bool(spec["lowercase"]),
+            int(spec["max_tokens"]),
+            int(spec["pad_id"]),
+            int(spec["unk_id"]),
+        )
 
     accepted = f"a list of 1 to {MAX_BATCH} non-empty strings of at most {MAX_TEXT_CHARS} characters"
 
@@ -151,16 +173,23 @@ class Catalog:
 
     def rows(self, user: int, items: np.ndarray) -> dict[str, np.ndarray]:
         """Model inputs scoring catalogue rows `items` for catalogue user row `user`."""
-        return {"USER_FEATURES": np.repeat(self.user_features[user][None, :], len(items), axis=0),
-                "ITEM_FEATURES": self.item_features[items], "ITEM_GENRES": self.item_genres[items],
-                "ITEM_TITLE": self.item_title[items]}
+        return {
+            "USER_FEATURES": np.repeat(self.user_features[user][None, :], len(items), axis=0),
+            "ITEM_FEATURES": self.item_features[items],
+            "ITEM_GENRES": self.item_genres[items],
+            "ITEM_TITLE": self.item_title[items],
+        }
 
-    def encode(self, user_id: object, k: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    def encode(
+        self, user_id: object, k: object, candidate_item_ids: object
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
         """(model inputs, candidate rows, k) for one recommend request."""
         feeds, candidates = self.score(user_id, candidate_item_ids)
         limit = min(MAX_K, len(candidates))
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
-            raise InvalidRequestError("k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})")
+            raise InvalidRequestError(
+                "k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})"
+            )
         return feeds, candidates, k
 
     def score(self, user_id: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -170,12 +199,14 @@ class Catalog:
 
     def _user(self, user_id: object) -> int:
         if isinstance(user_id, bool) or not isinstance(user_id, int):
-            raise InvalidRequestError("user_id", f"expected an integer, got {user_id!r}",
-                                      f"a MovieLens user id, 1 to {len(self.user_row)}")
+            raise InvalidRequestError(
+                "user_id", f"expected an integer, got {user_id!r}", f"a MovieLens user id, 1 to {len(self.user_row)}"
+            )
         user = self.user_row.get(str(user_id))
         if user is None:
-            raise InvalidRequestError("user_id", f"{user_id} is not a known user",
-                                      f"a MovieLens user id, 1 to {len(self.user_row)}")
+            raise InvalidRequestError(
+                "user_id", f"{user_id} is not a known user", f"a MovieLens user id, 1 to {len(self.user_row)}"
+            )
         return user
 
     def _candidates(self, candidate_item_ids: object) -> np.ndarray:
@@ -188,8 +219,9 @@ class Catalog:
             rows = []
             for i, item_id in enumerate(candidate_item_ids):
                 if isinstance(item_id, bool) or not isinstance(item_id, int):
-                    raise InvalidRequestError(f"candidate_item_ids[{i}]", f"expected an integer, got {item_id!r}",
-                                              accepted)
+                    raise InvalidRequestError(
+                        f"candidate_item_ids[{i}]", f"expected an integer, got {item_id!r}", accepted
+                    )
                 row = self.item_row.get(str(item_id))
                 if row is None:
                     raise InvalidRequestError(f"candidate_item_ids[{i}]", f"{item_id} is not a known movie", accepted)
@@ -202,8 +234,14 @@ class Catalog:
     def decode(self, ratings: np.ndarray, candidates: np.ndarray, k: int) -> list[dict]:
         scores = ratings.reshape(-1)
         top = np.argsort(-scores, kind="stable")[:k]
-        return [{"item_id": _as_int(self.items[candidates[i]]["item_id"]), "title": self.items[candidates[i]]["title"],
-                 "predicted_rating": round(float(scores[i]), 4)} for i in top]
+        return [
+            {
+                "item_id": _as_int(self.items[candidates[i]]["item_id"]),
+                "title": self.items[candidates[i]]["title"],
+                "predicted_rating": round(float(scores[i]), 4),
+            }
+            for i in top
+        ]
 
 
 def _id_key(value: object) -> str:

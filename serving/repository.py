@@ -50,9 +50,20 @@ class Repository:
 
     def variants(self, family: str) -> list[Variant]:
         section = self.family(family)
-        return [Variant(family, v.name, v.kind, v.precision, self.root / v.onnx, v.sha256,
-                        float(v.metrics[section.metric]), int(v.params), int(v.size_bytes))
-                for v in section.variants]
+        return [
+            Variant(
+                family,
+                v.name,
+                v.kind,
+                v.precision,
+                self.root / v.onnx,
+                v.sha256,
+                float(v.metrics[section.metric]),
+                int(v.params),
+                int(v.size_bytes),
+            )
+            for v in section.variants
+        ]
 
     def artifact(self, family: str, name: str) -> object:
         """A preprocessing artifact (vocabulary, catalogue), checked against its sha256."""
@@ -69,8 +80,10 @@ def _check_file(path: Path, expected_sha256: str) -> None:
         raise RepositoryError(f"{path} is listed in the manifest but missing: {BUILD_HINT}")
     actual = sha256_file(path)
     if actual != expected_sha256:
-        raise IntegrityError(f"{path} has sha256 {actual[:12]}..., the manifest says {expected_sha256[:12]}...: "
-                             "refusing to serve a file that differs from the one trained; rebuild the repository")
+        raise IntegrityError(
+            f"{path} has sha256 {actual[:12]}..., the manifest says {expected_sha256[:12]}...: "
+            "refusing to serve a file that differs from the one trained; rebuild the repository"
+        )
 
 
 def load_repository(root: str | Path, verify: bool = True) -> Repository:
@@ -95,10 +108,14 @@ def load_repository(root: str | Path, verify: bool = True) -> Repository:
 def check_signature(repo: Repository, family: str, variant: Variant, session) -> None:
     """Raise RepositoryError if an ONNX Runtime session's inputs/outputs differ from the manifest's specs."""
     section = repo.family(family)
-    for expected, actual, what in ((section.inputs, session.get_inputs(), "inputs"),
-                                   (section.outputs, session.get_outputs(), "outputs")):
+    for expected, actual, what in (
+        (section.inputs, session.get_inputs(), "inputs"),
+        (section.outputs, session.get_outputs(), "outputs"),
+    ):
         want = [s.to_json() for s in expected]
-        got = [{"name": a.name, "dtype": from_onnx(a.type),
-                "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in actual]
+        got = [
+            {"name": a.name, "dtype": from_onnx(a.type), "shape": [d if isinstance(d, int) else -1 for d in a.shape]}
+            for a in actual
+        ]
         if got != want:
             raise RepositoryError(f"{variant.path}: ONNX {what} {got} differ from the manifest's {want}")

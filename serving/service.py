@@ -39,13 +39,23 @@ def _metrics() -> tuple:
     """Created once per process, after BentoML has set up Prometheus' multiprocess directory."""
     import prometheus_client as prom
 
-    requests = prom.Counter("flexserve_requests", "Requests by family, variant and outcome "
-                            "(budget_met, budget_missed, client_error, overload, error)", ["family", "variant", "outcome"])
-    latency = prom.Histogram("flexserve_request_latency_seconds", "Latency measured in the gateway",
-                             ["family", "variant"],
-                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
-    in_flight = prom.Gauge("flexserve_in_flight", "Requests running or queued per variant", ["family", "variant"],
-                           multiprocess_mode="livesum")
+    requests = prom.Counter(
+        "flexserve_requests",
+        "Requests by family, variant and outcome (budget_met, budget_missed, client_error, overload, error)",
+        ["family", "variant", "outcome"],
+    )
+    latency = prom.Histogram(
+        "flexserve_request_latency_seconds",
+        "Latency measured in the gateway",
+        ["family", "variant"],
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    )
+    in_flight = prom.Gauge(
+        "flexserve_in_flight",
+        "Requests running or queued per variant",
+        ["family", "variant"],
+        multiprocess_mode="livesum",
+    )
     return requests, latency, in_flight
 
 
@@ -89,8 +99,9 @@ variants_app.state.gateway = None
 
 def _error_body(error: FlexServeError) -> dict:
     if isinstance(error, InvalidRequestError):
-        return {"error": {"field": error.field, "problem": error.problem, "accepted": error.accepted,
-                          "message": str(error)}}
+        return {
+            "error": {"field": error.field, "problem": error.problem, "accepted": error.accepted, "message": str(error)}
+        }
     return {"error": {"message": str(error)}}
 
 
@@ -121,8 +132,15 @@ class FlexServe:
         self.gateway.close()
 
     @bentoml.api(route="/v1/classify_image")
-    async def classify_image(self, ctx: bentoml.Context, images: t.Any = None, latency_budget_ms: t.Any = None,
-                             min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
+    async def classify_image(
+        self,
+        ctx: bentoml.Context,
+        images: t.Any = None,
+        latency_budget_ms: t.Any = None,
+        min_accuracy: t.Any = None,
+        variant: t.Any = None,
+        strict: t.Any = False,
+    ) -> dict:
         """Classify 28x28 grayscale images (pixel values 0-255) as Fashion-MNIST classes."""
         try:
             request = self._context(ctx, latency_budget_ms, min_accuracy, variant, strict)
@@ -132,8 +150,15 @@ class FlexServe:
         return self._respond(ctx, *answer)
 
     @bentoml.api(route="/v1/classify_text")
-    async def classify_text(self, ctx: bentoml.Context, texts: t.Any = None, latency_budget_ms: t.Any = None,
-                            min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
+    async def classify_text(
+        self,
+        ctx: bentoml.Context,
+        texts: t.Any = None,
+        latency_budget_ms: t.Any = None,
+        min_accuracy: t.Any = None,
+        variant: t.Any = None,
+        strict: t.Any = False,
+    ) -> dict:
         """Classify movie-review snippets as fresh or rotten."""
         try:
             request = self._context(ctx, latency_budget_ms, min_accuracy, variant, strict)
@@ -143,14 +168,26 @@ class FlexServe:
         return self._respond(ctx, *answer)
 
     @bentoml.api(route="/v1/recommend")
-    async def recommend(self, ctx: bentoml.Context, user_id: t.Any = None, k: t.Any = None,
-                        candidate_item_ids: t.Any = None, latency_budget_ms: t.Any = None, max_rmse: t.Any = None,
-                        min_accuracy: t.Any = None, variant: t.Any = None, strict: t.Any = False) -> dict:
+    async def recommend(
+        self,
+        ctx: bentoml.Context,
+        user_id: t.Any = None,
+        k: t.Any = None,
+        candidate_item_ids: t.Any = None,
+        latency_budget_ms: t.Any = None,
+        max_rmse: t.Any = None,
+        min_accuracy: t.Any = None,
+        variant: t.Any = None,
+        strict: t.Any = False,
+    ) -> dict:
         """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10)."""
         try:
             if min_accuracy is not None:
-                raise InvalidRequestError("min_accuracy", "the recommender is measured by RMSE, not accuracy",
-                                          "max_rmse: the highest test RMSE you accept, e.g. 0.95")
+                raise InvalidRequestError(
+                    "min_accuracy",
+                    "the recommender is measured by RMSE, not accuracy",
+                    "max_rmse: the highest test RMSE you accept, e.g. 0.95",
+                )
             request = self._context(ctx, latency_budget_ms, max_rmse, variant, strict)
             answer = await self.gateway.recommend(user_id, k, candidate_item_ids, request)
         except (InvalidRequestError, OverloadError) as error:
@@ -158,8 +195,9 @@ class FlexServe:
         return self._respond(ctx, *answer)
 
     # -- the edge ---------------------------------------------------------------------------
-    def _context(self, ctx: bentoml.Context, budget: object, floor: object, variant: object,
-                 strict: object) -> RequestContext:
+    def _context(
+        self, ctx: bentoml.Context, budget: object, floor: object, variant: object, strict: object
+    ) -> RequestContext:
         """The request's one context: budget from the body, else the header, else the default."""
         headers, arrival = ctx.request.headers, arrival_of(ctx.request.scope)
         field = "latency_budget_ms"

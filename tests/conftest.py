@@ -1,4 +1,5 @@
 """Shared fixtures. Real-data builds are slow, so they are built once per session."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Every loader returns a `Dataset` whose splits hold model inputs as numpy arrays 
 the ONNX input name, so the same arrays feed PyTorch training and ONNX Runtime evaluation.
 Splits are seeded and deterministic.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -21,7 +22,16 @@ import numpy as np
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 TOKEN_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"  # words (with inner apostrophes) and single punctuation marks
 TEXT_MAX_TOKENS = 96  # longer texts are truncated; 99% of the Rotten Tomatoes snippets fit
@@ -42,7 +52,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def take(self, index: np.ndarray) -> "Split":
+    def take(self, index: np.ndarray) -> Split:
         return Split({k: v[index] for k, v in self.inputs.items()}, self.targets[index])
 
 
@@ -55,15 +65,21 @@ class Dataset:
     source: str  # where the data came from, for the manifest
     preprocessing: dict = field(default_factory=dict)  # what serving needs to turn raw requests into inputs
 
-    def subset(self, train: int, val: int, test: int, seed: int) -> "Dataset":
+    def subset(self, train: int, val: int, test: int, seed: int) -> Dataset:
         """A seeded random subset of each split (the --quick run)."""
         rng = np.random.default_rng(seed)
 
         def pick(split: Split, n: int) -> Split:
             return split if n >= len(split) else split.take(np.sort(rng.choice(len(split), n, replace=False)))
 
-        return Dataset(self.family, pick(self.train, train), pick(self.val, val), pick(self.test, test),
-                       self.source + f" (subset {train}/{val}/{test})", self.preprocessing)
+        return Dataset(
+            self.family,
+            pick(self.train, train),
+            pick(self.val, val),
+            pick(self.test, test),
+            self.source + f" (subset {train}/{val}/{test})",
+            self.preprocessing,
+        )
 
 
 def _split_indices(n: int, fractions: tuple[float, float], seed: int, strata: np.ndarray | None = None):
@@ -74,9 +90,9 @@ def _split_indices(n: int, fractions: tuple[float, float], seed: int, strata: np
     for group in groups:
         group = rng.permutation(group)
         n_val, n_test = int(len(group) * fractions[0]), int(len(group) * fractions[1])
-        parts[0].append(group[n_val + n_test:])
+        parts[0].append(group[n_val + n_test :])
         parts[1].append(group[:n_val])
-        parts[2].append(group[n_val:n_val + n_test])
+        parts[2].append(group[n_val : n_val + n_test])
     return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
@@ -85,16 +101,17 @@ def _package_dir(package: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DatasetNotFoundError(f"the Python package {package!r} is not installed: {install_hint}")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # ---------------------------------------------------------------------------- images
+
 
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -132,14 +149,21 @@ def synthetic_images(n: int = 600, seed: int = 0, num_classes: int = 10) -> Data
     images = rng.uniform(0, 60, (n, 1, 28, 28)).astype(np.float32)
     for i, label in enumerate(labels):
         row = 2 + label * 24 // num_classes
-        images[i, 0, row:row + 3, 4:24] += 180
+        images[i, 0, row : row + 3, 4:24] += 180
     train, val, test = _split_indices(n, (0.15, 0.15), seed)
     split = lambda idx: Split({"IMAGES": images[idx]}, labels[idx].astype(np.int64))  # noqa: E731
-    return Dataset("cnn", split(train), split(val), split(test), "synthetic images",
-                   {"labels": [f"class_{i}" for i in range(num_classes)]})
+    return Dataset(
+        "cnn",
+        split(train),
+        split(val),
+        split(test),
+        "synthetic images",
+        {"labels": [f"class_{i}" for i in range(num_classes)]},
+    )
 
 
 # ---------------------------------------------------------------------------- text
+
 
 def tokenize(text: str) -> list[str]:
     """Lower-case regex tokenisation; the manifest records the pattern so serving can repeat it."""
@@ -153,7 +177,9 @@ def build_vocab(texts: list[str], min_count: int = 2) -> list[str]:
     return ["<pad>", "<unk>", *kept]
 
 
-def encode_texts(texts: list[str], vocab: list[str], max_tokens: int = TEXT_MAX_TOKENS) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(
+    texts: list[str], vocab: list[str], max_tokens: int = TEXT_MAX_TOKENS
+) -> tuple[np.ndarray, np.ndarray]:
     """Texts -> (TOKENS [N, max_tokens] int64 PAD-padded, LENGTHS [N] int64, each >= 1)."""
     index = {tok: i for i, tok in enumerate(vocab)}
     tokens = np.full((len(texts), max_tokens), PAD_ID, dtype=np.int64)
@@ -173,12 +199,24 @@ def _text_dataset(texts: list[str], labels: np.ndarray, label_names: list[str], 
     def split(idx: np.ndarray) -> Split:
         return Split({"TOKENS": tokens[idx], "LENGTHS": lengths[idx]}, labels[idx])
 
-    return Dataset("rnn", split(train), split(val), split(test), source, {
-        "labels": label_names,
-        "vocab": vocab,
-        "tokenizer": {"pattern": TOKEN_PATTERN, "lowercase": True, "max_tokens": TEXT_MAX_TOKENS,
-                      "pad_id": PAD_ID, "unk_id": UNK_ID},
-    })
+    return Dataset(
+        "rnn",
+        split(train),
+        split(val),
+        split(test),
+        source,
+        {
+            "labels": label_names,
+            "vocab": vocab,
+            "tokenizer": {
+                "pattern": TOKEN_PATTERN,
+                "lowercase": True,
+                "max_tokens": TEXT_MAX_TOKENS,
+                "pad_id": PAD_ID,
+                "unk_id": UNK_ID,
+            },
+        },
+    )
 
 
 def _rotten_tomatoes_rows() -> tuple[list[str], np.ndarray, list[str], str]:
@@ -208,16 +246,23 @@ def rotten_tomatoes_test_texts(seed: int = 0) -> list[str]:
 def synthetic_texts(n: int = 400, seed: int = 0) -> Dataset:
     """Short texts whose label is set by which of two word lists dominates."""
     rng = np.random.default_rng(seed)
-    good, bad, filler = ["great", "moving", "superb", "fun"], ["dull", "awful", "boring", "mess"], ["the", "film", "a", "is", "plot"]
+    good, bad, filler = (
+        ["great", "moving", "superb", "fun"],
+        ["dull", "awful", "boring", "mess"],
+        ["the", "film", "a", "is", "plot"],
+    )
     labels = rng.integers(0, 2, n).astype(np.int64)
     texts = []
     for label in labels:
-        words = list(rng.choice(filler, rng.integers(3, 10))) + list(rng.choice(good if label else bad, rng.integers(1, 4)))
+        words = list(rng.choice(filler, rng.integers(3, 10))) + list(
+            rng.choice(good if label else bad, rng.integers(1, 4))
+        )
         texts.append(" ".join(rng.permutation(words)))
     return _text_dataset(texts, labels, ["rotten", "fresh"], seed, "synthetic texts")
 
 
 # ---------------------------------------------------------------------------- ratings
+
 
 def _age_bucket(age: int) -> int:
     return int(np.searchsorted(AGE_BUCKETS, age, side="right"))
@@ -247,12 +292,17 @@ def catalog_tables(catalog: dict) -> dict[str, np.ndarray]:
 
 def catalog_rows(tables: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
     """Model inputs for (user, item) pairs given as catalogue row indices."""
-    return {"USER_FEATURES": tables["USER_FEATURES"][users], "ITEM_FEATURES": tables["ITEM_FEATURES"][items],
-            "ITEM_GENRES": tables["ITEM_GENRES"][items], "ITEM_TITLE": tables["ITEM_TITLE"][items]}
+    return {
+        "USER_FEATURES": tables["USER_FEATURES"][users],
+        "ITEM_FEATURES": tables["ITEM_FEATURES"][items],
+        "ITEM_GENRES": tables["ITEM_GENRES"][items],
+        "ITEM_TITLE": tables["ITEM_TITLE"][items],
+    }
 
 
-def _recsys_dataset(users: list[dict], items: list[dict], ratings: list[tuple[str, str, float]],
-                    seed: int, source: str) -> Dataset:
+def _recsys_dataset(
+    users: list[dict], items: list[dict], ratings: list[tuple[str, str, float]], seed: int, source: str
+) -> Dataset:
     """users: user_id, age, gender, occupation; items: item_id, title, year, genres (list)."""
     genders = sorted({u["gender"] for u in users})
     occupations = sorted({u["occupation"] for u in users})
@@ -261,29 +311,55 @@ def _recsys_dataset(users: list[dict], items: list[dict], ratings: list[tuple[st
     title_tokens[title_tokens == UNK_ID] = PAD_ID  # rare title words carry no signal; drop them
     catalog = {
         "genres": sorted({g for it in items for g in it["genres"]}),
-        "users": [{"user_id": u["user_id"], "features": [i, _age_bucket(int(u["age"])), genders.index(u["gender"]),
-                                                         occupations.index(u["occupation"])]}
-                  for i, u in enumerate(users)],
-        "items": [{"item_id": it["item_id"], "title": it["title"], "year": it["year"], "genres": it["genres"],
-                   "features": [i, _year_bucket(it["year"])], "title_tokens": title_tokens[i].tolist()}
-                  for i, it in enumerate(items)],
+        "users": [
+            {
+                "user_id": u["user_id"],
+                "features": [
+                    i,
+                    _age_bucket(int(u["age"])),
+                    genders.index(u["gender"]),
+                    occupations.index(u["occupation"]),
+                ],
+            }
+            for i, u in enumerate(users)
+        ],
+        "items": [
+            {
+                "item_id": it["item_id"],
+                "title": it["title"],
+                "year": it["year"],
+                "genres": it["genres"],
+                "features": [i, _year_bucket(it["year"])],
+                "title_tokens": title_tokens[i].tolist(),
+            }
+            for i, it in enumerate(items)
+        ],
     }
     tables = catalog_tables(catalog)
     user_index = {u["user_id"]: i for i, u in enumerate(users)}
     item_index = {it["item_id"]: i for i, it in enumerate(items)}
-    inputs = catalog_rows(tables, np.array([user_index[u] for u, _, _ in ratings]),
-                          np.array([item_index[i] for _, i, _ in ratings]))
+    inputs = catalog_rows(
+        tables, np.array([user_index[u] for u, _, _ in ratings]), np.array([item_index[i] for _, i, _ in ratings])
+    )
     targets = np.array([r for _, _, r in ratings], dtype=np.float32)
     train, val, test = _split_indices(len(ratings), (0.1, 0.1), seed)
 
     def split(idx: np.ndarray) -> Split:
         return Split({k: v[idx] for k, v in inputs.items()}, targets[idx])
 
-    sizes = {"num_users": len(users), "num_items": len(items), "num_ages": len(AGE_BUCKETS) + 1,
-             "num_genders": len(genders), "num_occupations": len(occupations), "num_years": 10,
-             "num_genres": len(catalog["genres"]), "title_vocab_size": len(title_vocab)}
-    return Dataset("recsys", split(train), split(val), split(test), source,
-                   {"catalog": catalog, "tables": tables, "sizes": sizes})
+    sizes = {
+        "num_users": len(users),
+        "num_items": len(items),
+        "num_ages": len(AGE_BUCKETS) + 1,
+        "num_genders": len(genders),
+        "num_occupations": len(occupations),
+        "num_years": 10,
+        "num_genres": len(catalog["genres"]),
+        "title_vocab_size": len(title_vocab),
+    }
+    return Dataset(
+        "recsys", split(train), split(val), split(test), source, {"catalog": catalog, "tables": tables, "sizes": sizes}
+    )
 
 
 def load_movielens_100k(seed: int = 0) -> Dataset:
@@ -297,12 +373,21 @@ def load_movielens_100k(seed: int = 0) -> Dataset:
         with open(path, encoding="utf-8", errors="replace") as f:
             reader = csv.reader(f, delimiter="\t")
             header = [h.split(":")[0] for h in next(reader)]
-            return [dict(zip(header, row)) for row in reader]
+            return [dict(zip(header, row, strict=False)) for row in reader]
 
-    users = [{"user_id": int(u["user_id"]), "age": u["age"], "gender": u["gender"], "occupation": u["occupation"]}
-             for u in table("user")]
-    items = [{"item_id": int(it["item_id"]), "title": it["movie_title"], "year": it["release_year"],
-              "genres": sorted(set(it["class"].split()))} for it in table("item")]
+    users = [
+        {"user_id": int(u["user_id"]), "age": u["age"], "gender": u["gender"], "occupation": u["occupation"]}
+        for u in table("user")
+    ]
+    items = [
+        {
+            "item_id": int(it["item_id"]),
+            "title": it["movie_title"],
+            "year": it["release_year"],
+            "genres": sorted(set(it["class"].split())),
+        }
+        for it in table("item")
+    ]
     ratings = [(int(r["user_id"]), int(r["item_id"]), float(r["rating"])) for r in table("inter")]
     return _recsys_dataset(users, items, ratings, seed, f"MovieLens-100k ({root})")
 
@@ -311,10 +396,24 @@ def synthetic_ratings(num_users: int = 40, num_items: int = 60, n: int = 1200, s
     """Ratings driven by a user taste for one of four genres."""
     rng = np.random.default_rng(seed)
     genre_names = ["Action", "Comedy", "Drama", "Horror"]
-    users = [{"user_id": 100 + u, "age": str(rng.integers(15, 70)), "gender": "MF"[u % 2],
-              "occupation": ["artist", "engineer", "student"][u % 3]} for u in range(num_users)]
-    items = [{"item_id": 1 + i, "title": f"Movie {['Star', 'Night', 'Love', 'War'][i % 4]} {i}",
-              "year": str(1950 + i % 50), "genres": [genre_names[i % 4]]} for i in range(num_items)]
+    users = [
+        {
+            "user_id": 100 + u,
+            "age": str(rng.integers(15, 70)),
+            "gender": "MF"[u % 2],
+            "occupation": ["artist", "engineer", "student"][u % 3],
+        }
+        for u in range(num_users)
+    ]
+    items = [
+        {
+            "item_id": 1 + i,
+            "title": f"Movie {['Star', 'Night', 'Love', 'War'][i % 4]} {i}",
+            "year": str(1950 + i % 50),
+            "genres": [genre_names[i % 4]],
+        }
+        for i in range(num_items)
+    ]
     taste = rng.integers(0, 4, num_users)
     ratings = []
     for _ in range(n):

@@ -6,6 +6,7 @@ Regression (the recommender): the teacher's predictions as soft targets mixed wi
 ratings, plus teacher-scored (user, item) pairs nobody rated, which is where a teacher
 knows more than the labels do.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,19 +29,34 @@ class DistillConfig:
     unlabelled_ratio: float = 1.0  # recommender: teacher-scored random pairs per labelled row
 
 
-def kd_classification_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                           temperature: float, alpha: float) -> torch.Tensor:
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                    F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean", log_target=True)
-    return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+def kd_classification_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def kd_regression_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float) -> torch.Tensor:
+def kd_regression_loss(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float
+) -> torch.Tensor:
     return alpha * F.mse_loss(student, teacher) + (1 - alpha) * F.mse_loss(student, targets)
 
 
-def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, config: TrainConfig,
-            distill_config: DistillConfig, name: str, progress: Progress | None = None) -> TrainResult:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    task: Task,
+    data: Dataset,
+    config: TrainConfig,
+    distill_config: DistillConfig,
+    name: str,
+    progress: Progress | None = None,
+) -> TrainResult:
     """Train `student` against `teacher`'s outputs on the training split (computed once)."""
     teacher.eval()
     precision = resolve_precision(config.precision, resolve_device(config.device))
@@ -51,7 +67,9 @@ def distill(student: nn.Module, teacher: nn.Module, task: Task, data: Dataset, c
     def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> torch.Tensor:
         teacher_batch = teacher_outputs[index].to(outputs.device)
         if task.problem == "classification":
-            return kd_classification_loss(outputs, teacher_batch, targets, distill_config.temperature, distill_config.alpha)
+            return kd_classification_loss(
+                outputs, teacher_batch, targets, distill_config.temperature, distill_config.alpha
+            )
         loss = kd_regression_loss(outputs, teacher_batch, targets, distill_config.alpha)
         extra = int(len(index) * distill_config.unlabelled_ratio)
         if extra and hasattr(task, "sample_unlabelled"):

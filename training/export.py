@@ -4,6 +4,7 @@ Export uses the TorchScript exporter (`dynamo=False`), which writes one self-con
 and turns the packed LSTM into an ONNX LSTM with `sequence_lens`. The batch axis (and the
 text's sequence axis) stay dynamic.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -55,8 +56,14 @@ def export_onnx(model: nn.Module, task: Task, sample: dict[str, np.ndarray], pat
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
-            model, args, str(path), input_names=task.input_names, output_names=[task.output_spec().name],
-            dynamic_axes=task.dynamic_axes(), opset_version=OPSET, dynamo=False,
+            model,
+            args,
+            str(path),
+            input_names=task.input_names,
+            output_names=[task.output_spec().name],
+            dynamic_axes=task.dynamic_axes(),
+            opset_version=OPSET,
+            dynamo=False,
         )
     onnx.checker.check_model(str(path))
 
@@ -90,6 +97,7 @@ def check_parity(model: nn.Module, onnx_path: Path, task: Task, split: Split, pr
     if report["mean_abs_diff"] > tolerance.mean_abs:
         problems.append(f"mean |diff| {report['mean_abs_diff']:.3g} > {tolerance.mean_abs}")
     if problems:
-        raise ParityError(f"{onnx_path} ({precision}) disagrees with PyTorch on {len(split)} real rows: "
-                          + "; ".join(problems))
+        raise ParityError(
+            f"{onnx_path} ({precision}) disagrees with PyTorch on {len(split)} real rows: " + "; ".join(problems)
+        )
     return report

@@ -2,6 +2,7 @@
 without a teacher, for comparison) -> fp32/fp16/int8 ONNX variants, each parity-checked
 against PyTorch and evaluated in ONNX Runtime on the test split -> model repository.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,11 +57,18 @@ def save_checkpoint(result: TrainResult, task: Task, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     save_file(state, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps({
-        "family": task.family, "architecture": task.model_class.__name__,
-        "config": config_to_json(result.model.config), "best_val_metric": result.best_metric,
-        "history": result.history,
-    }, indent=2))
+    path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "family": task.family,
+                "architecture": task.model_class.__name__,
+                "config": config_to_json(result.model.config),
+                "best_val_metric": result.best_metric,
+                "history": result.history,
+            },
+            indent=2,
+        )
+    )
 
 
 def load_checkpoint(task: Task, path: Path) -> torch.nn.Module:
@@ -81,8 +89,13 @@ def _calibration_feeds(task: Task, data: Dataset, seed: int) -> list[dict[str, n
 
 
 def _training_summary(result: TrainResult) -> dict:
-    return {"epochs_run": result.epochs_run, "seconds": round(result.seconds, 1), "precision": result.precision,
-            "best_val_metric": round(result.best_metric, 5), "history": result.history}
+    return {
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 1),
+        "precision": result.precision,
+        "best_val_metric": round(result.best_metric, 5),
+        "history": result.history,
+    }
 
 
 @dataclass
@@ -121,19 +134,36 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
         torch.manual_seed(config.seed)  # the initial weights are part of what a seed reproduces
         return task.build(kind, data)
 
-    full = train(seeded("full"), task, data.train, data.val, _settings(task, "full", config), f"{family}_full",
-                 progress=progress)
-    distilled = distill(seeded("distilled"), full.model, task, data, _settings(task, "distilled", config),
-                        DistillConfig(), f"{family}_distilled", progress=progress)
-    baseline = train(seeded("distilled"), task, data.train, data.val, _settings(task, "distilled", config),
-                     f"{family}_student_without_distillation", progress=progress)
+    full = train(
+        seeded("full"), task, data.train, data.val, _settings(task, "full", config), f"{family}_full", progress=progress
+    )
+    distilled = distill(
+        seeded("distilled"),
+        full.model,
+        task,
+        data,
+        _settings(task, "distilled", config),
+        DistillConfig(),
+        f"{family}_distilled",
+        progress=progress,
+    )
+    baseline = train(
+        seeded("distilled"),
+        task,
+        data.train,
+        data.val,
+        _settings(task, "distilled", config),
+        f"{family}_student_without_distillation",
+        progress=progress,
+    )
     for kind, result in (("full", full), ("distilled", distilled)):
         save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}")
     return _Trained(full, distilled, baseline)
 
 
-def export_variants(family: str, data: Dataset, trained: _Trained, repo: Path, seed: int,
-                    progress: Progress) -> list[VariantEntry]:
+def export_variants(
+    family: str, data: Dataset, trained: _Trained, repo: Path, seed: int, progress: Progress
+) -> list[VariantEntry]:
     """Every kind x precision as ONNX, parity-checked against PyTorch, evaluated in ONNX Runtime, stored."""
     task = get_task(family)
     inputs, outputs = task.input_specs(data), [task.output_spec()]
@@ -155,17 +185,28 @@ def export_variants(family: str, data: Dataset, trained: _Trained, repo: Path, s
                 parity = check_parity(model, path, task, parity_split, precision)
                 metric = task.metric(run_onnx(open_session(path, threads=2), data.test, task), data.test.targets)
                 stored = repository.add_variant(repo, name, path, inputs, outputs, task.rows_per_request(data))
-                variants.append(VariantEntry(name=name, kind=kind, precision=precision, **stored,
-                                             params=count_params(model), metrics={task.metric_name: metric},
-                                             parity=parity))
-                progress.log(f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
-                             f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB")
+                variants.append(
+                    VariantEntry(
+                        name=name,
+                        kind=kind,
+                        precision=precision,
+                        **stored,
+                        params=count_params(model),
+                        metrics={task.metric_name: metric},
+                        parity=parity,
+                    )
+                )
+                progress.log(
+                    f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
+                    f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB"
+                )
                 progress.update(1, note=f"exported {name}")
     return variants
 
 
-def family_section(family: str, data: Dataset, config: BuildConfig, trained: _Trained,
-                   variants: list[VariantEntry]) -> FamilySection:
+def family_section(
+    family: str, data: Dataset, config: BuildConfig, trained: _Trained, variants: list[VariantEntry]
+) -> FamilySection:
     """The family's manifest section; writes its preprocessing artifacts beside the variants."""
     task, repo = get_task(family), config.out
 
@@ -173,21 +214,30 @@ def family_section(family: str, data: Dataset, config: BuildConfig, trained: _Tr
         metric = task.metric(predict(result.model, data.test, task), data.test.targets)
         return {**_training_summary(result), "test_metric_pytorch": metric}
 
-    preprocessing = {name: repository.write_json_artifact(repo, f"{family}_{name}.json", data.preprocessing[name])
-                     for name in task.preprocessing_artifacts}
+    preprocessing = {
+        name: repository.write_json_artifact(repo, f"{family}_{name}.json", data.preprocessing[name])
+        for name in task.preprocessing_artifacts
+    }
     return FamilySection(
         task=task.problem,
         metric=task.metric_name,
         higher_is_better=task.higher_is_better,
-        dataset={"source": data.source, "seed": config.seed, "quick": config.quick,
-                 "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}},
+        dataset={
+            "source": data.source,
+            "seed": config.seed,
+            "quick": config.quick,
+            "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        },
         inputs=tuple(task.input_specs(data)),
         outputs=(task.output_spec(),),
         rows_per_request=task.rows_per_request(data),
         contract=task.serving_contract(data),
         preprocessing=preprocessing,
-        training={"full": summary(trained.full), "distilled": summary(trained.distilled),
-                  "student_without_distillation": summary(trained.baseline)},
+        training={
+            "full": summary(trained.full),
+            "distilled": summary(trained.distilled),
+            "student_without_distillation": summary(trained.baseline),
+        },
         variants=tuple(variants),
     )
 
@@ -195,7 +245,9 @@ def family_section(family: str, data: Dataset, config: BuildConfig, trained: _Tr
 def build_family(family: str, config: BuildConfig, data: Dataset, progress: Progress) -> FamilySection:
     """Train, distil, export and evaluate one family; write its variants into the repository."""
     started = time.perf_counter()
-    progress.log(f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows")
+    progress.log(
+        f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows"
+    )
     trained = train_models(family, data, config, progress)
     config.out.mkdir(parents=True, exist_ok=True)
     variants = export_variants(family, data, trained, config.out, config.seed, progress)

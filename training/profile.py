@@ -9,6 +9,7 @@ rows), and the hardware and ONNX Runtime settings they were taken with as `laten
 Serving builds its sessions from those same settings, so the profile describes what serving
 runs; the routing policy then corrects it online with the latencies it observes.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -84,17 +85,29 @@ def batch_sizes_for(section: FamilySection) -> list[int]:
 def _stats(samples: list[float]) -> dict[str, float]:
     a = np.asarray(samples)
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50": round(float(p50), 4), "p95": round(float(p95), 4), "p99": round(float(p99), 4),
-            "mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4), "max": round(float(a.max()), 4),
-            "runs": len(samples)}
+    return {
+        "p50": round(float(p50), 4),
+        "p95": round(float(p95), 4),
+        "p99": round(float(p99), 4),
+        "mean": round(float(a.mean()), 4),
+        "min": round(float(a.min()), 4),
+        "max": round(float(a.max()), 4),
+        "runs": len(samples),
+    }
 
 
 def hardware(device: str) -> dict:
-    info = {"machine": platform.machine(), "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    info = {
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         info["cpu"] = names[0] if names else platform.processor()
     except OSError:
         info["cpu"] = platform.processor()
@@ -105,12 +118,19 @@ def hardware(device: str) -> dict:
     return info
 
 
-def profile_family(repo: Path, family: str, section: FamilySection, settings: ProfileSettings,
-                   rng: np.random.Generator, progress: Progress) -> dict[str, dict[str, dict]]:
+def profile_family(
+    repo: Path,
+    family: str,
+    section: FamilySection,
+    settings: ProfileSettings,
+    rng: np.random.Generator,
+    progress: Progress,
+) -> dict[str, dict[str, dict]]:
     """{variant: {"<batch>": stats}} for one family, variants timed round-robin."""
     providers = PROVIDERS[settings.device]
-    sessions = {v.name: open_session(repo / v.onnx, threads=settings.threads, providers=providers)
-                for v in section.variants}
+    sessions = {
+        v.name: open_session(repo / v.onnx, threads=settings.threads, providers=providers) for v in section.variants
+    }
     result: dict[str, dict[str, dict]] = {name: {} for name in sessions}
     for batch in batch_sizes_for(section):
         feed = typical_feed(repo, family, section, batch, rng)
@@ -130,14 +150,21 @@ def profile_family(repo: Path, family: str, section: FamilySection, settings: Pr
         for name, values in samples.items():
             result[name][str(batch)] = _stats(values)
         fastest = min(result.values(), key=lambda r: r[str(batch)]["p50"])[str(batch)]["p50"]
-        progress.log(f"[profile] {family} batch {batch:>5}: {len(sessions)} variants x {runs} runs in "
-                     f"{time.perf_counter() - started:.1f} s (fastest p50 {fastest:.3f} ms)")
+        progress.log(
+            f"[profile] {family} batch {batch:>5}: {len(sessions)} variants x {runs} runs in "
+            f"{time.perf_counter() - started:.1f} s (fastest p50 {fastest:.3f} ms)"
+        )
         progress.update(1, note=f"{family} batch {batch}")
     return result
 
 
-def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families: list[str] | None = None,
-            missing_only: bool = False, register: bool = False) -> Manifest:
+def profile(
+    repo: Path,
+    settings: ProfileSettings = ProfileSettings(),
+    families: list[str] | None = None,
+    missing_only: bool = False,
+    register: bool = False,
+) -> Manifest:
     """Profile the repository's variants and write `latency_ms` into its manifest; returns the manifest."""
     manifest = read_manifest(repo)
     unknown = sorted(set(families or []) - set(manifest.families))
@@ -160,18 +187,27 @@ def profile(repo: Path, settings: ProfileSettings = ProfileSettings(), families:
             measured = profile_family(repo, family, section, settings, rng, progress)
             variants = tuple(replace(v, latency_ms=measured[v.name]) for v in section.variants)
             manifest = manifest.with_family(family, replace(section, variants=variants))
-        manifest = replace(manifest, latency_profile={
-            "taken_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "hardware": hardware(settings.device),
-            "settings": {**asdict(settings), "provider": PROVIDERS[settings.device][0],
-                         "inter_op_threads": 1, "onnxruntime": ort.__version__},
-            "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
-        })
+        manifest = replace(
+            manifest,
+            latency_profile={
+                "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "hardware": hardware(settings.device),
+                "settings": {
+                    **asdict(settings),
+                    "provider": PROVIDERS[settings.device][0],
+                    "inter_op_threads": 1,
+                    "onnxruntime": ort.__version__,
+                },
+                "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
+            },
+        )
         manifest = write_manifest(repo, manifest)
         if register:  # a new version in the BentoML model store, so FLEXSERVE_MODEL_TAG serves the profiles
             tag = register_in_bentoml(repo, manifest)
             progress.log(f"[profile] registered the profiled repository as {tag}")
         count = sum(len(manifest.families[f].variants) for f in families)
-        progress.log(f"[profile] wrote latency_ms for {count} variants into {repo / 'manifest.json'} "
-                     f"in {time.perf_counter() - started:.0f} s")
+        progress.log(
+            f"[profile] wrote latency_ms for {count} variants into {repo / 'manifest.json'} "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
     return manifest

@@ -15,7 +15,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}, {rate_fmt}]{postfix}"
+LINE_FORMAT = (
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}, {rate_fmt}]{postfix}"
+)
 
 
 class Progress:
@@ -29,8 +31,15 @@ class Progress:
         self.note = ""
         self._started = self._printed = time.monotonic()
         self._printed_n: float | None = None
-        self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.file, disable=not self.interactive,
-                         dynamic_ncols=True, leave=True)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=self.file,
+            disable=not self.interactive,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def update(self, n: float = 1.0, note: str | None = None) -> None:
         """`n` more units done (clipped to the total); `note`: a short status shown after the numbers."""
@@ -55,8 +64,15 @@ class Progress:
 
     def line(self) -> str:
         """The current state as one line: done/total, elapsed, ETA and rate."""
-        return tqdm.format_meter(self.n, self.total, time.monotonic() - self._started, prefix=self.desc,
-                                 unit=self.unit, bar_format=LINE_FORMAT, postfix=self.note or None)
+        return tqdm.format_meter(
+            self.n,
+            self.total,
+            time.monotonic() - self._started,
+            prefix=self.desc,
+            unit=self.unit,
+            bar_format=LINE_FORMAT,
+            postfix=self.note or None,
+        )
 
     def _print_line(self) -> None:
         self._printed, self._printed_n = time.monotonic(), self.n

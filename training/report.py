@@ -6,6 +6,7 @@ for 32 of them, on one intra-op thread (how serving runs a request). Variants of
 are timed round-robin in the same loop, so a noisy neighbour slows them all alike and the
 ratios hold. Then each target is checked and printed PASS or FAIL.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,11 @@ def measure_latencies(repo: Path, manifest: Manifest, rounds: int) -> dict[str, 
 
 def _targets(manifest: Manifest, latency: dict[str, dict[int, float]]) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target whose variants are in the repository."""
-    floors = {"cnn": ("accuracy >= 0.91", lambda m: m >= 0.91), "rnn": ("accuracy >= 0.74", lambda m: m >= 0.74),
-              "recsys": ("RMSE <= 0.94", lambda m: m <= 0.94)}
+    floors = {
+        "cnn": ("accuracy >= 0.91", lambda m: m >= 0.91),
+        "rnn": ("accuracy >= 0.74", lambda m: m >= 0.74),
+        "recsys": ("RMSE <= 0.94", lambda m: m <= 0.94),
+    }
     rows = []
     for family, section in manifest.families.items():
         variants = {v.name: v for v in section.variants}
@@ -59,41 +63,66 @@ def _targets(manifest: Manifest, latency: dict[str, dict[int, float]]) -> list[t
         full_m, student_m = full.metrics[metric], student.metrics[metric]
         label, ok = floors[family]
         rows.append((f"{family} full {label}", f"{full_m:.4f}", ok(full_m)))
-        rows.append((f"{family} full >= 2 ms per typical request", f"{latency[full.name][1]:.2f} ms",
-                     latency[full.name][1] >= 2.0))
-        rows.append((f"{family} student >= 3x fewer params", f"{full.params / student.params:.1f}x",
-                     full.params / student.params >= 3))
+        rows.append(
+            (
+                f"{family} full >= 2 ms per typical request",
+                f"{latency[full.name][1]:.2f} ms",
+                latency[full.name][1] >= 2.0,
+            )
+        )
+        rows.append(
+            (
+                f"{family} student >= 3x fewer params",
+                f"{full.params / student.params:.1f}x",
+                full.params / student.params >= 3,
+            )
+        )
         speedup = latency[full.name][1] / latency[student.name][1]
         rows.append((f"{family} student >= 2x faster at batch 1", f"{speedup:.1f}x", speedup >= 2))
         if section.higher_is_better:
             kept = student_m / full_m
             rows.append((f"{family} student keeps >= 97% of accuracy", f"{kept:.1%}", kept >= 0.97))
         else:
-            rows.append((f"{family} student RMSE <= full + 0.03", f"+{student_m - full_m:.4f}", student_m - full_m <= 0.03))
+            rows.append(
+                (f"{family} student RMSE <= full + 0.03", f"+{student_m - full_m:.4f}", student_m - full_m <= 0.03)
+            )
         plain = section.training["student_without_distillation"]["test_metric_pytorch"]
         kd = section.training["distilled"]["test_metric_pytorch"]
         better = kd > plain if section.higher_is_better else kd < plain
-        rows.append((f"{family} distilled beats the same student without a teacher",
-                     f"{kd:.4f} vs {plain:.4f} (PyTorch)", better))
+        rows.append(
+            (
+                f"{family} distilled beats the same student without a teacher",
+                f"{kd:.4f} vs {plain:.4f} (PyTorch)",
+                better,
+            )
+        )
         for kind in ("full", "distilled"):
             parent = variants[f"{family}_{kind}_fp32"].metrics[metric]
             for precision, limit in (("fp16", 0.003), ("int8", 0.01)):
                 # Points of accuracy; for RMSE the same absolute limits.
                 delta = abs(variants[f"{family}_{kind}_{precision}"].metrics[metric] - parent)
-                rows.append((f"{family}_{kind}_{precision} within {limit * 100:g} point(s) of fp32",
-                             f"{delta * 100:.2f} points" if section.higher_is_better else f"{delta:.4f}",
-                             delta <= limit))
+                rows.append(
+                    (
+                        f"{family}_{kind}_{precision} within {limit * 100:g} point(s) of fp32",
+                        f"{delta * 100:.2f} points" if section.higher_is_better else f"{delta:.4f}",
+                        delta <= limit,
+                    )
+                )
     return rows
 
 
 def _tables(manifest: Manifest, latency: dict[str, dict[int, float]], targets: list) -> str:
-    lines = ["| variant | test metric | params | file size | p50 batch 1 (ms) | p50 batch 32 (ms) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | test metric | params | file size | p50 batch 1 (ms) | p50 batch 32 (ms) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for section in manifest.families.values():
         for v in section.variants:
-            lines.append(f"| {v.name} | {section.metric} {v.metrics[section.metric]:.4f} | "
-                         f"{v.params:,} | {v.size_bytes / 1e6:.2f} MB | {latency[v.name][1]:.3f} | "
-                         f"{latency[v.name][32]:.2f} |")
+            lines.append(
+                f"| {v.name} | {section.metric} {v.metrics[section.metric]:.4f} | "
+                f"{v.params:,} | {v.size_bytes / 1e6:.2f} MB | {latency[v.name][1]:.3f} | "
+                f"{latency[v.name][32]:.2f} |"
+            )
     lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in targets]
     return "\n".join(lines)
@@ -112,13 +141,12 @@ def _plot(manifest: Manifest, latency: dict[str, dict[int, float]], path: Path) 
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     colours = {"full": "tab:blue", "distilled": "tab:orange"}
     label_offsets = {"fp32": (6, 5), "fp16": (6, -11), "int8": (6, 5)}  # fp32 and fp16 often coincide
-    for ax, family in zip(axes[0], families):
+    for ax, family in zip(axes[0], families, strict=True):
         section = manifest.families[family]
         for v in section.variants:
             x, y = latency[v.name][1], v.metrics[section.metric]
             ax.scatter(x, y, marker=markers[v.precision], color=colours[v.kind], s=70, zorder=3)
-            ax.annotate(v.precision, (x, y), fontsize=8, xytext=label_offsets[v.precision],
-                        textcoords="offset points")
+            ax.annotate(v.precision, (x, y), fontsize=8, xytext=label_offsets[v.precision], textcoords="offset points")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50]))
         ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -127,8 +155,9 @@ def _plot(manifest: Manifest, latency: dict[str, dict[int, float]], path: Path) 
         if not section.higher_is_better:
             ax.invert_yaxis()  # better is up in every panel
         ax.set_xlabel("ONNX Runtime CPU p50 per typical request (ms, log scale)")
-        ax.set_ylabel(f"test {section.metric}" + (" (lower is better, axis inverted)"
-                                                   if not section.higher_is_better else ""))
+        ax.set_ylabel(
+            f"test {section.metric}" + (" (lower is better, axis inverted)" if not section.higher_is_better else "")
+        )
         ax.set_title(f"{family}: {section.contract.get('typical_request', '')}", fontsize=10)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colours.items()]
@@ -139,8 +168,9 @@ def _plot(manifest: Manifest, latency: dict[str, dict[int, float]], path: Path) 
     fig.savefig(path, dpi=110)
 
 
-def report(repo: Path, markdown: Path | None = None, plot: Path | None = None, json_out: Path | None = None,
-           rounds: int = 40) -> int:
+def report(
+    repo: Path, markdown: Path | None = None, plot: Path | None = None, json_out: Path | None = None, rounds: int = 40
+) -> int:
     manifest = read_manifest(repo)
     latency = measure_latencies(repo, manifest, rounds)
     targets = _targets(manifest, latency)
@@ -154,7 +184,13 @@ def report(repo: Path, markdown: Path | None = None, plot: Path | None = None, j
         _plot(manifest, latency, plot)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"latency_p50_ms": latency,
-                                        "targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in targets]},
-                                       indent=2))
+        json_out.write_text(
+            json.dumps(
+                {
+                    "latency_p50_ms": latency,
+                    "targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in targets],
+                },
+                indent=2,
+            )
+        )
     return 0

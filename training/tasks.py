@@ -2,10 +2,10 @@
 model and the student, the training settings, how a batch is collated, the loss and the
 test metric, the ONNX signature, and the serving contract written to the manifest.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract.manifest import TensorSpec
 from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
-from contract.manifest import TensorSpec
 from training.data import Dataset, catalog_rows
 
 KINDS = ("full", "distilled")
@@ -113,8 +113,11 @@ class ImageTask(Task):
         return TensorSpec("LOGITS", "float32", (-1, 10))
 
     def serving_contract(self, data: Dataset) -> dict:
-        return {"labels": data.preprocessing["labels"], "input_range": [0.0, 255.0],
-                "typical_request": "one 28x28 grayscale image"}
+        return {
+            "labels": data.preprocessing["labels"],
+            "input_range": [0.0, 255.0],
+            "typical_request": "one 28x28 grayscale image",
+        }
 
 
 class TextTask(Task):
@@ -156,8 +159,11 @@ class TextTask(Task):
         return {"TOKENS": {0: "batch", 1: "sequence"}, "LENGTHS": {0: "batch"}, "LOGITS": {0: "batch"}}
 
     def serving_contract(self, data: Dataset) -> dict:
-        return {"labels": data.preprocessing["labels"], "tokenizer": data.preprocessing["tokenizer"],
-                "typical_request": "one review snippet (median 22 tokens)"}
+        return {
+            "labels": data.preprocessing["labels"],
+            "tokenizer": data.preprocessing["tokenizer"],
+            "typical_request": "one review snippet (median 22 tokens)",
+        }
 
 
 class RecsysTask(Task):
@@ -179,13 +185,22 @@ class RecsysTask(Task):
         if quick:
             return {"epochs": 2, "batch_size": 512, "lr": 3e-3, "max_steps_per_epoch": 60}
         # The full model overfits the ids: strong weight decay, chosen on validation RMSE (README).
-        return {"epochs": 12, "batch_size": 512, "lr": 3e-3, "weight_decay": 0.4 if kind == "full" else 0.1,
-                "patience": 3}
+        return {
+            "epochs": 12,
+            "batch_size": 512,
+            "lr": 3e-3,
+            "weight_decay": 0.4 if kind == "full" else 0.1,
+            "patience": 3,
+        }
 
     def input_specs(self, data: Dataset | None) -> list[TensorSpec]:
         genres = data.preprocessing["sizes"]["num_genres"] if data else -1
-        return [TensorSpec("USER_FEATURES", "int64", (-1, 4)), TensorSpec("ITEM_FEATURES", "int64", (-1, 2)),
-                TensorSpec("ITEM_GENRES", "float32", (-1, genres)), TensorSpec("ITEM_TITLE", "int64", (-1, -1))]
+        return [
+            TensorSpec("USER_FEATURES", "int64", (-1, 4)),
+            TensorSpec("ITEM_FEATURES", "int64", (-1, 2)),
+            TensorSpec("ITEM_GENRES", "float32", (-1, genres)),
+            TensorSpec("ITEM_TITLE", "int64", (-1, -1)),
+        ]
 
     def output_spec(self) -> TensorSpec:
         return TensorSpec("RATING", "float32", (-1,))
@@ -198,12 +213,16 @@ class RecsysTask(Task):
     def sample_unlabelled(self, data: Dataset, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Random (user, item) pairs from the catalogue, as model inputs (for distillation)."""
         tables = data.preprocessing["tables"]
-        return catalog_rows(tables, rng.integers(0, len(tables["USER_FEATURES"]), n),
-                            rng.integers(0, len(tables["ITEM_FEATURES"]), n))
+        return catalog_rows(
+            tables, rng.integers(0, len(tables["USER_FEATURES"]), n), rng.integers(0, len(tables["ITEM_FEATURES"]), n)
+        )
 
     def serving_contract(self, data: Dataset) -> dict:
-        return {"rating_range": [1.0, 5.0], "rows_per_request": self.rows_per_request(data),
-                "typical_request": "score the whole catalogue for one user"}
+        return {
+            "rating_range": [1.0, 5.0],
+            "rows_per_request": self.rows_per_request(data),
+            "typical_request": "score the whole catalogue for one user",
+        }
 
     def rows_per_request(self, data: Dataset) -> int:
         return data.preprocessing["sizes"]["num_items"]

@@ -6,6 +6,7 @@ with native bf16 support, float16 with a gradient scaler on CUDA), seeded. Progr
 done of those planned, with an ETA) goes to a `Progress` display, the whole build's when the
 pipeline passes it; each epoch ends with one summary line.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,7 +73,7 @@ def batches(split: Split, task: Task, batch_size: int, rng: np.random.Generator 
     """(row indices, collated numpy inputs, targets) per batch; shuffled when rng is given."""
     order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
     for start in range(0, len(split), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield index, task.collate({k: v[index] for k, v in split.inputs.items()}), split.targets[index]
 
 
@@ -84,8 +85,14 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, task: Task, batch_size: int = 512,
-            device: torch.device | None = None, precision: str = "fp32") -> np.ndarray:
+def predict(
+    model: nn.Module,
+    split: Split,
+    task: Task,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
     """Model outputs (logits or ratings) for a whole split, in row order, returned as fp32.
 
     precision="bf16"/"fp16" runs under autocast: for validation and teacher targets during
@@ -178,10 +185,18 @@ def train(
         else:
             stale += 1
         seconds = time.perf_counter() - epoch_start
-        history.append({"epoch": epoch, "loss": total_loss / max(seen, 1), f"val_{task.metric_name}": metric,
-                        "seconds": round(seconds, 2)})
-        progress.log(f"[{name}] epoch {epoch}/{config.epochs} loss {total_loss / max(seen, 1):.4f} "
-                     f"val_{task.metric_name} {metric:.4f}{' *' if improved else ''} ({seconds:.1f}s, {precision})")
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total_loss / max(seen, 1),
+                f"val_{task.metric_name}": metric,
+                "seconds": round(seconds, 2),
+            }
+        )
+        progress.log(
+            f"[{name}] epoch {epoch}/{config.epochs} loss {total_loss / max(seen, 1):.4f} "
+            f"val_{task.metric_name} {metric:.4f}{' *' if improved else ''} ({seconds:.1f}s, {precision})"
+        )
         if stale >= config.patience:
             progress.log(f"[{name}] early stop: no better val_{task.metric_name} for {stale} epochs")
             progress.update((config.epochs - epoch) * steps)  # the batches it will not run

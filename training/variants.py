@@ -10,6 +10,7 @@
 - INT8, static QDQ: weights and activations quantised with scales calibrated on real
   training rows. The CNN's route: dynamic ConvInteger is slow on CPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,13 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in initializers or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in initializers
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]])
@@ -55,7 +61,9 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         new_weight = numpy_helper.from_array(np.ascontiguousarray(weight), node.input[1] + "_matmul")
         graph.initializer.append(new_weight)
         product = node.output[0] + "_matmul"
-        nodes.append(helper.make_node("MatMul", [node.input[0], new_weight.name], [product], name=node.name + "_matmul"))
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], new_weight.name], [product], name=node.name + "_matmul")
+        )
         if len(node.input) > 2 and node.input[2]:
             nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "_bias"))
         else:
@@ -81,8 +89,9 @@ def to_int8_dynamic(src: Path, dst: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rewritten = Path(tmp) / "matmul.onnx"
         onnx.save(gemm_to_matmul(onnx.load(str(src))), str(rewritten))
-        quantize_dynamic(str(rewritten), str(dst), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "LSTM", "Gather"])
+        quantize_dynamic(
+            str(rewritten), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "LSTM", "Gather"]
+        )
 
 
 class _Batches(CalibrationDataReader):
@@ -98,5 +107,12 @@ def to_int8_static(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )

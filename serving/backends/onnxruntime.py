@@ -4,6 +4,7 @@ Sessions are built with the settings the variants were profiled with (the manife
 `latency_profile`: one intra-op thread per request on CPU), so the policy's predictions hold.
 `device="auto"` takes the CUDA execution provider when onnxruntime-gpu and a GPU are present.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,6 +15,7 @@ import onnxruntime as ort
 from contract.manifest import FamilySection
 from contract.sessions import open_session, providers_for
 from serving.repository import Repository, check_signature
+
 
 def _warmup_feeds(section: FamilySection) -> list[dict[str, np.ndarray]]:
     """Ones (a valid id, length and pixel for every family) at one row and at a typical request's

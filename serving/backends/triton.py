@@ -6,6 +6,7 @@ on a request's path. A request that Triton fails (connection refused, timeout, a
 error) is run again in-process at once, so a client sees no error; Triton is marked down and
 traffic returns to it when the health check sees it ready again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,11 +48,14 @@ class TritonBackend:
     def _connect(self):
         if self.protocol == "grpc":
             import tritonclient.grpc as module
+
             client = module.InferenceServerClient(self.url)
         else:
             import tritonclient.http as module
-            client = module.InferenceServerClient(self.url, network_timeout=self.timeout_s,
-                                                  connection_timeout=self.timeout_s)
+
+            client = module.InferenceServerClient(
+                self.url, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
+            )
         self._module = module
         return client
 
@@ -61,7 +65,7 @@ class TritonBackend:
             old, self._shared = self._shared, self._connect()
             try:
                 old.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         else:
             self._generation += 1  # each thread reconnects on its next use
@@ -71,7 +75,7 @@ class TritonBackend:
             if self.protocol == "grpc":
                 return bool(self._client.is_server_ready(client_timeout=1.0))
             return bool(self._client.is_server_ready())
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
+        except Exception:
             return False
 
     def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
@@ -92,7 +96,7 @@ class TritonBackend:
     def close(self) -> None:
         try:
             (self._shared or getattr(self._local, "client", None) or _Nothing()).close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -138,7 +142,7 @@ class FailoverBackend:
         if self._up:
             try:
                 return self.primary.run(variant, feeds)
-            except Exception as error:  # noqa: BLE001 - Triton died, timed out or erred: serve in-process
+            except Exception as error:
                 self._up = False
                 log.warning("Triton failed on %s (%s): failing over to in-process ONNX Runtime", variant, error)
         return self.fallback.run(variant, feeds)

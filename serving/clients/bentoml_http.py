@@ -1,7 +1,8 @@
 """Ask the BentoML gateway for recommendations with `bentoml.SyncHTTPClient`.
 
-    python -m serving.clients.bentoml_http --url http://127.0.0.1:3000 --user 1 --k 5 --budget 5
+python -m serving.clients.bentoml_http --url http://127.0.0.1:3000 --user 1 --k 5 --budget 5
 """
+
 import argparse
 
 import bentoml

@@ -6,6 +6,7 @@ The `rnn_router` model takes raw text as a BYTES tensor `TEXT` (one string per r
 budget as an FP32 tensor `LATENCY_BUDGET_MS` ([1]); it returns `LOGITS` ([n, 2]: rotten,
 fresh), `VARIANT` (the variant that answered) and `BUDGET_MET` (the router's prediction).
 """
+
 import argparse
 
 import numpy as np
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="latency budget (ms)")
     args = parser.parse_args()
     labels, variant = classify(args.url, args.texts, args.budget)
-    for text, label in zip(args.texts, labels):
+    for text, label in zip(args.texts, labels, strict=True):
         print(f"{label:<7} {text}")
     print(f"variant: {variant}")
 

@@ -6,6 +6,7 @@ The `cnn_router` model takes `IMAGES` (FP32 [n, 1, 28, 28], pixel values 0-255);
 goes as the request parameter `latency_budget_ms` (or as the tensor `LATENCY_BUDGET_MS`).
 Without images on the command line, it sends the first Fashion-MNIST test image.
 """
+
 import argparse
 import gzip
 
@@ -18,7 +19,7 @@ LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shir
 
 def first_test_image() -> np.ndarray:
     with gzip.open(FASHION_MNIST) as f:
-        return np.frombuffer(f.read()[16:16 + 784], dtype=np.uint8).reshape(1, 1, 28, 28).astype(np.float32)
+        return np.frombuffer(f.read()[16 : 16 + 784], dtype=np.uint8).reshape(1, 1, 28, 28).astype(np.float32)
 
 
 def classify(url: str, images: np.ndarray, budget_ms: float) -> tuple[list[str], str]:

@@ -67,6 +67,13 @@ def check_batch_size(value: object) -> int:
     return value
 
 
+def check_floor(value: object, field: str, metric: str) -> float:
+    """A quality floor (`min_accuracy`, `max_rmse`, ...): a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequestError(field, f"got {value!r}", f"a finite number ({metric})")
+    return float(value)
+
+
 def check_strict(value: object) -> bool:
     if value is not True and value is not False:
         raise InvalidRequestError("strict", f"got {value!r}", "true or false")

@@ -1,5 +1,39 @@
 """The policy: for each request, the most accurate variant that will answer within the request's
-latency budget under the load of the moment. It composes the profiles and the estimators.
+latency budget under the load of the moment. `Policy` composes the profiles and the estimators.
+
+Per request (`route`):
+
+1. Candidates are the family's variants, most accurate first (equal accuracy: the lower profiled
+   latency first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
+   when lower is better). A floor no variant meets is an `InvalidRequestError`, never a silent
+   downgrade.
+2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
+   profiled sizes) x its `Slowdown` + the `queue_delay` behind the work in flight on its
+   executor + the `LearnedOverhead` + the time the request spent before reaching the server.
+3. The first candidate whose prediction fits `budget x (1 - safety_margin)` wins, provided it
+   leaves headroom for tight requests: executors serve first come, first served, so a loose
+   request on a slow variant makes every request behind it wait. A candidate other than the
+   fastest is skipped if, with it queued, the `TightBudget` could no longer be met even by the
+   fastest. When none fits: the one with the lowest prediction is served and the decision says
+   `predicted_to_meet=False`; with `strict`, an `OverloadError` instead (HTTP 503 + Retry-After).
+4. The chosen variant's in-flight count and work are added before the lock is released, so
+   concurrent requests see each other. The caller calls `finish(decision, service_ms)` when the
+   variant has run (`None` when it failed: nothing is learned), and may report the request's
+   whole time in the server (`latency_ms` there, or `observe_latency` once the response has
+   left) for the `LearnedOverhead`.
+
+"Fastest" has one meaning everywhere: the lowest profiled p95 at the request's batch size
+(`fastest`), the quantile predictions use.
+
+Failure mode: predictions are only as good as the profile and the observations. Time nobody
+reports (a request waiting in the kernel's accept queue without X-Request-Start, the response's
+way back to the client) is invisible; the safety margin is there for it and for the jitter the
+profile did not see. Time a client reports before the server (X-Request-Start) counts against
+that request's budget only and is not learned: a client's clock must not steer others.
+
+State sits behind one `threading.Lock`, held for microseconds and never across an `await` or a
+model run, so the policy is safe from threads and asyncio tasks alike. The clock is passed in
+(the simulator and the tests drive a fake one).
 """
 
 from __future__ import annotations
@@ -18,6 +52,7 @@ from serving.policy.config import (
     check_batch_size,
     check_budget,
     check_elapsed,
+    check_floor,
     check_strict,
 )
 from serving.policy.estimators import LearnedOverhead, Slowdown, TightBudget, queue_delay
@@ -52,10 +87,14 @@ class Decision:
         if self.why == "best":
             return f"most accurate; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
         if self.why == "skipped":
-            return (f"{self.skipped} more accurate variant(s) predicted over budget or would crowd out tight "
-                    f"requests; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms")
-        return (f"no variant fits {self.budget_ms:g} ms (with {self.margin:.0%} margin); serving the fastest, "
-                f"predicted {self.predicted_ms:.2f} ms")
+            return (
+                f"{self.skipped} more accurate variant(s) predicted over budget or would crowd out tight "
+                f"requests; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
+            )
+        return (
+            f"no variant fits {self.budget_ms:g} ms (with {self.margin:.0%} margin); serving the fastest, "
+            f"predicted {self.predicted_ms:.2f} ms"
+        )
 
 
 @dataclass(slots=True)
@@ -89,47 +128,20 @@ class _VariantState:
 
 
 class Policy:
-    """Routes one family's requests.
+    """Routes one family's requests: the algorithm is in the module docstring."""
 
-    Per request (`route`):
-
-    1. Candidates are the family's variants, most accurate first (equal accuracy: the lower profiled
-       latency first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
-       when lower is better). A floor no variant meets is an `InvalidRequestError`, never a silent
-       downgrade.
-    2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
-       profiled sizes) x its `Slowdown` + the `queue_delay` behind the work in flight on its
-       executor + the `LearnedOverhead` + the time the request spent before reaching the server.
-    3. The first candidate whose prediction fits `budget x (1 - safety_margin)` wins, provided it
-       leaves headroom for tight requests: executors serve first come, first served, so a loose
-       request on a slow variant makes every request behind it wait. A candidate other than the
-       fastest is skipped if, with it queued, the `TightBudget` could no longer be met even by the
-       fastest. When none fits: the one with the lowest prediction is served and the decision says
-       `predicted_to_meet=False`; with `strict`, an `OverloadError` instead (HTTP 503 + Retry-After).
-    4. The chosen variant's in-flight count and work are added before the lock is released, so
-       concurrent requests see each other. The caller calls `finish(decision, service_ms)` when the
-       variant has run (`None` when it failed: nothing is learned), and may report the request's
-       whole time in the server (`latency_ms` there, or `observe_latency` once the response has
-       left) for the `LearnedOverhead`.
-
-    "Fastest" has one meaning everywhere: the lowest profiled p95 at the request's batch size
-    (`fastest`), the quantile predictions use.
-
-    Failure mode: predictions are only as good as the profile and the observations. Time nobody
-    reports (a request waiting in the kernel's accept queue without X-Request-Start, the response's
-    way back to the client) is invisible; the safety margin is there for it and for the jitter the
-    profile did not see. Time a client reports before the server (X-Request-Start) counts against
-    that request's budget only and is not learned: a client's clock must not steer others.
-
-    State sits behind one `threading.Lock`, held for microseconds and never across an `await` or a
-    model run, so the policy is safe from threads and asyncio tasks alike. The clock is passed in
-    (the simulator and the tests drive a fake one).
-    """
-
-    def __init__(self, family: str, variants: Iterable[VariantProfile], *, metric: str = "accuracy",
-                 higher_is_better: bool = True, executors: Mapping[str, int | Executor] | None = None,
-                 config: PolicyConfig = PolicyConfig(), clock: Callable[[], float] = time.monotonic,
-                 lock: threading.Lock | None = None):
+    def __init__(
+        self,
+        family: str,
+        variants: Iterable[VariantProfile],
+        *,
+        metric: str = "accuracy",
+        higher_is_better: bool = True,
+        executors: Mapping[str, int | Executor] | None = None,
+        config: PolicyConfig = PolicyConfig(),
+        clock: Callable[[], float] = time.monotonic,
+        lock: threading.Lock | None = None,
+    ):
         variants = list(variants)
         if not variants:
             raise ValueError(f"family {family!r} has no variants to route between")
@@ -147,8 +159,10 @@ class Policy:
         self._sign = 1.0 if higher_is_better else -1.0
         tol = config.quality_tolerance
         # Best first; equal (within tolerance) quality: the faster first.
-        ordered = sorted(variants, key=lambda v: (-self._sign * (round(v.quality / tol) * tol if tol else v.quality),
-                                                  v.profile.at(1, "p50")))
+        ordered = sorted(
+            variants,
+            key=lambda v: (-self._sign * (round(v.quality / tol) * tol if tol else v.quality), v.profile.at(1, "p50")),
+        )
         self._states = [_VariantState(v, self._executors[v.executor]) for v in ordered]
         self._by_name = {s.spec.name: s for s in self._states}
         if len(self._by_name) != len(self._states):
@@ -187,48 +201,84 @@ class Policy:
         """Live state per variant (for /v1/variants and debugging), most accurate first."""
         with self._lock:
             now = self._clock()
-            return [{
-                "name": s.spec.name, self.metric: s.spec.quality,
-                "profiled_p50_ms": round(s.service(1)[0], 4), "profiled_p95_ms": round(s.service(1)[1], 4),
-                "slowdown": round(self._slowdown(s, now), 4),
-                "predicted_ms": round(self._predict(s, 1, now), 4),
-                "in_flight": s.in_flight, "executor": s.spec.executor,
-                "executor_in_flight": s.executor.in_flight, "served": s.served,
-            } for s in self._states]
+            return [
+                {
+                    "name": s.spec.name,
+                    self.metric: s.spec.quality,
+                    "profiled_p50_ms": round(s.service(1)[0], 4),
+                    "profiled_p95_ms": round(s.service(1)[1], 4),
+                    "slowdown": round(self._slowdown(s, now), 4),
+                    "predicted_ms": round(self._predict(s, 1, now), 4),
+                    "in_flight": s.in_flight,
+                    "executor": s.spec.executor,
+                    "executor_in_flight": s.executor.in_flight,
+                    "served": s.served,
+                }
+                for s in self._states
+            ]
 
     # -- the decision ---------------------------------------------------------------------
-    def route(self, latency_budget_ms: float, batch_size: int = 1, *, min_quality: float | None = None,
-              variant: str | None = None, strict: bool = False, elapsed_ms: float = 0.0) -> Decision:
-        """Choose a variant for one request and count it in flight (see the class docstring).
+    def route(
+        self,
+        latency_budget_ms: float,
+        batch_size: int = 1,
+        *,
+        min_quality: float | None = None,
+        variant: str | None = None,
+        strict: bool = False,
+        elapsed_ms: float = 0.0,
+    ) -> Decision:
+        """Choose a variant for one request and count it in flight (see the module docstring).
         `elapsed_ms`: time the request already spent before it reached the server (from the
         client's X-Request-Start), counted against this request's budget only."""
         budget = check_budget(latency_budget_ms)
         check_elapsed(elapsed_ms)
         check_batch_size(batch_size)
         check_strict(strict)
-        floor = None if min_quality is None else self._check_floor(min_quality)
+        floor = None if min_quality is None else check_floor(min_quality, self.floor_field, self.metric)
         limit = budget * (1.0 - self.config.safety_margin)
         with self._lock:
             now = self._clock()
             if variant is not None:
-                return self._route_pinned(self._state(variant), budget, limit, batch_size, floor, strict, now,
-                                          elapsed_ms)
+                return self._route_pinned(
+                    self._state(variant), budget, limit, batch_size, floor, strict, now, elapsed_ms
+                )
             return self._route_best(budget, limit, batch_size, floor, strict, now, elapsed_ms)
 
-    def _route_pinned(self, state: _VariantState, budget: float, limit: float, batch_size: int,
-                      floor: float | None, strict: bool, now: float, elapsed_ms: float) -> Decision:
+    def _route_pinned(
+        self,
+        state: _VariantState,
+        budget: float,
+        limit: float,
+        batch_size: int,
+        floor: float | None,
+        strict: bool,
+        now: float,
+        elapsed_ms: float,
+    ) -> Decision:
         if floor is not None and not self._meets(state, floor):
             name = state.spec.name
-            raise InvalidRequestError(self.floor_field, f"{floor} is not met by the pinned variant {name} "
-                                      f"({self.metric} {state.spec.quality:.4f})", f"a floor that {name} meets, or no pin")
+            raise InvalidRequestError(
+                self.floor_field,
+                f"{floor} is not met by the pinned variant {name} ({self.metric} {state.spec.quality:.4f})",
+                f"a floor that {name} meets, or no pin",
+            )
         predicted = self._predict(state, batch_size, now) + elapsed_ms
         fits = predicted <= limit
         if strict and not fits:
-            raise self._overload(predicted, budget, f"pinned variant {state.spec.name}")
+            raise _overload(self.family, predicted, budget, f"pinned variant {state.spec.name}")
         return self._start(state, batch_size, budget, predicted, fits, "pinned", 0, now, elapsed_ms)
 
-    def _route_best(self, budget: float, limit: float, batch_size: int, floor: float | None, strict: bool,
-                    now: float, elapsed_ms: float) -> Decision:
+    def _route_best(
+        self,
+        budget: float,
+        limit: float,
+        batch_size: int,
+        floor: float | None,
+        strict: bool,
+        now: float,
+        elapsed_ms: float,
+    ) -> Decision:
         fastest = self._fastest_at(batch_size)
         headroom = self._headroom(budget, batch_size, fastest, now) if self._protect else math.inf
         half_life = self.config.correction_half_life_s
@@ -243,8 +293,9 @@ class Policy:
             if executor is not last_executor:
                 last_executor, wait = executor, self._wait(executor) + overhead
             predicted = wait + service
-            if predicted <= limit and (state is fastest or headroom == math.inf
-                                       or self._queue_after(state, service) <= headroom):
+            if predicted <= limit and (
+                state is fastest or headroom == math.inf or self._queue_after(state, service) <= headroom
+            ):
                 why = "skipped" if skipped else "best"
                 return self._start(state, batch_size, budget, predicted, True, why, skipped, now, elapsed_ms)
             skipped += 1
@@ -253,12 +304,14 @@ class Policy:
         if best is None:
             top = self._states[0].spec
             raise InvalidRequestError(
-                self.floor_field, f"{floor} is not met by any {self.family} variant (best: {top.name}, "
-                f"{self.metric} {top.quality:.4f})", f"a value that {top.name} meets, or none")
+                self.floor_field,
+                f"{floor} is not met by any {self.family} variant (best: {top.name}, {self.metric} {top.quality:.4f})",
+                f"a value that {top.name} meets, or none",
+            )
         if best_ms <= limit:  # fits, but every eligible variant would crowd the queue: the quickest
             return self._start(best, batch_size, budget, best_ms, True, "skipped", skipped, now, elapsed_ms)
         if strict:
-            raise self._overload(best_ms, budget, f"the fastest eligible variant ({best.spec.name})")
+            raise _overload(self.family, best_ms, budget, f"the fastest eligible variant ({best.spec.name})")
         return self._start(best, batch_size, budget, best_ms, False, "none_fits", skipped, now, elapsed_ms)
 
     def finish(self, decision: Decision, service_ms: float | None, latency_ms: float | None = None) -> None:
@@ -279,8 +332,9 @@ class Policy:
                 return
             c = self.config
             ratio = service_ms / max(state.service(decision.batch_size)[0], 1e-6)
-            state.slowdown.observe(ratio, self._clock(), c.correction_half_life_s, c.correction_weight,
-                                   c.min_correction, c.max_correction)
+            state.slowdown.observe(
+                ratio, self._clock(), c.correction_half_life_s, c.correction_weight, c.min_correction, c.max_correction
+            )
 
     def observe_latency(self, decision: Decision, latency_ms: float) -> None:
         """A request's whole time in the server, reported apart from `finish` (once its response
@@ -292,8 +346,9 @@ class Policy:
     def _learn_overhead(self, decision: Decision, latency_ms: float) -> None:
         """Learn what the prediction missed: the server's latency minus the predicted queueing and service."""
         if self.config.online and 0 <= latency_ms < MAX_LATENCY_BUDGET_MS:  # NaN and absurd values: ignored
-            self._overhead.observe(latency_ms - decision._base_ms, self.config.overhead_weight,
-                                   self.config.overhead_deviations)
+            self._overhead.observe(
+                latency_ms - decision._base_ms, self.config.overhead_weight, self.config.overhead_deviations
+            )
 
     def _fastest_at(self, batch_size: int) -> _VariantState:
         state = self._fastest.get(batch_size)
@@ -306,17 +361,13 @@ class Policy:
     def _state(self, name: str) -> _VariantState:
         state = self._by_name.get(name) if isinstance(name, str) else None
         if state is None:
-            raise InvalidRequestError("variant", f"{name!r} is not a {self.family} variant",
-                                      ", ".join(self.variant_names))
+            raise InvalidRequestError(
+                "variant", f"{name!r} is not a {self.family} variant", ", ".join(self.variant_names)
+            )
         return state
 
     def _meets(self, state: _VariantState, floor: float) -> bool:
         return self._sign * (state.spec.quality - floor) >= 0
-
-    def _check_floor(self, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidRequestError(self.floor_field, f"got {value!r}", f"a finite number ({self.metric})")
-        return float(value)
 
     def _slowdown(self, state: _VariantState, now: float) -> float:
         return state.slowdown.at(now, self.config.correction_half_life_s)
@@ -327,8 +378,11 @@ class Policy:
         return queue_delay(executor.work_ms, executor.in_flight, executor.parallelism)
 
     def _predict(self, state: _VariantState, batch_size: int, now: float) -> float:
-        return (self._wait(state.executor) + self._overhead.planned_ms
-                + state.service(batch_size)[1] * self._slowdown(state, now))
+        return (
+            self._wait(state.executor)
+            + self._overhead.planned_ms
+            + state.service(batch_size)[1] * self._slowdown(state, now)
+        )
 
     def _headroom(self, budget: float, batch_size: int, fastest: _VariantState, now: float) -> float:
         """The queueing delay that still lets the fastest variant meet the tightest recent budget."""
@@ -344,27 +398,58 @@ class Policy:
         executor = state.executor
         return queue_delay(executor.work_ms + service_ms, executor.in_flight + 1, executor.parallelism)
 
-    def _start(self, state: _VariantState, batch_size: int, budget: float, predicted: float, fits: bool,
-               why: str, skipped: int, now: float, elapsed_ms: float) -> Decision:
+    def _start(
+        self,
+        state: _VariantState,
+        batch_size: int,
+        budget: float,
+        predicted: float,
+        fits: bool,
+        why: str,
+        skipped: int,
+        now: float,
+        elapsed_ms: float,
+    ) -> Decision:
         work = state.service(batch_size)[1] * self._slowdown(state, now)
         state.in_flight += 1
         state.served += 1
         state.executor.in_flight += 1
         state.executor.work_ms += work
-        return Decision(self.family, state.spec.name, batch_size, budget, predicted, fits, why, skipped,
-                        self.config.safety_margin, work, predicted - self._overhead.planned_ms - elapsed_ms)
+        return Decision(
+            self.family,
+            state.spec.name,
+            batch_size,
+            budget,
+            predicted,
+            fits,
+            why,
+            skipped,
+            self.config.safety_margin,
+            work,
+            predicted - self._overhead.planned_ms - elapsed_ms,
+        )
 
-    def _overload(self, predicted: float, budget: float, what: str) -> OverloadError:
-        retry = max(0.001, (predicted - budget) / 1000.0)
-        return OverloadError(f"{self.family}: {what} is predicted to take {predicted:.2f} ms, over the "
-                             f"{budget:g} ms budget (strict): retry later, or send a looser budget", retry)
+
+def _overload(family: str, predicted: float, budget: float, what: str) -> OverloadError:
+    retry = max(0.001, (predicted - budget) / 1000.0)
+    return OverloadError(
+        f"{family}: {what} is predicted to take {predicted:.2f} ms, over the "
+        f"{budget:g} ms budget (strict): retry later, or send a looser budget",
+        retry,
+    )
 
 
-def policy_from_manifest(family: str, section: FamilySection, *,
-                         executor_of: Callable[[str], str] = lambda name: "local",
-                         executors: Mapping[str, int | Executor] | None = None, config: PolicyConfig = PolicyConfig(),
-                         clock: Callable[[], float] = time.monotonic, names: Iterable[str] | None = None,
-                         lock: threading.Lock | None = None) -> Policy:
+def policy_from_manifest(
+    family: str,
+    section: FamilySection,
+    *,
+    executor_of: Callable[[str], str] = lambda name: "local",
+    executors: Mapping[str, int | Executor] | None = None,
+    config: PolicyConfig = PolicyConfig(),
+    clock: Callable[[], float] = time.monotonic,
+    names: Iterable[str] | None = None,
+    lock: threading.Lock | None = None,
+) -> Policy:
     """A policy over a manifest family section (only `names`, if given), using its `latency_ms` profiles."""
     wanted = set(names) if names is not None else None
     variants = []
@@ -372,9 +457,25 @@ def policy_from_manifest(family: str, section: FamilySection, *,
         if wanted is not None and v.name not in wanted:
             continue
         if not v.latency_ms:
-            raise RepositoryError(f"variant {v.name} has no latency profile in the manifest: run "
-                                  "`flexserve profile --repo <repository>` on the machine that will serve it")
-        variants.append(VariantProfile(v.name, float(v.metrics[section.metric]),
-                                       ServiceProfile.from_manifest(v.latency_ms), executor_of(v.name)))
-    return Policy(family, variants, metric=section.metric, higher_is_better=section.higher_is_better,
-                  executors=executors, config=config, clock=clock, lock=lock)
+            raise RepositoryError(
+                f"variant {v.name} has no latency profile in the manifest: run "
+                "`flexserve profile --repo <repository>` on the machine that will serve it"
+            )
+        variants.append(
+            VariantProfile(
+                v.name,
+                float(v.metrics[section.metric]),
+                ServiceProfile.from_manifest(v.latency_ms),
+                executor_of(v.name),
+            )
+        )
+    return Policy(
+        family,
+        variants,
+        metric=section.metric,
+        higher_is_better=section.higher_is_better,
+        executors=executors,
+        config=config,
+        clock=clock,
+        lock=lock,
+    )

@@ -16,6 +16,7 @@ Budget: the optional input `LATENCY_BUDGET_MS` (FP32, one value per request; its
 counts), else the request parameter `latency_budget_ms`, else the configured default.
 Client errors become `TritonError(INVALID_ARG)`: gRPC INVALID_ARGUMENT, HTTP 400.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,13 @@ import numpy as np
 
 from serving.errors import FlexServeError, InvalidRequestError
 
-
 # The gateway's request fields and the router's tensors that carry them.
-TENSOR_NAMES = {"texts": "TEXT", "user_id": "USER_ID", "candidate_item_ids": "ITEM_IDS",
-                "latency_budget_ms": "LATENCY_BUDGET_MS"}
+TENSOR_NAMES = {
+    "texts": "TEXT",
+    "user_id": "USER_ID",
+    "candidate_item_ids": "ITEM_IDS",
+    "latency_budget_ms": "LATENCY_BUDGET_MS",
+}
 
 
 def _pb():
@@ -58,8 +62,10 @@ class VariantModel:
         path = Path(params["onnx_path"])
         actual = sha256_file(path)
         if actual != params["sha256"]:
-            raise RuntimeError(f"{path} has sha256 {actual[:12]}..., the manifest says {params['sha256'][:12]}...: "
-                               "refusing to serve it; rebuild the Triton repository with `flexserve triton repo`")
+            raise RuntimeError(
+                f"{path} has sha256 {actual[:12]}..., the manifest says {params['sha256'][:12]}...: "
+                "refusing to serve it; rebuild the Triton repository with `flexserve triton repo`"
+            )
         self.session = open_session(path, int(params.get("threads", "1")))
         self.inputs = [(i["name"], i.get("dims", [])) for i in config["input"]]
         self.output = config["output"][0]["name"]
@@ -76,11 +82,12 @@ class VariantModel:
     def execute(self, requests: list) -> list:
         pb = _pb()
         try:
-            columns = {name: [pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
-                       for name, _ in self.inputs}
+            columns = {
+                name: [pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name, _ in self.inputs
+            }
             sizes = [len(a) for a in columns[self.inputs[0][0]]]
             output = self.session.run(None, {name: self._feed(name, arrays) for name, arrays in columns.items()})[0]
-        except Exception as error:  # noqa: BLE001 - one bad request must not fail the model
+        except Exception as error:
             if len(requests) == 1:
                 return [_error(f"{type(error).__name__}: {error}")]
             return self._one_by_one(requests)
@@ -88,7 +95,9 @@ class VariantModel:
             output = output[:, None]  # per-row scalars travel as [n, 1]
         responses, start = [], 0
         for size in sizes:
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(self.output, output[start:start + size])]))
+            responses.append(
+                pb.InferenceResponse(output_tensors=[pb.Tensor(self.output, output[start : start + size])])
+            )
             start += size
         return responses
 
@@ -113,13 +122,15 @@ class RouterModel:
         repo = load_repository(params["flexserve_repo"])  # verifies every file's sha256
         section = repo.family(self.family)
         # Each variant model is its own Triton model with one instance: its own queue.
-        self.policy = policy_from_manifest(self.family, section, executor_of=lambda name: name,
-                                           executors={v.name: 1 for v in section.variants})
+        self.policy = policy_from_manifest(
+            self.family, section, executor_of=lambda name: name, executors={v.name: 1 for v in section.variants}
+        )
         self.inputs = [spec.name for spec in section.inputs]
         self.output = section.outputs[0].name
         self.text = TextCodec.from_manifest(section, repo.artifact("rnn", "vocab")) if self.family == "rnn" else None
-        self.catalog = (Catalog.from_manifest(section, repo.artifact("recsys", "catalog"))
-                        if self.family == "recsys" else None)
+        self.catalog = (
+            Catalog.from_manifest(section, repo.artifact("recsys", "catalog")) if self.family == "recsys" else None
+        )
 
     def _budget(self, request) -> float | None:
         pb = _pb()
@@ -136,8 +147,9 @@ class RouterModel:
                 try:
                     value = float(value)
                 except ValueError:
-                    raise InvalidRequestError("latency_budget_ms", f"{value!r} is not a number",
-                                              "milliseconds, e.g. 20") from None
+                    raise InvalidRequestError(
+                        "latency_budget_ms", f"{value!r} is not a number", "milliseconds, e.g. 20"
+                    ) from None
             return value
         return None
 
@@ -146,8 +158,12 @@ class RouterModel:
         if self.text is not None:
             text = pb.get_input_tensor_by_name(request, "TEXT")
             if text is not None:
-                return self.text.encode([t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
-                                         for t in text.as_numpy().reshape(-1)])
+                return self.text.encode(
+                    [
+                        t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+                        for t in text.as_numpy().reshape(-1)
+                    ]
+                )
         if self.catalog is not None:
             user = pb.get_input_tensor_by_name(request, "USER_ID")
             if user is not None:
@@ -180,14 +196,17 @@ class RouterModel:
             field = error.field
             for http_name, tensor in TENSOR_NAMES.items():
                 if field.startswith(http_name):
-                    field = tensor + field[len(http_name):]
+                    field = tensor + field[len(http_name) :]
             return _error(f"{field}: {error.problem}; accepted: {error.accepted}")
         except FlexServeError as error:
             return _error(str(error))
-        inputs = [pb.Tensor(name, value.reshape(-1, 1) if name == "LENGTHS" else value) for name, value in feeds.items()]
+        inputs = [
+            pb.Tensor(name, value.reshape(-1, 1) if name == "LENGTHS" else value) for name, value in feeds.items()
+        ]
         started = time.perf_counter()
-        response = pb.InferenceRequest(model_name=decision.variant, requested_output_names=[self.output],
-                                       inputs=inputs).exec()
+        response = pb.InferenceRequest(
+            model_name=decision.variant, requested_output_names=[self.output], inputs=inputs
+        ).exec()
         elapsed_ms = (time.perf_counter() - started) * 1e3
         if response.has_error():
             self.policy.finish(decision, None)
@@ -196,8 +215,13 @@ class RouterModel:
         output = pb.get_output_tensor_by_name(response, self.output).as_numpy()
         variant = np.array([decision.variant.encode()], dtype=np.object_)
         predicted = np.array([decision.predicted_to_meet], dtype=bool)  # the client measures the truth
-        return pb.InferenceResponse(output_tensors=[pb.Tensor(self.output, output), pb.Tensor("VARIANT", variant),
-                                                    pb.Tensor("PREDICTED_TO_MEET", predicted)])
+        return pb.InferenceResponse(
+            output_tensors=[
+                pb.Tensor(self.output, output),
+                pb.Tensor("VARIANT", variant),
+                pb.Tensor("PREDICTED_TO_MEET", predicted),
+            ]
+        )
 
     def finalize(self) -> None:
         self.policy = None

@@ -28,10 +28,14 @@ from contract.triton_config import FLAVOURS, TensorConfig, max_batch_rows, rende
 from serving.policy import DEFAULT_LATENCY_BUDGET_MS
 from serving.repository import Repository, load_repository
 
-VARIANT_MODEL_PY = ('"""FlexServe variant: see serving/triton/models.py."""\n'
-                    "from serving.triton.models import VariantModel as TritonPythonModel  # noqa: F401\n")
-ROUTER_MODEL_PY = ('"""FlexServe router: see serving/triton/models.py."""\n'
-                   "from serving.triton.models import RouterModel as TritonPythonModel  # noqa: F401\n")
+VARIANT_MODEL_PY = (
+    '"""FlexServe variant: see serving/triton/models.py."""\n'
+    "from serving.triton.models import VariantModel as TritonPythonModel  # noqa: F401\n"
+)
+ROUTER_MODEL_PY = (
+    '"""FlexServe router: see serving/triton/models.py."""\n'
+    "from serving.triton.models import RouterModel as TritonPythonModel  # noqa: F401\n"
+)
 
 
 def router_name(family: str) -> str:
@@ -47,21 +51,35 @@ def preferred_batch_sizes(latency_ms: Mapping[str, Mapping[str, float]] | None, 
     return [b for b in sorted(latency) if 1 < b <= limit and latency[b] / b <= 0.5 * alone]
 
 
-def router_config(family: str, section: FamilySection, root: Path,
-                  default_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS) -> str:
+def router_config(
+    family: str, section: FamilySection, root: Path, default_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
+) -> str:
     """`<family>_router`: the model's inputs (optional when raw inputs can stand in), the raw inputs
     a client may send instead, the budget; the model's output, the variant and its prediction."""
-    raw = {"rnn": [TensorConfig("TEXT", "object", (-1,), optional=True)],
-           "recsys": [TensorConfig("USER_ID", "int64", (1,), optional=True),
-                      TensorConfig("ITEM_IDS", "int64", (-1,), optional=True)]}.get(family, [])
+    raw = {
+        "rnn": [TensorConfig("TEXT", "object", (-1,), optional=True)],
+        "recsys": [
+            TensorConfig("USER_ID", "int64", (1,), optional=True),
+            TensorConfig("ITEM_IDS", "int64", (-1,), optional=True),
+        ],
+    }.get(family, [])
     inputs = [TensorConfig(s.name, s.dtype, s.shape, optional=bool(raw)) for s in section.inputs]
     inputs += [*raw, TensorConfig("LATENCY_BUDGET_MS", "float32", (1,), optional=True)]
     out = section.outputs[0]
-    outputs = [TensorConfig(out.name, out.dtype, out.shape if len(out.shape) > 1 else (-1, 1)),
-               TensorConfig("VARIANT", "object", (1,)), TensorConfig("PREDICTED_TO_MEET", "bool", (1,))]
-    return render(router_name(family), inputs=inputs, outputs=outputs, max_batch_size=0, backend="python",
-                  instance_kind="KIND_CPU",
-                  parameters={"family": family, "flexserve_repo": str(root), "default_budget_ms": f"{default_budget_ms:g}"})
+    outputs = [
+        TensorConfig(out.name, out.dtype, out.shape if len(out.shape) > 1 else (-1, 1)),
+        TensorConfig("VARIANT", "object", (1,)),
+        TensorConfig("PREDICTED_TO_MEET", "bool", (1,)),
+    ]
+    return render(
+        router_name(family),
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=0,
+        backend="python",
+        instance_kind="KIND_CPU",
+        parameters={"family": family, "flexserve_repo": str(root), "default_budget_ms": f"{default_budget_ms:g}"},
+    )
 
 
 def _variant_config(section: FamilySection, name: str, root: Path, flavour: str) -> str:
@@ -69,12 +87,20 @@ def _variant_config(section: FamilySection, name: str, root: Path, flavour: str)
     rows = section.rows_per_request
     preferred = preferred_batch_sizes(variant.latency_ms, max_batch_rows(rows))
     if flavour == "native":
-        return variant_config(name, section.inputs, section.outputs, rows, "native", preferred_batch_sizes=preferred,
-                              instance_kind="KIND_GPU")
+        return variant_config(
+            name,
+            section.inputs,
+            section.outputs,
+            rows,
+            "native",
+            preferred_batch_sizes=preferred,
+            instance_kind="KIND_GPU",
+        )
     pad = str(section.contract.get("tokenizer", {}).get("pad_id", 0))
     parameters = {"onnx_path": str(root / variant.onnx), "sha256": variant.sha256, "threads": "1", "pad_id": pad}
-    return variant_config(name, section.inputs, section.outputs, rows, "portable", preferred_batch_sizes=preferred,
-                          parameters=parameters)
+    return variant_config(
+        name, section.inputs, section.outputs, rows, "portable", preferred_batch_sizes=preferred, parameters=parameters
+    )
 
 
 def _write(folder: Path, config: str, model_py: str | None = None, onnx: Path | None = None) -> None:
@@ -91,8 +117,9 @@ def _write(folder: Path, config: str, model_py: str | None = None, onnx: Path | 
             shutil.copy2(onnx, folder / "1" / "model.onnx")
 
 
-def write_triton_repository(source: Path | Repository, out: Path, flavour: str = "portable",
-                            families: list[str] | None = None) -> list[str]:
+def write_triton_repository(
+    source: Path | Repository, out: Path, flavour: str = "portable", families: list[str] | None = None
+) -> list[str]:
     """Write `out` (replacing the models it writes); returns the model names."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")

@@ -7,6 +7,7 @@ imports its packages), and the stub for this Python version inside the backend d
 The backend directory is assembled in a temporary folder (links, one copied stub), removed
 on stop. Everything binds 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ def wheel_dir() -> Path:
     try:
         import pytriton
     except ImportError:
-        raise RuntimeError(f"the Triton server comes from the nvidia-pytriton wheel, which is missing: "
-                           f"{INSTALL_HINT}") from None
+        raise RuntimeError(
+            f"the Triton server comes from the nvidia-pytriton wheel, which is missing: {INSTALL_HINT}"
+        ) from None
     server = Path(pytriton.__file__).parent / "tritonserver"
     if not (server / "bin" / "tritonserver").exists():
         raise RuntimeError(f"{server} has no bin/tritonserver: reinstall nvidia-pytriton ({INSTALL_HINT})")
@@ -54,8 +56,9 @@ class Ports:
 class TritonServer:
     """`tritonserver --model-repository REPO` on 127.0.0.1; `start()` waits until it is ready."""
 
-    def __init__(self, model_repository: Path, ports: Ports | None = None, log: Path | None = None,
-                 flexserve_root: Path = ROOT):
+    def __init__(
+        self, model_repository: Path, ports: Ports | None = None, log: Path | None = None, flexserve_root: Path = ROOT
+    ):
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log = log
@@ -94,7 +97,8 @@ class TritonServer:
         libs = server.parent.parent / "nvidia_pytriton.libs"
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p)
+            p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p
+        )
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         env["PYTHONUTF8"] = "1"  # the stub starts with an ASCII locale
         # The model files import FlexServe's serving package.
@@ -102,23 +106,38 @@ class TritonServer:
         return env
 
     def command(self, server: Path, backends: Path) -> list[str]:
-        return [str(server / "bin" / "tritonserver"), f"--model-repository={self.model_repository}",
-                f"--backend-directory={backends}", f"--cache-directory={self._workdir / 'caches'}",
-                "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
-                "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=10",
-                "--strict-readiness=true"]
+        return [
+            str(server / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={self._workdir / 'caches'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=10",
+            "--strict-readiness=true",
+        ]
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
         if not (self.model_repository / "").is_dir():
-            raise RuntimeError(f"no Triton model repository at {self.model_repository}: write one with "
-                               "`flexserve triton repo`")
+            raise RuntimeError(
+                f"no Triton model repository at {self.model_repository}: write one with `flexserve triton repo`"
+            )
         server = wheel_dir()
         backends = self._backend_dir(server)
         self._log_file = self.log.open("w") if self.log else tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.command(server, backends), env=self.environment(server),
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(server, backends),
+            env=self.environment(server),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

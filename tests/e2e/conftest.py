@@ -1,4 +1,5 @@
 """Real-data fixtures for the end-to-end tests: one --quick build per session (~2 minutes)."""
+
 import os
 import subprocess
 import sys

@@ -4,6 +4,7 @@ This is the issue's definition of done: `flexserve train --quick --family all --
 builds a repository whose every ONNX file loads in ONNX Runtime and matches its sha256 and
 its manifest spec. It takes about two minutes on two cores.
 """
+
 import json
 import os
 import subprocess
@@ -11,8 +12,9 @@ import sys
 
 import pytest
 
-from serving.repository import check_signature, load_repository
 from contract.sessions import open_session as session
+from serving.repository import check_signature, load_repository
+
 
 @pytest.mark.slow
 def test_quick_build_on_real_data_serves_every_variant(quick_repo):
@@ -35,16 +37,30 @@ def test_quick_build_on_real_data_serves_every_variant(quick_repo):
 @pytest.mark.slow
 def test_quick_build_is_registered_with_bentoml(quick_repo):
     env = {**os.environ, "BENTOML_HOME": str(quick_repo.parent / "bentoml")}
-    listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list"], capture_output=True, text=True,
-                            env=env, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "list"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
     assert "flexserve-model-repository" in listed.stdout
 
 
 @pytest.mark.slow
 def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path, cli):
-    result = cli(["report", "--repo", str(quick_repo), "--rounds", "5", "--markdown", str(tmp_path / "r.md"),
-                   "--plot", str(tmp_path / "r.png"), "--json", str(tmp_path / "r.json")])
+    result = cli(
+        [
+            "report",
+            "--repo",
+            str(quick_repo),
+            "--rounds",
+            "5",
+            "--markdown",
+            str(tmp_path / "r.md"),
+            "--plot",
+            str(tmp_path / "r.png"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| cnn_full_fp32 |" in result.stdout and "| recsys_distilled_int8 |" in result.stdout
     assert "student >= 2x faster at batch 1" in result.stdout
@@ -78,9 +94,27 @@ def test_profile_writes_latency_into_the_manifest(profiled_quick_repo):
 
 @pytest.mark.slow
 def test_simulate_prints_rows_targets_and_plots(profiled_quick_repo, tmp_path, cli):
-    result = cli(["simulate", "--repo", str(profiled_quick_repo), "--family", "cnn", "--duration", "3",
-                   "--loads", "50", "500", "5000", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png"),
-                   "--markdown", str(tmp_path / "s.md")])
+    result = cli(
+        [
+            "simulate",
+            "--repo",
+            str(profiled_quick_repo),
+            "--family",
+            "cnn",
+            "--duration",
+            "3",
+            "--loads",
+            "50",
+            "500",
+            "5000",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--plot",
+            str(tmp_path / "s.png"),
+            "--markdown",
+            str(tmp_path / "s.md"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "simulate cnn: 100% 24/24 run" in result.stderr  # progress with a total
     rows = json.loads((tmp_path / "s.json").read_text())
@@ -100,10 +134,34 @@ def test_bench_policy_prints_the_decision_overhead(profiled_quick_repo, cli):
 def test_simulate_without_profiles_says_how_to_make_them(tmp_path, cli):
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "manifest.json").write_text(json.dumps({"schema_version": 1, "families": {"cnn": {
-        "task": "classification", "metric": "accuracy", "higher_is_better": True, "inputs": [], "outputs": [],
-        "variants": [{"name": "cnn_full_fp32", "kind": "full", "precision": "fp32", "onnx": "x.onnx", "sha256": "0",
-                      "size_bytes": 1, "params": 1, "metrics": {"accuracy": 0.9}}]}}}))
+    (repo / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "families": {
+                    "cnn": {
+                        "task": "classification",
+                        "metric": "accuracy",
+                        "higher_is_better": True,
+                        "inputs": [],
+                        "outputs": [],
+                        "variants": [
+                            {
+                                "name": "cnn_full_fp32",
+                                "kind": "full",
+                                "precision": "fp32",
+                                "onnx": "x.onnx",
+                                "sha256": "0",
+                                "size_bytes": 1,
+                                "params": 1,
+                                "metrics": {"accuracy": 0.9},
+                            }
+                        ],
+                    }
+                },
+            }
+        )
+    )
     result = cli(["simulate", "--repo", str(repo)])
     assert result.returncode == 2
     assert "flexserve profile" in result.stderr

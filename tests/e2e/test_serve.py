@@ -1,5 +1,6 @@
 """A real `bentoml serve` in a subprocess on the --quick repository (real data, real models),
 called over HTTP with httpx and with `bentoml.SyncHTTPClient`; and the built bento."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from serving.policy import policy_from_manifest
 from loadtest.servers import BENTOML, ServerProcess
+from serving.policy import policy_from_manifest
 from serving.repository import load_repository
 from training.data import encode_texts, load_fashion_mnist
 
@@ -23,10 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(profiled_quick_repo, tmp_path_factory):
-    env = {**os.environ, "FLEXSERVE_REPO": str(profiled_quick_repo),
-           "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve"))}
-    with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT,
-                       log=tmp_path_factory.mktemp("logs") / "serve.log") as server:
+    env = {
+        **os.environ,
+        "FLEXSERVE_REPO": str(profiled_quick_repo),
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve")),
+    }
+    with ServerProcess(
+        "serving.service:FlexServe", env=env, cwd=ROOT, log=tmp_path_factory.mktemp("logs") / "serve.log"
+    ) as server:
         yield server.url
 
 
@@ -57,8 +62,11 @@ def test_a_tight_budget_gets_a_faster_variant_than_a_loose_one(server, images, p
     fastest_p95 = policy.profile_of(policy.fastest()).at(1, "p95")
     tight_budget = (full_p95 + fastest_p95) / 2 / 0.9  # fits the fastest, not the most accurate
     loose = httpx.post(f"{server}/v1/classify_image", json={"images": pixels[:1], "latency_budget_ms": 10_000}).json()
-    tight = httpx.post(f"{server}/v1/classify_image", json={"images": pixels[:1]},
-                       headers={"X-Latency-Budget-Ms": f"{tight_budget:.3f}"}).json()
+    tight = httpx.post(
+        f"{server}/v1/classify_image",
+        json={"images": pixels[:1]},
+        headers={"X-Latency-Budget-Ms": f"{tight_budget:.3f}"},
+    ).json()
     assert loose["variant"] == policy.most_accurate
     assert tight["variant"] != loose["variant"]
     assert policy.profile_of(tight["variant"]).at(1) < policy.profile_of(loose["variant"]).at(1)
@@ -87,8 +95,9 @@ def test_errors_metrics_and_variants_over_http(server):
     bad = httpx.post(f"{server}/v1/classify_image", json={"images": [[[1e6] * 28] * 28]})
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "images[0]"
     assert httpx.post(f"{server}/v1/recommend", json={"user_id": 1, "k": 0}).status_code == 400
-    overload = httpx.post(f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 0.001,
-                                                               "strict": True})
+    overload = httpx.post(
+        f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 0.001, "strict": True}
+    )
     assert overload.status_code == 503 and "retry-after" in overload.headers
     variants = httpx.get(f"{server}/v1/variants").json()
     assert set(variants["families"]) == {"cnn", "rnn", "recsys"}
@@ -100,8 +109,12 @@ def test_errors_metrics_and_variants_over_http(server):
 
 @pytest.mark.slow
 def test_the_built_bento_serves_the_same_api(profiled_quick_repo, tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "FLEXSERVE_REPO": str(profiled_quick_repo),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "FLEXSERVE_REPO": str(profiled_quick_repo),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     built = subprocess.run([BENTOML, "build", "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     with ServerProcess("flexserve:latest", env=env, cwd=tmp_path, log=tmp_path / "bento.log") as bento:
@@ -111,8 +124,19 @@ def test_the_built_bento_serves_the_same_api(profiled_quick_repo, tmp_path):
 
 @pytest.mark.slow
 def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, tmp_path):
-    result = cli(["bench-gateway", "--repo", str(profiled_quick_repo), "--rounds", "5", "--seconds", "1",
-                  "--json", str(tmp_path / "g.json")])
+    result = cli(
+        [
+            "bench-gateway",
+            "--repo",
+            str(profiled_quick_repo),
+            "--rounds",
+            "5",
+            "--seconds",
+            "1",
+            "--json",
+            str(tmp_path / "g.json"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "overhead / echo" in result.stdout and "requests/s at concurrency 8" in result.stdout
     rows = json.loads((tmp_path / "g.json").read_text())
@@ -122,8 +146,26 @@ def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, 
 
 def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_repo, cli, tmp_path):
     out = tmp_path / "br"
-    result = cli(["bench-routing", "--repo", str(profiled_quick_repo), "--family", "cnn", "--loads", "5", "20",
-                  "--seconds", "1.5", "--repeats", "2", "--min-requests", "10", "--out", str(out)])
+    result = cli(
+        [
+            "bench-routing",
+            "--repo",
+            str(profiled_quick_repo),
+            "--family",
+            "cnn",
+            "--loads",
+            "5",
+            "20",
+            "--seconds",
+            "1.5",
+            "--repeats",
+            "2",
+            "--min-requests",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[bench-routing] adaptive" in result.stderr and "bench-routing cnn: 100% 12/12 step" in result.stderr
     rows = json.loads((out / "rows.json").read_text())
@@ -147,8 +189,13 @@ def test_bench_routing_compares_adaptive_with_pinned_variants(profiled_quick_rep
 
 @pytest.mark.slow
 def test_bentoml_example_client_runs(server):
-    result = subprocess.run([sys.executable, "-m", "serving.clients.bentoml_http", "--url", server, "--k", "3"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.clients.bentoml_http", "--url", server, "--k", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("\n") == 4 and "variant: recsys_" in result.stdout
 
@@ -156,8 +203,23 @@ def test_bentoml_example_client_runs(server):
 @pytest.mark.slow
 def test_headless_load_test_passes_its_slas_and_writes_reports(server, cli, tmp_path):
     out = tmp_path / "lt"
-    result = cli(["loadtest", "--host", server, "--users", "3", "--spawn-rate", "3", "--duration", "15s",
-                  "--sla", "relaxed=5000:1", "--out", str(out)])
+    result = cli(
+        [
+            "loadtest",
+            "--host",
+            server,
+            "--users",
+            "3",
+            "--spawn-rate",
+            "3",
+            "--duration",
+            "15s",
+            "--sla",
+            "relaxed=5000:1",
+            "--out",
+            str(out),
+        ]
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "sla.json").read_text())
     assert report["classes"][0]["ok"] and report["classes"][0]["requests"] > 10
@@ -167,8 +229,22 @@ def test_headless_load_test_passes_its_slas_and_writes_reports(server, cli, tmp_
 
 @pytest.mark.slow
 def test_an_impossible_sla_fails_the_run_and_says_which(server, cli, tmp_path):
-    result = cli(["loadtest", "--host", server, "--users", "2", "--duration", "5s", "--sla", "impossible=0.001",
-                  "--out", str(tmp_path / "lt"), "TextUser"])
+    result = cli(
+        [
+            "loadtest",
+            "--host",
+            server,
+            "--users",
+            "2",
+            "--duration",
+            "5s",
+            "--sla",
+            "impossible=0.001",
+            "--out",
+            str(tmp_path / "lt"),
+            "TextUser",
+        ]
+    )
     assert result.returncode != 0
     assert "FAIL impossible" in result.stdout and "SLA broken: p95" in result.stdout
 
@@ -180,13 +256,43 @@ def test_sla_checks_run_on_the_master_in_distributed_mode(server, tmp_path):
     locust = str(Path(sys.executable).parent / "locust")
     port = free_port()
     common = ["-f", str(ROOT / "loadtest" / "locustfile.py")]
-    worker = subprocess.Popen([locust, *common, "--worker", "--master-port", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [locust, *common, "--worker", "--master-port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        master = subprocess.run([locust, *common, "--master", "--master-bind-port", str(port), "--expect-workers", "1",
-                                 "--host", server, "--headless", "-u", "2", "-r", "2", "-t", "6s", "--only-summary",
-                                 "--sla", "relaxed=5000", "--sla-report", str(tmp_path / "sla.json"), "TextUser"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        master = subprocess.run(
+            [
+                locust,
+                *common,
+                "--master",
+                "--master-bind-port",
+                str(port),
+                "--expect-workers",
+                "1",
+                "--host",
+                server,
+                "--headless",
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "-t",
+                "6s",
+                "--only-summary",
+                "--sla",
+                "relaxed=5000",
+                "--sla-report",
+                str(tmp_path / "sla.json"),
+                "TextUser",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         worker.wait(timeout=30) if worker.poll() is None else None
     assert master.returncode == 0, master.stdout[-2000:] + master.stderr[-2000:]

@@ -2,6 +2,7 @@
 profiled synthetic FlexServe repository: every family over HTTP and gRPC, budget routing
 through the router models, outputs equal to in-process ONNX Runtime, clear INVALID_ARGUMENT
 errors, and the gateway failing over to ONNX Runtime when Triton is killed under load."""
+
 from __future__ import annotations
 
 import time
@@ -83,8 +84,9 @@ def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol)
     loose = {**feeds, "LATENCY_BUDGET_MS": np.array([10_000.0], np.float32)}
     routed, chosen, met = infer(module, client, f"{family}_router", loose, [out, "VARIANT", "PREDICTED_TO_MEET"])
     name = chosen[0].decode()
-    np.testing.assert_allclose(routed.reshape(-1), onnx_output(repo, family, name, feeds).reshape(-1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        routed.reshape(-1), onnx_output(repo, family, name, feeds).reshape(-1), rtol=1e-5, atol=1e-5
+    )
     assert bool(met[0])
 
 
@@ -96,8 +98,13 @@ def test_the_router_follows_the_budget_over_grpc(triton, repo):
     feeds = feeds_for(repo, "cnn")
     chosen = {}
     for budget in (10_000.0, 0.001):
-        _, variant = infer(grpcclient, client, "cnn_router", {**feeds, "LATENCY_BUDGET_MS": np.array([budget], np.float32)},
-                           ["LOGITS", "VARIANT"])
+        _, variant = infer(
+            grpcclient,
+            client,
+            "cnn_router",
+            {**feeds, "LATENCY_BUDGET_MS": np.array([budget], np.float32)},
+            ["LOGITS", "VARIANT"],
+        )
         chosen[budget] = variant[0].decode()
     assert chosen[10_000.0] == policy.most_accurate
     assert chosen[0.001] != chosen[10_000.0]
@@ -119,18 +126,25 @@ def test_raw_text_and_raw_ids_need_only_tritonclient(triton, repo):
     catalog = repo.artifact("recsys", "catalog")
     user = np.array([int(catalog["users"][0]["user_id"])], np.int64)
     items = np.array([int(it["item_id"]) for it in catalog["items"][:4]], np.int64)
-    ratings, variant = infer(grpcclient, client, "recsys_router", {"USER_ID": user, "ITEM_IDS": items},
-                             ["RATING", "VARIANT"])
+    ratings, variant = infer(
+        grpcclient, client, "recsys_router", {"USER_ID": user, "ITEM_IDS": items}, ["RATING", "VARIANT"]
+    )
     assert ratings.shape == (4, 1) and variant[0].decode().startswith("recsys_")
 
 
-@pytest.mark.parametrize("model, feeds, field", [
-    ("rnn_router", {"TEXT": np.array([b"   "], dtype=np.object_)}, "TEXT[0]"),
-    ("recsys_router", {"USER_ID": np.array([10**9], np.int64)}, "USER_ID"),
-    ("cnn_router", {"IMAGES": np.zeros((1, 1, 28, 28), np.float32),
-                    "LATENCY_BUDGET_MS": np.array([-1.0], np.float32)}, "LATENCY_BUDGET_MS"),
-    ("rnn_router", {"LATENCY_BUDGET_MS": np.array([5.0], np.float32)}, "TOKENS"),
-])
+@pytest.mark.parametrize(
+    "model, feeds, field",
+    [
+        ("rnn_router", {"TEXT": np.array([b"   "], dtype=np.object_)}, "TEXT[0]"),
+        ("recsys_router", {"USER_ID": np.array([10**9], np.int64)}, "USER_ID"),
+        (
+            "cnn_router",
+            {"IMAGES": np.zeros((1, 1, 28, 28), np.float32), "LATENCY_BUDGET_MS": np.array([-1.0], np.float32)},
+            "LATENCY_BUDGET_MS",
+        ),
+        ("rnn_router", {"LATENCY_BUDGET_MS": np.array([5.0], np.float32)}, "TOKENS"),
+    ],
+)
 def test_bad_requests_are_invalid_argument(triton, model, feeds, field):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     with pytest.raises(InferenceServerException) as error:
@@ -148,17 +162,21 @@ def test_gateway_fails_over_when_triton_dies_and_returns_when_it_is_back(triton_
     assert result["ready_to_traffic_back_s"] is not None and result["ready_to_traffic_back_s"] < 5
 
 
-@pytest.mark.parametrize("client, args", [
-    ("serving.clients.triton_grpc", ["--budget", "10000", "A gorgeous film.", "Dull."]),
-    ("serving.clients.triton_http", ["--budget", "0.001"]),
-])
+@pytest.mark.parametrize(
+    "client, args",
+    [
+        ("serving.clients.triton_grpc", ["--budget", "10000", "A gorgeous film.", "Dull."]),
+        ("serving.clients.triton_http", ["--budget", "0.001"]),
+    ],
+)
 def test_example_clients_run(triton, client, args):
     import subprocess
     import sys
 
     url = triton.grpc_url if client.endswith("grpc") else triton.http_url
-    result = subprocess.run([sys.executable, "-m", client, "--url", url, *args], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", client, "--url", url, *args], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "variant: " in result.stdout
 
@@ -175,9 +193,27 @@ def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo,
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     before = set(Path(tempfile.gettempdir()).glob("flexserve-triton-*"))
-    process = subprocess.Popen([sys.executable, "-m", "flexserve", "triton", "up", "--repo", str(profiled_repo),
-                                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flexserve",
+            "triton",
+            "up",
+            "--repo",
+            str(profiled_repo),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = ""
         deadline = time.monotonic() + 120
@@ -204,8 +240,9 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
     from serving.gateway import Gateway, GatewayConfig, RequestContext
 
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
-    remote = Gateway(GatewayConfig(repo=profiled_repo, workers=1, backend="triton", triton_url=url,
-                                   triton_protocol=protocol))
+    remote = Gateway(
+        GatewayConfig(repo=profiled_repo, workers=1, backend="triton", triton_url=url, triton_protocol=protocol)
+    )
     local = Gateway(GatewayConfig(repo=profiled_repo, workers=1))
     try:
         texts = ["a great, moving film", "dull and long"]
@@ -213,7 +250,7 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
         on_triton, _ = asyncio.run(remote.classify_text(texts, pinned))
         in_process, _ = asyncio.run(local.classify_text(texts, pinned))
         assert on_triton["backend"] == "triton" and in_process["backend"] == "onnxruntime"
-        for a, b in zip(on_triton["predictions"], in_process["predictions"]):
+        for a, b in zip(on_triton["predictions"], in_process["predictions"], strict=True):
             assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
         user = int(remote.repo.artifact("recsys", "catalog")["users"][0]["user_id"])
         top, _ = asyncio.run(remote.recommend(user, 3, None, RequestContext()))
@@ -230,10 +267,32 @@ def test_the_triton_grpc_locust_user_checks_slas(triton, tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     locust = str(Path(sys.executable).parent / "locust")
-    result = subprocess.run([locust, "-f", str(root / "loadtest" / "locustfile_triton.py"), "--host", triton.grpc_url,
-                             "--headless", "-u", "2", "-r", "2", "-t", "5s", "--only-summary", "--sla", "relaxed=5000",
-                             "--sla-report", str(tmp_path / "sla.json"), "TritonTextUser"],
-                            cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            locust,
+            "-f",
+            str(root / "loadtest" / "locustfile_triton.py"),
+            "--host",
+            triton.grpc_url,
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "5s",
+            "--only-summary",
+            "--sla",
+            "relaxed=5000",
+            "--sla-report",
+            str(tmp_path / "sla.json"),
+            "TritonTextUser",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     verdict = json.loads((tmp_path / "sla.json").read_text())["classes"][0]
     assert verdict["ok"] and verdict["requests"] > 10

@@ -1,5 +1,6 @@
 """The BentoML gateway in-process (ASGI), on the profiled synthetic repository: routing, the
 JSON contract, and every client error. Real ONNX Runtime sessions; no server process."""
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ def test_answers_equal_a_direct_onnx_runtime_run_of_the_chosen_variant(client, r
 
 
 def test_a_tight_budget_gets_a_faster_variant_than_a_loose_one(client, repo):
-    best, fastest = policy_order(repo, "cnn")
+    best, _ = policy_order(repo, "cnn")
     loose = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 5000}).json()
     tight = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 0.001}).json()
     assert loose["variant"] == best
@@ -145,27 +146,30 @@ def test_health_endpoints_follow_the_repository(client):
 
 
 # -- client errors: 4xx naming the field, never a 500 ---------------------------------------
-@pytest.mark.parametrize("body, field", [
-    ({}, "images"),
-    ({"images": "cat.png"}, "images"),
-    ({"images": []}, "images"),
-    ({"images": [IMAGE] * 65}, "images"),
-    ({"images": [[[0.0] * 27] * 28]}, "images[0]"),
-    ({"images": [IMAGE, [[0.0] * 28] * 3]}, "images[1]"),
-    ({"images": [[["x"] * 28] * 28]}, "images[0]"),
-    ({"images": [[[True] * 28] * 28]}, "images"),
-    ({"images": [[[256.0] * 28] * 28]}, "images[0]"),
-    ({"images": [[[-1.0] * 28] * 28]}, "images[0]"),
-    ({"images": [IMAGE], "latency_budget_ms": -5}, "latency_budget_ms"),
-    ({"images": [IMAGE], "latency_budget_ms": 0}, "latency_budget_ms"),
-    ({"images": [IMAGE], "latency_budget_ms": 1e12}, "latency_budget_ms"),
-    ({"images": [IMAGE], "latency_budget_ms": "fast"}, "latency_budget_ms"),
-    ({"images": [IMAGE], "variant": "cnn_huge_fp64"}, "variant"),
-    ({"images": [IMAGE], "variant": "rnn_full_fp32"}, "variant"),
-    ({"images": [IMAGE], "min_accuracy": 1.5}, "min_accuracy"),
-    ({"images": [IMAGE], "min_accuracy": "high"}, "min_accuracy"),
-    ({"images": [IMAGE], "strict": "yes"}, "strict"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "images"),
+        ({"images": "cat.png"}, "images"),
+        ({"images": []}, "images"),
+        ({"images": [IMAGE] * 65}, "images"),
+        ({"images": [[[0.0] * 27] * 28]}, "images[0]"),
+        ({"images": [IMAGE, [[0.0] * 28] * 3]}, "images[1]"),
+        ({"images": [[["x"] * 28] * 28]}, "images[0]"),
+        ({"images": [[[True] * 28] * 28]}, "images"),
+        ({"images": [[[256.0] * 28] * 28]}, "images[0]"),
+        ({"images": [[[-1.0] * 28] * 28]}, "images[0]"),
+        ({"images": [IMAGE], "latency_budget_ms": -5}, "latency_budget_ms"),
+        ({"images": [IMAGE], "latency_budget_ms": 0}, "latency_budget_ms"),
+        ({"images": [IMAGE], "latency_budget_ms": 1e12}, "latency_budget_ms"),
+        ({"images": [IMAGE], "latency_budget_ms": "fast"}, "latency_budget_ms"),
+        ({"images": [IMAGE], "variant": "cnn_huge_fp64"}, "variant"),
+        ({"images": [IMAGE], "variant": "rnn_full_fp32"}, "variant"),
+        ({"images": [IMAGE], "min_accuracy": 1.5}, "min_accuracy"),
+        ({"images": [IMAGE], "min_accuracy": "high"}, "min_accuracy"),
+        ({"images": [IMAGE], "strict": "yes"}, "strict"),
+    ],
+)
 def test_bad_image_requests(client, body, field):
     error = error_of(client.post("/v1/classify_image", json=body))
     assert error["field"] == field and error["problem"] and error["accepted"]
@@ -183,31 +187,37 @@ def test_malformed_json_is_a_400(client):
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "texts"),
-    ({"texts": "one string"}, "texts"),
-    ({"texts": [""]}, "texts[0]"),
-    ({"texts": ["ok", "   "]}, "texts[1]"),
-    ({"texts": [42]}, "texts[0]"),
-    ({"texts": ["x" * 5001]}, "texts[0]"),
-    ({"texts": ["fine"] * 65}, "texts"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "texts"),
+        ({"texts": "one string"}, "texts"),
+        ({"texts": [""]}, "texts[0]"),
+        ({"texts": ["ok", "   "]}, "texts[1]"),
+        ({"texts": [42]}, "texts[0]"),
+        ({"texts": ["x" * 5001]}, "texts[0]"),
+        ({"texts": ["fine"] * 65}, "texts"),
+    ],
+)
 def test_bad_text_requests(client, body, field):
     assert error_of(client.post("/v1/classify_text", json=body))["field"] == field
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "user_id"),
-    ({"user_id": "one"}, "user_id"),
-    ({"user_id": 10**9}, "user_id"),
-    ({"user_id": 1, "k": 0}, "k"),
-    ({"user_id": 1, "k": 101}, "k"),
-    ({"user_id": 1, "k": 3, "candidate_item_ids": [10**9]}, "candidate_item_ids[0]"),
-    ({"user_id": 1, "k": 3, "candidate_item_ids": ["a"]}, "candidate_item_ids[0]"),
-    ({"user_id": 1, "k": 3, "candidate_item_ids": []}, "candidate_item_ids"),
-    ({"user_id": 1, "min_accuracy": 0.9}, "min_accuracy"),
-    ({"user_id": 1, "max_rmse": 0.01}, "max_rmse"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "user_id"),
+        ({"user_id": "one"}, "user_id"),
+        ({"user_id": 10**9}, "user_id"),
+        ({"user_id": 1, "k": 0}, "k"),
+        ({"user_id": 1, "k": 101}, "k"),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": [10**9]}, "candidate_item_ids[0]"),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": ["a"]}, "candidate_item_ids[0]"),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": []}, "candidate_item_ids"),
+        ({"user_id": 1, "min_accuracy": 0.9}, "min_accuracy"),
+        ({"user_id": 1, "max_rmse": 0.01}, "max_rmse"),
+    ],
+)
 def test_bad_recommend_requests(client, repo, body, field):
     catalog = repo.artifact("recsys", "catalog")
     if body.get("user_id") == 1:
@@ -218,10 +228,16 @@ def test_bad_recommend_requests(client, repo, body, field):
 def test_k_above_the_candidates_and_duplicate_candidates(client, repo):
     catalog = repo.artifact("recsys", "catalog")
     user, item = int(catalog["users"][0]["user_id"]), int(catalog["items"][0]["item_id"])
-    assert error_of(client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": [item]}))[
-        "field"] == "k"
-    assert error_of(client.post("/v1/recommend", json={"user_id": user, "k": 1, "candidate_item_ids": [item, item]}))[
-        "field"] == "candidate_item_ids"
+    assert (
+        error_of(client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": [item]}))["field"]
+        == "k"
+    )
+    assert (
+        error_of(client.post("/v1/recommend", json={"user_id": user, "k": 1, "candidate_item_ids": [item, item]}))[
+            "field"
+        ]
+        == "candidate_item_ids"
+    )
 
 
 def test_bad_budget_header(client):
@@ -236,13 +252,17 @@ def test_time_before_the_server_counts_against_the_budget(client, repo):
     fresh = client.post("/v1/classify_image", json=body, headers={"X-Request-Start": f"t={time.time():.6f}"})
     assert fresh.status_code == 200 and fresh.json()["budget_met"] is True
     # Sent 6 s ago (here in milliseconds, as some proxies stamp it): the 5 s budget is gone already.
-    stale = client.post("/v1/classify_image", json=body, headers={"X-Request-Start": f"t={int(time.time() * 1e3) - 6000}"})
+    stale = client.post(
+        "/v1/classify_image", json=body, headers={"X-Request-Start": f"t={int(time.time() * 1e3) - 6000}"}
+    )
     assert stale.status_code == 200 and stale.json()["budget_met"] is False
     assert stale.json()["variant"] == policy_order(repo, "cnn")[1]  # nothing fits: the fastest
 
 
-@pytest.mark.parametrize("stamp, problem, accepted", [("yesterday", "is not a time", "t=<Unix time>"),
-                                                       ("t=1000000000", "s ago", "check the client's clock")])
+@pytest.mark.parametrize(
+    "stamp, problem, accepted",
+    [("yesterday", "is not a time", "t=<Unix time>"), ("t=1000000000", "s ago", "check the client's clock")],
+)
 def test_bad_request_start_header(client, stamp, problem, accepted):
     response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Request-Start": stamp})
     error = error_of(response)
@@ -257,8 +277,10 @@ def test_strict_overload_is_a_503_with_retry_after(client):
 
 def test_oversized_bodies_are_refused_before_parsing(client):
     big = json.dumps({"images": [[[255.0] * 28] * 28] * 64})  # ~330 KB with spaces; the limit here is 400 KB
-    assert client.post("/v1/classify_image", content=big * 2, headers={"Content-Type": "application/json"}
-                       ).status_code == 413
+    assert (
+        client.post("/v1/classify_image", content=big * 2, headers={"Content-Type": "application/json"}).status_code
+        == 413
+    )
 
 
 def test_the_server_keeps_serving_after_errors(client):
@@ -299,8 +321,9 @@ def test_readiness_drops_when_the_repository_changes_on_disk(profiled_repo, tmp_
 
 
 def test_config_from_the_environment():
-    config = GatewayConfig.from_env({"FLEXSERVE_REPO": "/r", "FLEXSERVE_WORKERS": "3",
-                                     "FLEXSERVE_DEFAULT_BUDGET_MS": "50"})
+    config = GatewayConfig.from_env(
+        {"FLEXSERVE_REPO": "/r", "FLEXSERVE_WORKERS": "3", "FLEXSERVE_DEFAULT_BUDGET_MS": "50"}
+    )
     assert str(config.repo) == "/r" and config.workers == 3 and config.default_budget_ms == 50
     with pytest.raises(ValueError, match="FLEXSERVE_WORKERS"):
         GatewayConfig.from_env({"FLEXSERVE_WORKERS": "many"})

@@ -1,14 +1,15 @@
 """The real pipeline (training, distillation, export, quantisation, ONNX Runtime, BentoML's
 model store) on generated data: fast, and independent of the installed datasets."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from contract.sessions import open_session as session
 from serving.repository import check_signature, load_repository, sha256_file
 from training.data import load_dataset
-from contract.sessions import open_session as session
 from training.export import ParityError, check_parity, export_onnx
 from training.pipeline import FAMILIES, load_checkpoint
 from training.tasks import get_task

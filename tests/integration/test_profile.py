@@ -1,4 +1,5 @@
 """`flexserve profile` on real ONNX Runtime sessions, and the policy and simulator on its output."""
+
 import json
 
 import onnxruntime as ort

@@ -1,4 +1,5 @@
 """The Triton model repository written from the profiled synthetic FlexServe repository."""
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
@@ -15,7 +16,8 @@ def test_portable_flavour_has_every_variant_and_a_router_per_family(profiled_rep
     names = write_triton_repository(profiled_repo, tmp_path / "models")
     repo = load_repository(profiled_repo)
     assert set(names) == {v.name for f in repo.families for v in repo.variants(f)} | {
-        f"{f}_router" for f in repo.families}
+        f"{f}_router" for f in repo.families
+    }
     config = _config(tmp_path / "models" / "rnn_full_fp32")
     assert config.backend == "python" and not any(t.HasField("reshape") for t in config.input)
     variant = next(v for v in repo.variants("rnn") if v.name == "rnn_full_fp32")

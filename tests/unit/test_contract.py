@@ -13,14 +13,33 @@ from contract.manifest import Manifest, ManifestError, TensorSpec, read_manifest
 from contract.triton_config import max_batch_rows, variant_config
 
 SECTION = {
-    "task": "classification", "metric": "accuracy", "higher_is_better": True,
-    "dataset": {"source": "synthetic"}, "inputs": [{"name": "TOKENS", "dtype": "int64", "shape": [-1, -1]},
-                                                  {"name": "LENGTHS", "dtype": "int64", "shape": [-1]}],
-    "outputs": [{"name": "LOGITS", "dtype": "float32", "shape": [-1, 2]}], "rows_per_request": 1,
-    "contract": {"labels": ["no", "yes"]}, "preprocessing": {"vocab": {"path": "v.json", "sha256": "ab", "size_bytes": 3}},
-    "training": {}, "variants": [{"name": "t_full_fp32", "kind": "full", "precision": "fp32", "onnx": "t/1/model.onnx",
-                                  "sha256": "cd", "size_bytes": 10, "params": 5, "metrics": {"accuracy": 0.8},
-                                  "latency_ms": {"1": {"p50": 1.0, "p95": 2.0, "p99": 3.0}}, "future_key": [1]}],
+    "task": "classification",
+    "metric": "accuracy",
+    "higher_is_better": True,
+    "dataset": {"source": "synthetic"},
+    "inputs": [
+        {"name": "TOKENS", "dtype": "int64", "shape": [-1, -1]},
+        {"name": "LENGTHS", "dtype": "int64", "shape": [-1]},
+    ],
+    "outputs": [{"name": "LOGITS", "dtype": "float32", "shape": [-1, 2]}],
+    "rows_per_request": 1,
+    "contract": {"labels": ["no", "yes"]},
+    "preprocessing": {"vocab": {"path": "v.json", "sha256": "ab", "size_bytes": 3}},
+    "training": {},
+    "variants": [
+        {
+            "name": "t_full_fp32",
+            "kind": "full",
+            "precision": "fp32",
+            "onnx": "t/1/model.onnx",
+            "sha256": "cd",
+            "size_bytes": 10,
+            "params": 5,
+            "metrics": {"accuracy": 0.8},
+            "latency_ms": {"1": {"p50": 1.0, "p95": 2.0, "p99": 3.0}},
+            "future_key": [1],
+        }
+    ],
     "a_key_from_a_newer_writer": {"kept": True},
 }
 
@@ -39,15 +58,23 @@ def test_a_manifest_round_trips_through_its_typed_sections_keeping_unknown_keys(
 
 
 def test_a_lower_is_better_metric_floors_with_max():
-    section = Manifest.from_json({"schema_version": 1, "families": {"t": {**SECTION, "metric": "rmse",
-                                                                        "higher_is_better": False}}}).family("t")
+    section = Manifest.from_json(
+        {"schema_version": 1, "families": {"t": {**SECTION, "metric": "rmse", "higher_is_better": False}}}
+    ).family("t")
     assert section.floor_field == "max_rmse"
 
 
-@pytest.mark.parametrize("data, problem", [({"schema_version": 2, "families": {}}, "schema_version 2"),
-                                           ({"schema_version": 1, "families": {"t": {**SECTION, "task": "ranking"}}},
-                                            "task must be one of classification, regression"),
-                                           ({"schema_version": 1, "families": {"t": {"metric": "x"}}}, "malformed")])
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ({"schema_version": 2, "families": {}}, "schema_version 2"),
+        (
+            {"schema_version": 1, "families": {"t": {**SECTION, "task": "ranking"}}},
+            "task must be one of classification, regression",
+        ),
+        ({"schema_version": 1, "families": {"t": {"metric": "x"}}}, "malformed"),
+    ],
+)
 def test_a_bad_manifest_names_its_problem(data, problem):
     with pytest.raises(ManifestError, match=problem):
         Manifest.from_json(data)
@@ -86,12 +113,22 @@ def test_a_native_variant_config_excludes_the_batch_axis_and_reshapes_per_row_sc
 
 
 def test_a_portable_variant_config_runs_in_the_python_backend_with_its_parameters():
-    text = variant_config("r", (TensorSpec("X", "float32", (-1, 4)),), (TensorSpec("RATING", "float32", (-1,)),),
-                          1682, "portable", preferred_batch_sizes=[4, 16], parameters={"sha256": "ab"})
+    text = variant_config(
+        "r",
+        (TensorSpec("X", "float32", (-1, 4)),),
+        (TensorSpec("RATING", "float32", (-1,)),),
+        1682,
+        "portable",
+        preferred_batch_sizes=[4, 16],
+        parameters={"sha256": "ab"},
+    )
     config = _parse(text)
     assert config.backend == "python" and config.max_batch_size == max_batch_rows(1682) == 8 * 1682
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 16]
-    assert config.parameters["sha256"].string_value == "ab" and config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    assert (
+        config.parameters["sha256"].string_value == "ab"
+        and config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    )
     assert not config.output[0].HasField("reshape")  # the Python model reshapes per-row scalars itself
     with pytest.raises(ValueError, match="portable, native"):
         variant_config("r", (), (), 1, "tensorrt")

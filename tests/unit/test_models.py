@@ -24,13 +24,34 @@ def test_rnn_output_ignores_padding():
 
 
 def test_recsys_predicts_ratings_in_range():
-    config = RecsysConfig(num_users=5, num_items=7, num_ages=7, num_genders=2, num_occupations=3, num_years=10,
-                          num_genres=4, title_vocab_size=9, embed_dim=8, tower_dim=8, head_hidden=(8,))
+    config = RecsysConfig(
+        num_users=5,
+        num_items=7,
+        num_ages=7,
+        num_genders=2,
+        num_occupations=3,
+        num_years=10,
+        num_genres=4,
+        title_vocab_size=9,
+        embed_dim=8,
+        tower_dim=8,
+        head_hidden=(8,),
+    )
     model = RatingPredictor(config).eval()
     n = 6
-    out = model(torch.stack([torch.randint(0, 5, (n,)), torch.randint(0, 7, (n,)), torch.randint(0, 2, (n,)),
-                             torch.randint(0, 3, (n,))], 1),
-                torch.stack([torch.randint(0, 7, (n,)), torch.randint(0, 10, (n,))], 1),
-                torch.randint(0, 2, (n, 4)).float(), torch.randint(0, 9, (n, 3)))
+    out = model(
+        torch.stack(
+            [
+                torch.randint(0, 5, (n,)),
+                torch.randint(0, 7, (n,)),
+                torch.randint(0, 2, (n,)),
+                torch.randint(0, 3, (n,)),
+            ],
+            1,
+        ),
+        torch.stack([torch.randint(0, 7, (n,)), torch.randint(0, 10, (n,))], 1),
+        torch.randint(0, 2, (n, 4)).float(),
+        torch.randint(0, 9, (n, 3)),
+    )
     assert out.shape == (n,)
     assert ((out >= 1.0) & (out <= 5.0)).all()

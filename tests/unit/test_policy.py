@@ -1,4 +1,5 @@
 """The routing policy on a fake clock: pure logic, no runtime."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,18 +23,26 @@ class FakeClock:
 def flat(p50: float, p95: float | None = None) -> ServiceProfile:
     """A profile whose service time grows linearly with the batch size."""
     p95 = p95 if p95 is not None else 1.2 * p50
-    return ServiceProfile((1, 4, 16, 64), tuple(p50 * b for b in (1, 4, 16, 64)),
-                          tuple(p95 * b for b in (1, 4, 16, 64)), tuple(1.5 * p95 * b for b in (1, 4, 16, 64)))
+    return ServiceProfile(
+        (1, 4, 16, 64),
+        tuple(p50 * b for b in (1, 4, 16, 64)),
+        tuple(p95 * b for b in (1, 4, 16, 64)),
+        tuple(1.5 * p95 * b for b in (1, 4, 16, 64)),
+    )
 
 
 # full: p95 10 ms, accuracy 0.92; int8: p95 4 ms, 0.915; student: p95 1 ms, 0.90.
-VARIANTS = [VariantProfile("m_student", 0.90, flat(0.8, 1.0)), VariantProfile("m_full", 0.92, flat(8.0, 10.0)),
-            VariantProfile("m_int8", 0.915, flat(3.0, 4.0))]
+VARIANTS = [
+    VariantProfile("m_student", 0.90, flat(0.8, 1.0)),
+    VariantProfile("m_full", 0.92, flat(8.0, 10.0)),
+    VariantProfile("m_int8", 0.915, flat(3.0, 4.0)),
+]
 
 
 def make(clock=None, parallelism=1, **config) -> Policy:
-    return Policy("m", VARIANTS, executors={"local": parallelism}, config=PolicyConfig(**config),
-                  clock=clock or FakeClock())
+    return Policy(
+        "m", VARIANTS, executors={"local": parallelism}, config=PolicyConfig(**config), clock=clock or FakeClock()
+    )
 
 
 def test_variants_are_considered_most_accurate_first():
@@ -293,11 +302,24 @@ def test_profile_interpolation_and_extrapolation():
 
 def test_policy_from_manifest_needs_a_profile():
     entry = {"kind": "full", "precision": "fp32", "onnx": "x", "sha256": "0", "size_bytes": 1, "params": 1}
-    section = FamilySection.from_json({
-        "task": "classification", "metric": "accuracy", "higher_is_better": True, "inputs": [], "outputs": [],
-        "variants": [{**entry, "name": "a", "metrics": {"accuracy": 0.9},
-                      "latency_ms": {"1": {"p50": 1, "p95": 2, "p99": 3}}},
-                     {**entry, "name": "b", "metrics": {"accuracy": 0.8}}]})
+    section = FamilySection.from_json(
+        {
+            "task": "classification",
+            "metric": "accuracy",
+            "higher_is_better": True,
+            "inputs": [],
+            "outputs": [],
+            "variants": [
+                {
+                    **entry,
+                    "name": "a",
+                    "metrics": {"accuracy": 0.9},
+                    "latency_ms": {"1": {"p50": 1, "p95": 2, "p99": 3}},
+                },
+                {**entry, "name": "b", "metrics": {"accuracy": 0.8}},
+            ],
+        }
+    )
     with pytest.raises(Exception) as error:
         policy_from_manifest("m", section)
     assert "flexserve profile" in str(error.value)
@@ -311,10 +333,20 @@ def test_families_sharing_an_executor_see_each_others_work():
     from serving.policy import Executor
 
     shared, lock = Executor(parallelism=1), _threading.Lock()
-    a = Policy("a", VARIANTS, executors={"local": shared}, lock=lock, config=PolicyConfig(safety_margin=0.0,
-                                                                                         protect_tight_budgets=False))
-    b = Policy("b", VARIANTS, executors={"local": shared}, lock=lock, config=PolicyConfig(safety_margin=0.0,
-                                                                                         protect_tight_budgets=False))
+    a = Policy(
+        "a",
+        VARIANTS,
+        executors={"local": shared},
+        lock=lock,
+        config=PolicyConfig(safety_margin=0.0, protect_tight_budgets=False),
+    )
+    b = Policy(
+        "b",
+        VARIANTS,
+        executors={"local": shared},
+        lock=lock,
+        config=PolicyConfig(safety_margin=0.0, protect_tight_budgets=False),
+    )
     for _ in range(3):
         a.route(1000.0)  # 30 ms of full's work queued by family a
     assert shared.in_flight == 3

@@ -9,9 +9,16 @@ from training.repository import write_family
 
 
 def _section(names) -> FamilySection:
-    return FamilySection(task="classification", metric="accuracy", higher_is_better=True, inputs=(), outputs=(),
-                         variants=tuple(VariantEntry(n, "full", "fp32", f"{n}/1/model.onnx", "0" * 64, 1, 1,
-                                                     {"accuracy": 0.5}) for n in names))
+    return FamilySection(
+        task="classification",
+        metric="accuracy",
+        higher_is_better=True,
+        inputs=(),
+        outputs=(),
+        variants=tuple(
+            VariantEntry(n, "full", "fp32", f"{n}/1/model.onnx", "0" * 64, 1, 1, {"accuracy": 0.5}) for n in names
+        ),
+    )
 
 
 def test_write_family_replaces_one_family_and_removes_its_stale_variants(tmp_path):

@@ -1,4 +1,5 @@
 """The discrete-event simulator on a synthetic family section (no runtime, no files)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,28 @@ def stats(p50: float) -> dict:
 
 def section(full_ms: float = 4.0, student_ms: float = 0.5) -> FamilySection:
     """A family whose full model is 8x slower than its student."""
-    def variant(name, accuracy, ms):
-        return VariantEntry(name, "full", "fp32", f"{name}.onnx", "0", 1, 1, {"accuracy": accuracy},
-                            latency_ms={str(b): stats(ms * b) for b in (1, 4, 16, 64)})
 
-    return FamilySection(task="classification", metric="accuracy", higher_is_better=True, inputs=(), outputs=(),
-                         variants=(variant("x_full_fp32", 0.92, full_ms), variant("x_distilled_fp32", 0.90, student_ms)))
+    def variant(name, accuracy, ms):
+        return VariantEntry(
+            name,
+            "full",
+            "fp32",
+            f"{name}.onnx",
+            "0",
+            1,
+            1,
+            {"accuracy": accuracy},
+            latency_ms={str(b): stats(ms * b) for b in (1, 4, 16, 64)},
+        )
+
+    return FamilySection(
+        task="classification",
+        metric="accuracy",
+        higher_is_better=True,
+        inputs=(),
+        outputs=(),
+        variants=(variant("x_full_fp32", 0.92, full_ms), variant("x_distilled_fp32", 0.90, student_ms)),
+    )
 
 
 BUDGETS = ((15.0, 0.5), (40.0, 0.5))
@@ -28,14 +45,26 @@ BUDGETS = ((15.0, 0.5), (40.0, 0.5))
 
 def run(policy: str, load: float, **kw) -> dict:
     kw.setdefault("duration_s", 10.0)
-    return simulate(Scenario("x", section(), policy, kw.pop("arrivals", "poisson"), load, budgets=BUDGETS, **kw),
-                    processes=kw.pop("processes", 1) if "processes" in kw else 1)
+    return simulate(
+        Scenario("x", section(), policy, kw.pop("arrivals", "poisson"), load, budgets=BUDGETS, **kw),
+        processes=kw.pop("processes", 1) if "processes" in kw else 1,
+    )
 
 
 def test_rows_carry_the_reported_fields():
     row = run("adaptive", 100.0)
-    for key in ("policy", "load_rps", "slo_attainment", "mean_metric", "p99_ms", "throughput_rps", "p50_ms",
-                "p95_ms", "variant_mix", "requests"):
+    for key in (
+        "policy",
+        "load_rps",
+        "slo_attainment",
+        "mean_metric",
+        "p99_ms",
+        "throughput_rps",
+        "p50_ms",
+        "p95_ms",
+        "variant_mix",
+        "requests",
+    ):
         assert key in row
     assert row["requests"] == pytest.approx(1000, rel=0.15)  # 100 rps x 10 s
     assert row["throughput_rps"] == pytest.approx(100, rel=0.15)
@@ -75,20 +104,34 @@ def test_bursty_arrivals_keep_the_mean_rate_but_hurt_more():
 
 
 def test_replicas_in_parallel_processes_give_the_same_answer():
-    one = simulate(Scenario("x", section(), "adaptive", "poisson", 400.0, replicas=4, duration_s=5.0,
-                            budgets=BUDGETS), processes=1)
-    two = simulate(Scenario("x", section(), "adaptive", "poisson", 400.0, replicas=4, duration_s=5.0,
-                            budgets=BUDGETS), processes=2)
+    one = simulate(
+        Scenario("x", section(), "adaptive", "poisson", 400.0, replicas=4, duration_s=5.0, budgets=BUDGETS), processes=1
+    )
+    two = simulate(
+        Scenario("x", section(), "adaptive", "poisson", 400.0, replicas=4, duration_s=5.0, budgets=BUDGETS), processes=2
+    )
     for key in ("requests", "slo_attainment", "mean_metric", "p99_ms"):
         assert one[key] == two[key]
 
 
 def test_targets_compare_the_load_each_policy_holds():
-    rows = [{"family": "x", "arrivals": "poisson", "policy": p, "load_rps": load, "slo_attainment": slo,
-             "mean_metric": acc, "metric": "accuracy", "most_accurate": "x_full", "fastest": "x_student",
-             "most_accurate_p50_ms": 4.0, "fastest_p50_ms": 0.5}
-            for p, acc, curve in (("full", 0.92, [1.0, 0.995, 0.9, 0.5]), ("adaptive", 0.915, [1.0, 1.0, 0.999, 0.98]))
-            for load, slo in zip((100, 200, 400, 800), curve)]
+    rows = [
+        {
+            "family": "x",
+            "arrivals": "poisson",
+            "policy": p,
+            "load_rps": load,
+            "slo_attainment": slo,
+            "mean_metric": acc,
+            "metric": "accuracy",
+            "most_accurate": "x_full",
+            "fastest": "x_student",
+            "most_accurate_p50_ms": 4.0,
+            "fastest_p50_ms": 0.5,
+        }
+        for p, acc, curve in (("full", 0.92, [1.0, 0.995, 0.9, 0.5]), ("adaptive", 0.915, [1.0, 1.0, 0.999, 0.98]))
+        for load, slo in zip((100, 200, 400, 800), curve, strict=True)
+    ]
     assert simulator.holds_up_to(rows, "full", "poisson") == 200
     assert simulator.holds_up_to(rows, "adaptive", "poisson") == 400
     checks = simulator.targets(rows)

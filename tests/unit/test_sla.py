@@ -1,4 +1,5 @@
 """SLA classes and verdicts (pure logic)."""
+
 import json
 
 import pytest

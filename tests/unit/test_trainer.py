@@ -30,7 +30,7 @@ def test_training_learns_and_is_seeded():
     second, _, _ = _tiny_cnn_run(seed=1)
     accuracy = task.metric(predict(first.model, data.test, task), data.test.targets)
     assert accuracy > 0.5  # ten classes: chance is 0.1
-    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     assert len(first.history) == first.epochs_run == 6
 

@@ -9,8 +9,15 @@ from training.variants import gemm_to_matmul, to_fp16
 def _linear_model(path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3, bias=False)).eval()
-    torch.onnx.export(model, (torch.zeros(2, 6),), str(path), input_names=["X"], output_names=["Y"],
-                      dynamic_axes={"X": {0: "b"}, "Y": {0: "b"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 6),),
+        str(path),
+        input_names=["X"],
+        output_names=["Y"],
+        dynamic_axes={"X": {0: "b"}, "Y": {0: "b"}},
+        dynamo=False,
+    )
     return model
 
 
@@ -21,8 +28,9 @@ def test_gemm_rewrite_keeps_the_outputs(tmp_path):
     assert "Gemm" not in ops and ops.count("MatMul") == 2
     onnx.save(rewritten, str(tmp_path / "r.onnx"))
     x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
-    np.testing.assert_allclose(session(tmp_path / "r.onnx").run(None, {"X": x})[0],
-                               model(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        session(tmp_path / "r.onnx").run(None, {"X": x})[0], model(torch.from_numpy(x)).detach().numpy(), atol=1e-6
+    )
 
 
 def test_fp16_variant_keeps_fp32_inputs_and_outputs(tmp_path):

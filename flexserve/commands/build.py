@@ -1,0 +1,75 @@
+"""Build the model repository: `flexserve train`, `flexserve report`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from contract.manifest import DEFAULT_REPOSITORY
+from flexserve.commands import command, repo_option
+from training import BUILT_IN_FAMILIES
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.pipeline import BuildConfig, build
+
+    families = list(BUILT_IN_FAMILIES) if args.family == "all" else [args.family]
+    config = BuildConfig(
+        out=args.out,
+        checkpoints=args.checkpoints,
+        quick=args.quick,
+        synthetic=args.synthetic,
+        seed=args.seed,
+        device=args.device,
+        register=not args.no_register,
+    )
+    manifest = build(families, config)
+    for family in families:
+        section = manifest.families[family]
+        for variant in section.variants:
+            print(
+                f"{variant.name:<26} {section.metric} {variant.metrics[section.metric]:.4f}  "
+                f"params {variant.params:>9,}  {variant.size_bytes / 1e6:7.2f} MB"
+            )
+    return 0
+
+
+def add_train(commands) -> None:
+    p = command(
+        commands,
+        "build the model repository",
+        "train",
+        "train every variant (full, distilled; fp32, fp16, int8) and write the model repository",
+        "flexserve train --quick --family rnn",
+        _train,
+    )
+    p.add_argument("--family", choices=[*BUILT_IN_FAMILIES, "all"], default="all", help="which family to train")
+    p.add_argument("--quick", action="store_true", help="small subsets and few epochs (~2 minutes for all)")
+    p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="the model repository to write")
+    p.add_argument("--checkpoints", type=Path, help="where PyTorch checkpoints go (default: beside --out)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data splits, initial weights and shuffling")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
+    p.add_argument("--synthetic", action="store_true", help="generated data instead of the real datasets")
+    p.add_argument("--no-register", action="store_true", help="skip copying it into BentoML's model store")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from training.report import report
+
+    return report(args.repo, markdown=args.markdown, plot=args.plot, json_out=args.json, rounds=args.rounds)
+
+
+def add_report(commands) -> None:
+    p = command(
+        commands,
+        "build the model repository",
+        "report",
+        "the variant table (test metric, size, ONNX Runtime CPU latency) and its targets",
+        "flexserve report --markdown reports/variants.md --plot reports/variants.png",
+        _report,
+    )
+    repo_option(p)
+    p.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
+    p.add_argument("--plot", type=Path, help="also plot accuracy against latency (PNG) here")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--rounds", type=int, default=40, help="timed runs per variant and batch size")

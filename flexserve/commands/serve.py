@@ -1,0 +1,146 @@
+"""Serve: `flexserve serve` (the BentoML gateway), `flexserve triton repo|up`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from flexserve.commands import Formatter, command, repo_option
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import serving
+    from serving.policy import policy_from_manifest
+    from serving.repository import load_repository
+
+    env = dict(os.environ)
+    if args.model_tag:
+        env["FLEXSERVE_MODEL_TAG"] = args.model_tag
+    else:
+        repo = load_repository(args.repo, verify=False)  # a missing repository: a hint here, not a server traceback
+        for family in repo.families:
+            policy_from_manifest(family, repo.family(family))  # and so are missing profiles
+        env["FLEXSERVE_REPO"] = str(args.repo.resolve())
+        env.pop("FLEXSERVE_MODEL_TAG", None)
+    root = Path(serving.__file__).resolve().parents[1]
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    command = [
+        bentoml,
+        "serve",
+        "serving.service:FlexServe",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--working-dir",
+        str(root),
+    ]
+    print(f"[serve] {' '.join(command)}", file=sys.stderr, flush=True)
+    os.execve(bentoml, command, env)  # BentoML takes over this process: Ctrl-C and SIGTERM go straight to it
+
+
+def add_serve(commands) -> None:
+    p = command(
+        commands,
+        "serve",
+        "serve",
+        "serve every family over HTTP with the BentoML gateway, routed by each request's budget",
+        "flexserve serve --repo artifacts/model_repository --port 3000",
+        _serve,
+    )
+    repo_option(p)
+    p.add_argument(
+        "--model-tag", help="serve a BentoML model store tag instead of --repo, e.g. flexserve-model-repository:latest"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves other machines too)")
+    p.add_argument("--port", type=int, default=3000, help="HTTP port")
+
+
+def _triton_repo(args: argparse.Namespace) -> int:
+    from serving.triton.repository import write_triton_repository
+
+    names = write_triton_repository(args.repo, args.out, args.flavour)
+    print(f"wrote {len(names)} Triton models ({args.flavour}) to {args.out}: {', '.join(names)}")
+    return 0
+
+
+def _triton_up(args: argparse.Namespace) -> int:
+    """Write a portable Triton repository, start Triton on 127.0.0.1, wait for Ctrl-C or SIGTERM."""
+    from serving.triton.repository import write_triton_repository
+    from serving.triton.server import Ports, TritonServer
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="flexserve-triton-repo-") as workdir:
+        models = Path(workdir) / "models"
+        names = write_triton_repository(args.repo, models, "portable")
+        print(f"[triton] starting Triton with {len(names)} models from {args.repo} ...", file=sys.stderr, flush=True)
+        server = TritonServer(models, Ports(args.http_port, args.grpc_port, args.metrics_port), log=args.log)
+        server.start()
+        try:
+            routers = ", ".join(n for n in names if n.endswith("_router"))
+            print(
+                f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}\n"
+                f"routers: {routers}; Ctrl-C stops it",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                if server.process.poll() is not None:
+                    print(
+                        f"[triton] the server exited with {server.process.returncode}:\n{server.log_tail()}",
+                        file=sys.stderr,
+                    )
+                    return 1
+        finally:
+            server.stop()
+            print("[triton] stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def add_triton(commands) -> None:
+    p = command(
+        commands,
+        "serve",
+        "triton",
+        "serve the variants on NVIDIA Triton (HTTP and gRPC), with a budget-routing model per family",
+        "flexserve triton up --grpc-port 8001",
+        lambda _: 0,
+    )
+    sub = p.add_subparsers(dest="triton_command", required=True, metavar="{repo,up}")
+    repo = sub.add_parser(
+        "repo",
+        prog="flexserve triton repo",
+        help="write a Triton model repository (variants + routers)",
+        description="write a Triton model repository (variants + routers)",
+        epilog="example:\n  flexserve triton repo --flavour native --out triton_models",
+        formatter_class=Formatter,
+    )
+    repo_option(repo)
+    repo.add_argument("--out", type=Path, required=True, help="the Triton model repository to write")
+    repo.add_argument(
+        "--flavour",
+        choices=["portable", "native"],
+        default="portable",
+        help="portable: Python backend (the nvidia-pytriton server); native: onnxruntime_onnx (GPU images)",
+    )
+    repo.set_defaults(func=_triton_repo)
+    up = sub.add_parser(
+        "up",
+        prog="flexserve triton up",
+        help="start the Triton server from the nvidia-pytriton wheel on 127.0.0.1",
+        description="start the Triton server from the nvidia-pytriton wheel on 127.0.0.1",
+        epilog="example:\n  flexserve triton up --http-port 8000 --grpc-port 8001",
+        formatter_class=Formatter,
+    )
+    repo_option(up)
+    up.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port")
+    up.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port")
+    up.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
+    up.add_argument("--log", type=Path, help="Triton's log file (default: kept in memory, shown on failure)")
+    up.set_defaults(func=_triton_up)
