@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from contract.manifest import FamilySection
 from serving.errors import InvalidRequestError, OverloadError, RepositoryError
@@ -105,6 +106,18 @@ class Executor:
     parallelism: int
     in_flight: int = 0
     work_ms: float = 0.0  # predicted (p95) service of everything in flight
+
+
+class _Request(NamedTuple):
+    """One request as the routing steps see it: checked, with the clock read once."""
+
+    budget_ms: float
+    limit_ms: float  # the budget less the safety margin: what a prediction must fit
+    batch_size: int
+    floor: float | None
+    strict: bool
+    elapsed_ms: float
+    now: float
 
 
 @dataclass(slots=True)
@@ -238,24 +251,13 @@ class Policy:
         floor = None if min_quality is None else check_floor(min_quality, self.floor_field, self.metric)
         limit = budget * (1.0 - self.config.safety_margin)
         with self._lock:
-            now = self._clock()
+            request = _Request(budget, limit, batch_size, floor, strict, elapsed_ms, self._clock())
             if variant is not None:
-                return self._route_pinned(
-                    self._state(variant), budget, limit, batch_size, floor, strict, now, elapsed_ms
-                )
-            return self._route_best(budget, limit, batch_size, floor, strict, now, elapsed_ms)
+                return self._route_pinned(self._state(variant), request)
+            return self._route_best(request)
 
-    def _route_pinned(
-        self,
-        state: _VariantState,
-        budget: float,
-        limit: float,
-        batch_size: int,
-        floor: float | None,
-        strict: bool,
-        now: float,
-        elapsed_ms: float,
-    ) -> Decision:
+    def _route_pinned(self, state: _VariantState, request: _Request) -> Decision:
+        floor = request.floor
         if floor is not None and not self._meets(state, floor):
             name = state.spec.name
             raise InvalidRequestError(
@@ -263,26 +265,18 @@ class Policy:
                 f"{floor} is not met by the pinned variant {name} ({self.metric} {state.spec.quality:.4f})",
                 f"a floor that {name} meets, or no pin",
             )
-        predicted = self._predict(state, batch_size, now) + elapsed_ms
-        fits = predicted <= limit
-        if strict and not fits:
-            raise _overload(self.family, predicted, budget, f"pinned variant {state.spec.name}")
-        return self._start(state, batch_size, budget, predicted, fits, "pinned", 0, now, elapsed_ms)
+        predicted = self._predict(state, request.batch_size, request.now) + request.elapsed_ms
+        fits = predicted <= request.limit_ms
+        if request.strict and not fits:
+            raise _overload(self.family, predicted, request.budget_ms, f"pinned variant {state.spec.name}")
+        return self._start(state, request, predicted, fits, "pinned", 0)
 
-    def _route_best(
-        self,
-        budget: float,
-        limit: float,
-        batch_size: int,
-        floor: float | None,
-        strict: bool,
-        now: float,
-        elapsed_ms: float,
-    ) -> Decision:
+    def _route_best(self, request: _Request) -> Decision:
+        batch_size, floor, limit, now = request.batch_size, request.floor, request.limit_ms, request.now
         fastest = self._fastest_at(batch_size)
-        headroom = self._headroom(budget, batch_size, fastest, now) if self._protect else math.inf
+        headroom = self._headroom(request.budget_ms, batch_size, fastest, now) if self._protect else math.inf
         half_life = self.config.correction_half_life_s
-        overhead = self._overhead.planned_ms + elapsed_ms
+        overhead = self._overhead.planned_ms + request.elapsed_ms
         best, best_ms, skipped = None, math.inf, 0
         last_executor, wait = None, 0.0
         for state in self._states:  # the hot path of every request: kept flat
@@ -297,7 +291,7 @@ class Policy:
                 state is fastest or headroom == math.inf or self._queue_after(state, service) <= headroom
             ):
                 why = "skipped" if skipped else "best"
-                return self._start(state, batch_size, budget, predicted, True, why, skipped, now, elapsed_ms)
+                return self._start(state, request, predicted, True, why, skipped)
             skipped += 1
             if predicted < best_ms:
                 best, best_ms = state, predicted
@@ -309,10 +303,10 @@ class Policy:
                 f"a value that {top.name} meets, or none",
             )
         if best_ms <= limit:  # fits, but every eligible variant would crowd the queue: the quickest
-            return self._start(best, batch_size, budget, best_ms, True, "skipped", skipped, now, elapsed_ms)
-        if strict:
-            raise _overload(self.family, best_ms, budget, f"the fastest eligible variant ({best.spec.name})")
-        return self._start(best, batch_size, budget, best_ms, False, "none_fits", skipped, now, elapsed_ms)
+            return self._start(best, request, best_ms, True, "skipped", skipped)
+        if request.strict:
+            raise _overload(self.family, best_ms, request.budget_ms, f"the fastest eligible variant ({best.spec.name})")
+        return self._start(best, request, best_ms, False, "none_fits", skipped)
 
     def finish(self, decision: Decision, service_ms: float | None, latency_ms: float | None = None) -> None:
         """The chosen variant ran for `service_ms` (None: it failed; nothing is learned about it).
@@ -399,34 +393,27 @@ class Policy:
         return queue_delay(executor.work_ms + service_ms, executor.in_flight + 1, executor.parallelism)
 
     def _start(
-        self,
-        state: _VariantState,
-        batch_size: int,
-        budget: float,
-        predicted: float,
-        fits: bool,
-        why: str,
-        skipped: int,
-        now: float,
-        elapsed_ms: float,
+        self, state: _VariantState, request: _Request, predicted: float, fits: bool, why: str, skipped: int
     ) -> Decision:
-        work = state.service(batch_size)[1] * self._slowdown(state, now)
+        """Count the chosen variant in flight (its predicted work too) and describe the decision."""
+        work = state.service(request.batch_size)[1] * self._slowdown(state, request.now)
         state.in_flight += 1
         state.served += 1
         state.executor.in_flight += 1
         state.executor.work_ms += work
+        base = predicted - self._overhead.planned_ms - request.elapsed_ms
         return Decision(
             self.family,
             state.spec.name,
-            batch_size,
-            budget,
+            request.batch_size,
+            request.budget_ms,
             predicted,
             fits,
             why,
             skipped,
             self.config.safety_margin,
             work,
-            predicted - self._overhead.planned_ms - elapsed_ms,
+            base,
         )
 
 
