@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test report simulate bench clean
+.PHONY: setup run test test-fast lint report simulate bench clean
 
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
@@ -32,9 +32,18 @@ run: setup
 	$(BIN)/flexserve profile --repo $(REPO) --missing-only
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/flexserve serve --repo $(REPO)
 
-# The test suite, as CI runs it. pytest's exit code 5 (no tests collected) is not a failure.
-test: setup
+# The test suite, as CI runs it: lint, then every test. pytest's exit code 5 (no tests collected)
+# is not a failure.
+test: setup lint
 	$(BIN)/pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+# Unit and integration tests only: no server processes, under 2 minutes.
+test-fast: setup
+	$(BIN)/pytest -q tests/unit tests/integration; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 report: setup
 	$(BIN)/flexserve report --repo $(REPO) --markdown reports/variants.md --plot reports/variants.png

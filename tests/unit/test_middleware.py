@@ -1,0 +1,83 @@
+"""The gateway's ASGI middlewares alone, on a tiny app (no BentoML, no server)."""
+
+import asyncio
+import json
+import time
+
+from serving.middleware import Arrival, ArrivalTime, BodyLimit, arrival_of
+
+
+class EchoLength:
+    """An ASGI app that reads the whole body and answers its length (and records what it saw)."""
+
+    def __init__(self):
+        self.calls, self.scopes = 0, []
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        self.scopes.append(scope)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def call(app, chunks: list[bytes], headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, bytes]:
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers or []}
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_a_body_within_the_limit_reaches_the_app():
+    app = EchoLength()
+    assert call(BodyLimit(app, max_bytes=10), [b"12345", b"67890"]) == (200, b"10")
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_app_runs():
+    app = EchoLength()
+    status, body = call(BodyLimit(app, max_bytes=10), [b"x" * 11], headers=[(b"content-length", b"11")])
+    assert status == 413 and app.calls == 0
+    error = json.loads(body)["error"]
+    assert error["field"] == "body" and error["accepted"] == "at most 10 bytes"
+
+
+def test_a_streamed_body_over_the_limit_is_refused_once_it_passes_the_limit():
+    app = EchoLength()
+    status, body = call(BodyLimit(app, max_bytes=10), [b"x" * 6, b"x" * 6, b"x" * 6])  # no Content-Length
+    assert status == 413 and json.loads(body)["error"]["problem"] == "the request body is too large"
+
+
+def test_non_http_scopes_pass_through_both_middlewares():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    for middleware in (BodyLimit(app, max_bytes=1), ArrivalTime(app)):
+        asyncio.run(middleware({"type": "lifespan"}, None, None))
+    assert len(seen) == 2 and all("state" not in s for s in seen)
+
+
+def test_arrival_time_stamps_both_clocks_before_the_app_runs():
+    app = EchoLength()
+    before_mono, before_unix = time.perf_counter(), time.time()
+    call(ArrivalTime(app), [b"{}"])
+    arrival = arrival_of(app.scopes[0])
+    assert isinstance(arrival, Arrival)
+    assert before_mono <= arrival.monotonic_s <= time.perf_counter()
+    assert before_unix - 1 <= arrival.unix_s <= time.time() + 1
+    assert arrival_of({"type": "http"}) is None  # a request that did not pass the middleware
