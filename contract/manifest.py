@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 BUILD_HINT = "build one with `flexserve train --quick` (minutes) or `flexserve train` (full run)"
 # The repository's name in BentoML's model store (`flexserve train` registers it there).
 BENTOML_MODEL_NAME = "flexserve-model-repository"
-TASKS = ("classification", "regression")
+PROBLEM_TYPES = ("classification", "regression")  # the values of a family section's `task`
 
 
 class ManifestError(ValueError):
@@ -119,19 +119,14 @@ class FamilySection:
     extra: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ManifestError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task not in PROBLEM_TYPES:
+            raise ManifestError(f"task must be one of {', '.join(PROBLEM_TYPES)}, got {self.task!r}")
 
     def variant(self, name: str) -> VariantEntry:
         for v in self.variants:
             if v.name == name:
                 return v
         raise KeyError(name)
-
-    @property
-    def floor_field(self) -> str:
-        """The request field that sets a quality floor: `min_accuracy`, or `max_rmse` when lower is better."""
-        return f"min_{self.metric}" if self.higher_is_better else f"max_{self.metric}"
 
     def to_json(self) -> dict:
         return {
@@ -169,9 +164,6 @@ class Manifest:
     updated_at: str | None = None
     schema_version: int = SCHEMA_VERSION
     extra: Mapping = field(default_factory=dict)
-
-    def family(self, name: str) -> FamilySection:
-        return self.families[name]
 
     def with_family(self, name: str, section: FamilySection) -> Manifest:
         return replace(self, families={**self.families, name: section})

@@ -27,6 +27,8 @@ def typical_requests(repo: Repository, rng: np.random.Generator) -> dict[str, tu
 def model_inputs(repo: Repository, family: str, body: dict) -> dict[str, np.ndarray]:
     """The tensors the gateway would run for `body` (as its codecs build them)."""
     codec = codec_for(repo, family)
+    if codec is None:
+        raise ValueError(f"no typical request for family {family!r}: the built-in families are cnn, rnn and recsys")
     if family == "cnn":
         return codec.encode(body["images"])
     if family == "rnn":

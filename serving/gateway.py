@@ -106,7 +106,7 @@ class RequestContext:
     """One request's routing inputs, built once by the edge. The values are as the client sent them:
     the policy checks them (and the edge names the header a bad budget came from)."""
 
-    latency_budget_ms: object = DEFAULT_LATENCY_BUDGET_MS
+    latency_budget_ms: object = None  # None: the gateway's configured default (GatewayConfig.default_budget_ms)
     quality_floor: object = None  # min_accuracy (classifiers) or max_rmse (recommender)
     variant: object = None  # pin one by name
     strict: object = False  # refuse (OverloadError) rather than miss the budget
@@ -117,8 +117,9 @@ class RequestContext:
 
 class Completion:
     """Comes with every answer. Call it once the response's last byte has left the server: the policy
-    then learns the request's whole time in the server, the way out included. Calling it twice, or
-    not at all (an in-process caller), is harmless."""
+    then learns the request's whole time in the server, the way out included. Calling it twice is
+    harmless; not calling it means the policy learns nothing of this request's overhead (an
+    in-process caller with no response to send calls it at once)."""
 
     __slots__ = ("_arrived_at", "_decision", "_policy")
 
@@ -185,7 +186,8 @@ class Gateway:
             )
             for family in self.repo.families
         }
-        self.codecs = {family: codec_for(self.repo, family) for family in self.repo.families}
+        # A family without a codec (none yet beyond the built-ins) is not served: its requests get 404.
+        self.codecs = {f: codec for f in self.repo.families if (codec := codec_for(self.repo, f)) is not None}
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="flexserve-model")
         self._closed = False
 
@@ -262,9 +264,10 @@ class Gateway:
     ) -> tuple[np.ndarray, dict, Completion]:
         arrived_at = request.arrived_at or time.perf_counter()
         policy = self.policies[family]
+        budget = self.config.default_budget_ms if request.latency_budget_ms is None else request.latency_budget_ms
         try:
             decision = policy.route(
-                request.latency_budget_ms,
+                budget,
                 batch_rows,
                 min_quality=request.quality_floor,
                 variant=request.variant,

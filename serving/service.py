@@ -3,7 +3,7 @@
 
 A thin adapter: `serving/gateway.py` does the work. This module is the edge: it builds each
 request's `RequestContext` once (budget from the body, else the X-Latency-Budget-Ms header, else
-the configured default; time before the server from X-Request-Start; arrival time from the
+the gateway's configured default; time before the server from X-Request-Start; arrival time from the
 `ArrivalTime` middleware), maps errors to HTTP status codes, hands the gateway's `Completion` to
 BentoML to call once the response has been sent, and turns what happens into Prometheus metrics.
 
@@ -198,17 +198,16 @@ class FlexServe:
     def _context(
         self, ctx: bentoml.Context, budget: object, floor: object, variant: object, strict: object
     ) -> RequestContext:
-        """The request's one context: budget from the body, else the header, else the default."""
+        """The request's one context: the budget from the body, else the header (else None: the gateway's
+        configured default), the time before the server, the arrival time."""
         headers, arrival = ctx.request.headers, arrival_of(ctx.request.scope)
         field = "latency_budget_ms"
-        if budget is None:
-            budget, field = budget_from_header(headers.get(BUDGET_HEADER)), BUDGET_HEADER
-        if budget is None:
-            budget, field = self.gateway.config.default_budget_ms, "latency_budget_ms"
+        if budget is None and BUDGET_HEADER in headers:
+            budget, field = budget_from_header(headers[BUDGET_HEADER]), BUDGET_HEADER
         elapsed = 0.0
         if arrival is not None:
             elapsed = elapsed_since_request_start(headers.get(REQUEST_START_HEADER), arrival.unix_s)
-        return RequestContext(budget, floor, variant, strict, elapsed, arrival.monotonic_s if arrival else None, field)
+        return RequestContext(budget, floor, variant, strict, elapsed, arrival.perf_s if arrival else None, field)
 
     def _respond(self, ctx: bentoml.Context, answer: dict, completion: Completion) -> Response:
         ctx.response.headers["X-FlexServe-Variant"] = answer["variant"]

@@ -82,7 +82,7 @@ class Dataset:
         )
 
 
-def _split_indices(n: int, fractions: tuple[float, float], seed: int, strata: np.ndarray | None = None):
+def split_indices(n: int, fractions: tuple[float, float], seed: int, strata: np.ndarray | None = None):
     """Seeded train/val/test index arrays; stratified by `strata` when given."""
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
@@ -150,7 +150,7 @@ def synthetic_images(n: int = 600, seed: int = 0, num_classes: int = 10) -> Data
     for i, label in enumerate(labels):
         row = 2 + label * 24 // num_classes
         images[i, 0, row : row + 3, 4:24] += 180
-    train, val, test = _split_indices(n, (0.15, 0.15), seed)
+    train, val, test = split_indices(n, (0.15, 0.15), seed)
     split = lambda idx: Split({"IMAGES": images[idx]}, labels[idx].astype(np.int64))  # noqa: E731
     return Dataset(
         "cnn",
@@ -192,7 +192,7 @@ def encode_texts(
 
 
 def _text_dataset(texts: list[str], labels: np.ndarray, label_names: list[str], seed: int, source: str) -> Dataset:
-    train, val, test = _split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
+    train, val, test = split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
     vocab = build_vocab([texts[i] for i in train])
     tokens, lengths = encode_texts(texts, vocab)
 
@@ -239,7 +239,7 @@ def load_rotten_tomatoes(seed: int = 0) -> Dataset:
 def rotten_tomatoes_test_texts(seed: int = 0) -> list[str]:
     """The raw snippets of the test split (load tests send them as clients would)."""
     texts, labels, _, _ = _rotten_tomatoes_rows()
-    _, _, test = _split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
+    _, _, test = split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
     return [texts[i] for i in test]
 
 
@@ -264,11 +264,11 @@ def synthetic_texts(n: int = 400, seed: int = 0) -> Dataset:
 # ---------------------------------------------------------------------------- ratings
 
 
-def _age_bucket(age: int) -> int:
+def age_bucket(age: int) -> int:
     return int(np.searchsorted(AGE_BUCKETS, age, side="right"))
 
 
-def _year_bucket(year: str) -> int:
+def year_bucket(year: str) -> int:
     """0 for unknown, then one bucket per decade from the 1920s (earlier years share bucket 1)."""
     return 0 if not year.isdigit() else 1 + max(0, min(int(year) // 10 - 192, 8))
 
@@ -316,7 +316,7 @@ def _recsys_dataset(
                 "user_id": u["user_id"],
                 "features": [
                     i,
-                    _age_bucket(int(u["age"])),
+                    age_bucket(int(u["age"])),
                     genders.index(u["gender"]),
                     occupations.index(u["occupation"]),
                 ],
@@ -329,7 +329,7 @@ def _recsys_dataset(
                 "title": it["title"],
                 "year": it["year"],
                 "genres": it["genres"],
-                "features": [i, _year_bucket(it["year"])],
+                "features": [i, year_bucket(it["year"])],
                 "title_tokens": title_tokens[i].tolist(),
             }
             for i, it in enumerate(items)
@@ -342,7 +342,7 @@ def _recsys_dataset(
         tables, np.array([user_index[u] for u, _, _ in ratings]), np.array([item_index[i] for _, i, _ in ratings])
     )
     targets = np.array([r for _, _, r in ratings], dtype=np.float32)
-    train, val, test = _split_indices(len(ratings), (0.1, 0.1), seed)
+    train, val, test = split_indices(len(ratings), (0.1, 0.1), seed)
 
     def split(idx: np.ndarray) -> Split:
         return Split({k: v[idx] for k, v in inputs.items()}, targets[idx])

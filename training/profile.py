@@ -25,13 +25,13 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.manifest import FamilySection, Manifest, read_manifest, write_manifest
-from contract.sessions import GPU_HINT, open_session
+from contract.sessions import open_session, providers_for
 from training.data import catalog_rows, catalog_tables
 from training.progress import Progress
 from training.repository import register_in_bentoml
 
 BATCH_SIZES = (1, 4, 16, 64)
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+DEVICES = ("cpu", "cuda")  # profiles are taken on one device explicitly, never "auto"
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class ProfileSettings:
     seconds_per_point: float = 0.25
 
     def __post_init__(self):
-        if self.device not in PROVIDERS:
-            raise ValueError(f"device must be one of {', '.join(PROVIDERS)}, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads < 1 or self.min_runs < 1 or self.max_runs < self.min_runs:
             raise ValueError("threads and min_runs must be >= 1 and max_runs >= min_runs")
 
@@ -127,7 +127,7 @@ def profile_family(
     progress: Progress,
 ) -> dict[str, dict[str, dict]]:
     """{variant: {"<batch>": stats}} for one family, variants timed round-robin."""
-    providers = PROVIDERS[settings.device]
+    providers = providers_for(settings.device)
     sessions = {
         v.name: open_session(repo / v.onnx, threads=settings.threads, providers=providers) for v in section.variants
     }
@@ -170,8 +170,7 @@ def profile(
     unknown = sorted(set(families or []) - set(manifest.families))
     if unknown:
         raise ValueError(f"family {', '.join(unknown)} is not in {repo}: it holds {', '.join(manifest.families)}")
-    if settings.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise RuntimeError(f"--device cuda needs ONNX Runtime's CUDA execution provider: {GPU_HINT}")
+    providers = providers_for(settings.device)  # cuda without its execution provider: an error saying how to get it
     families = list(families or manifest.families)
     if missing_only:  # only families with a variant that has no profile yet (e.g. just retrained)
         families = [f for f in families if any(not v.latency_ms for v in manifest.families[f].variants)]
@@ -194,7 +193,7 @@ def profile(
                 "hardware": hardware(settings.device),
                 "settings": {
                     **asdict(settings),
-                    "provider": PROVIDERS[settings.device][0],
+                    "provider": providers[0],
                     "inter_op_threads": 1,
                     "onnxruntime": ort.__version__,
                 },

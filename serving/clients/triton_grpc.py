@@ -4,7 +4,7 @@
 
 The `rnn_router` model takes raw text as a BYTES tensor `TEXT` (one string per row) and the
 budget as an FP32 tensor `LATENCY_BUDGET_MS` ([1]); it returns `LOGITS` ([n, 2]: rotten,
-fresh), `VARIANT` (the variant that answered) and `BUDGET_MET` (the router's prediction).
+fresh), `VARIANT` (the variant that answered) and `PREDICTED_TO_MEET` (the router's prediction).
 """
 
 import argparse

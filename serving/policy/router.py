@@ -4,7 +4,7 @@ latency budget under the load of the moment. `Policy` composes the profiles and 
 Per request (`route`):
 
 1. Candidates are the family's variants, most accurate first (equal accuracy: the lower profiled
-   latency first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
+   p95 at one row first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
    when lower is better). A floor no variant meets is an `InvalidRequestError`, never a silent
    downgrade.
 2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
@@ -171,10 +171,10 @@ class Policy:
             raise ValueError(f"executor parallelism must be >= 1, got {bad}")
         self._sign = 1.0 if higher_is_better else -1.0
         tol = config.quality_tolerance
-        # Best first; equal (within tolerance) quality: the faster first.
+        # Best first; equal (within tolerance) quality: the faster first (profiled p95 at one row).
         ordered = sorted(
             variants,
-            key=lambda v: (-self._sign * (round(v.quality / tol) * tol if tol else v.quality), v.profile.at(1, "p50")),
+            key=lambda v: (-self._sign * (round(v.quality / tol) * tol if tol else v.quality), v.profile.at(1, "p95")),
         )
         self._states = [_VariantState(v, self._executors[v.executor]) for v in ordered]
         self._by_name = {s.spec.name: s for s in self._states}

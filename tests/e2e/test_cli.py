@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from contract.sessions import open_session as session
+from contract.sessions import open_session
 from serving.repository import check_signature, load_repository
 
 
@@ -26,7 +26,7 @@ def test_quick_build_on_real_data_serves_every_variant(quick_repo):
         variants = repo.variants(family)
         assert len(variants) == 6
         for variant in variants:
-            check_signature(repo, family, variant, session(variant.path))
+            check_signature(repo, family, variant, open_session(variant.path))
     cnn = repo.family("cnn")
     assert cnn.contract["labels"][7] == "Sneaker"
     assert repo.family("recsys").rows_per_request == 1682

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from contract.sessions import open_session as session
-from serving.repository import check_signature, load_repository, sha256_file
+from contract.files import sha256_file
+from contract.sessions import open_session
+from serving.repository import check_signature, load_repository
 from training.data import load_dataset
 from training.export import ParityError, check_parity, export_onnx
 from training.pipeline import FAMILIES, load_checkpoint
@@ -38,7 +39,7 @@ def test_every_onnx_file_loads_matches_its_sha256_and_its_manifest_spec(syntheti
     for family in repo.families:
         for variant in repo.variants(family):
             assert sha256_file(variant.path) == variant.sha256
-            check_signature(repo, family, variant, session(variant.path))
+            check_signature(repo, family, variant, open_session(variant.path))
 
 
 def test_reduced_precision_files_are_smaller(synthetic_repo):
@@ -56,7 +57,7 @@ def test_checkpoints_rebuild_the_model_that_was_exported(synthetic_repo):
     model = load_checkpoint(task, synthetic_repo.parent / "checkpoints" / "cnn_full")
     data = load_dataset("cnn", synthetic=True)
     images = data.test.inputs["IMAGES"][:8]
-    onnx_out = session(synthetic_repo / "cnn_full_fp32" / "1" / "model.onnx").run(None, {"IMAGES": images})[0]
+    onnx_out = open_session(synthetic_repo / "cnn_full_fp32" / "1" / "model.onnx").run(None, {"IMAGES": images})[0]
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(images)).numpy(), onnx_out, atol=1e-4)
 

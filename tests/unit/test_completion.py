@@ -3,7 +3,6 @@
 import time
 
 from serving.gateway import Completion, RequestContext
-from serving.policy import DEFAULT_LATENCY_BUDGET_MS
 
 
 class RecordingPolicy:
@@ -25,7 +24,7 @@ def test_a_completion_reports_the_time_since_arrival_once():
     assert decision == "decision" and 50 <= latency_ms < 5_000
 
 
-def test_a_request_context_defaults_to_the_policy_default_budget():
+def test_a_request_context_without_a_budget_leaves_it_to_the_gateway_default():
     context = RequestContext()
-    assert context.latency_budget_ms == DEFAULT_LATENCY_BUDGET_MS and context.budget_field == "latency_budget_ms"
+    assert context.latency_budget_ms is None and context.budget_field == "latency_budget_ms"
     assert context.elapsed_ms == 0.0 and context.arrived_at is None and context.strict is False

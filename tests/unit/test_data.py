@@ -5,14 +5,14 @@ from training.data import (
     PAD_ID,
     UNK_ID,
     DatasetNotFoundError,
-    _age_bucket,
-    _split_indices,
-    _year_bucket,
+    age_bucket,
     build_vocab,
     encode_texts,
     load_dataset,
     load_fashion_mnist,
+    split_indices,
     tokenize,
+    year_bucket,
 )
 
 
@@ -34,23 +34,23 @@ def test_encode_pads_truncates_and_maps_unknown_words():
 
 def test_splits_are_disjoint_complete_deterministic_and_stratified():
     labels = np.array([0] * 80 + [1] * 20)
-    a = _split_indices(100, (0.1, 0.2), seed=3, strata=labels)
-    b = _split_indices(100, (0.1, 0.2), seed=3, strata=labels)
+    a = split_indices(100, (0.1, 0.2), seed=3, strata=labels)
+    b = split_indices(100, (0.1, 0.2), seed=3, strata=labels)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     _, val, test = a
     assert sorted(np.concatenate(a).tolist()) == list(range(100))
     assert (labels[test] == 1).sum() == 4 and (labels[val] == 1).sum() == 2  # 20% and 10% of each class
-    assert not np.array_equal(_split_indices(100, (0.1, 0.2), seed=4)[2], _split_indices(100, (0.1, 0.2), seed=3)[2])
+    assert not np.array_equal(split_indices(100, (0.1, 0.2), seed=4)[2], split_indices(100, (0.1, 0.2), seed=3)[2])
 
 
 @pytest.mark.parametrize("age, bucket", [(1, 0), (17, 0), (18, 1), (24, 1), (25, 2), (56, 6), (73, 6)])
 def test_age_buckets(age, bucket):
-    assert _age_bucket(age) == bucket
+    assert age_bucket(age) == bucket
 
 
 @pytest.mark.parametrize("year, bucket", [("", 0), ("unknown", 0), ("1919", 1), ("1925", 1), ("1995", 8), ("1998", 8)])
 def test_year_buckets(year, bucket):
-    assert _year_bucket(year) == bucket
+    assert year_bucket(year) == bucket
 
 
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path):

@@ -21,21 +21,21 @@ def test_malformed_classes_say_what_is_expected(text):
 def test_policy_from_a_file_overrides_thresholds(tmp_path):
     path = tmp_path / "sla.json"
     path.write_text(json.dumps({"classes": [{"name": "x", "budget_ms": 7}], "percentile": 99, "min_budget_met": 0.5}))
-    policy = load_spec(path, "ignored=1", 95, 0.01, 0.9)
-    assert policy.classes == (SlaClass("x", 7, 1.0),) and policy.percentile == 99 and policy.min_budget_met == 0.5
-    assert policy.max_failure_ratio == 0.01
+    spec = load_spec(path, "ignored=1", 95, 0.01, 0.9)
+    assert spec.classes == (SlaClass("x", 7, 1.0),) and spec.percentile == 99 and spec.min_budget_met == 0.5
+    assert spec.max_failure_ratio == 0.01
 
 
 def test_a_class_within_everything_passes():
-    policy = SlaSpec((SlaClass("std", 20, 1),))
-    assert check(policy, "std", requests=100, failures=0, percentile_ms=19.0, budget_met=95).ok
+    spec = SlaSpec((SlaClass("std", 20, 1),))
+    assert check(spec, "std", requests=100, failures=0, percentile_ms=19.0, budget_met=95).ok
 
 
 def test_each_broken_sla_says_by_how_much():
-    policy = SlaSpec((SlaClass("std", 20, 1),), max_failure_ratio=0.01, min_budget_met=0.9)
-    result = check(policy, "std", requests=100, failures=5, percentile_ms=30.0, budget_met=50)
+    spec = SlaSpec((SlaClass("std", 20, 1),), max_failure_ratio=0.01, min_budget_met=0.9)
+    result = check(spec, "std", requests=100, failures=5, percentile_ms=30.0, budget_met=50)
     assert not result.ok and len(result.problems) == 3
     assert "over by 10.0 ms" in result.problems[0]
     assert "5.00% > 1.00%" in result.problems[1]
     assert "52.6% < 90.0%" in result.problems[2]  # 50 of the 95 answered
-    assert check(policy, "std", 0, 0, 0.0, 0).problems == ["no requests were made"]
+    assert check(spec, "std", 0, 0, 0.0, 0).problems == ["no requests were made"]

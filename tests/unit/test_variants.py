@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import torch
 
-from contract.sessions import open_session as session
+from contract.sessions import open_session
 from training.variants import gemm_to_matmul, to_fp16
 
 
@@ -29,14 +29,14 @@ def test_gemm_rewrite_keeps_the_outputs(tmp_path):
     onnx.save(rewritten, str(tmp_path / "r.onnx"))
     x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
     np.testing.assert_allclose(
-        session(tmp_path / "r.onnx").run(None, {"X": x})[0], model(torch.from_numpy(x)).detach().numpy(), atol=1e-6
+        open_session(tmp_path / "r.onnx").run(None, {"X": x})[0], model(torch.from_numpy(x)).detach().numpy(), atol=1e-6
     )
 
 
 def test_fp16_variant_keeps_fp32_inputs_and_outputs(tmp_path):
     _linear_model(tmp_path / "m.onnx")
     to_fp16(tmp_path / "m.onnx", tmp_path / "h.onnx")
-    sess = session(tmp_path / "h.onnx")
+    sess = open_session(tmp_path / "h.onnx")
     assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
     weights = onnx.load(str(tmp_path / "h.onnx")).graph.initializer
     assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
