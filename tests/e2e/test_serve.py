@@ -298,3 +298,40 @@ def test_sla_checks_run_on_the_master_in_distributed_mode(server, tmp_path):
     assert master.returncode == 0, master.stdout[-2000:] + master.stderr[-2000:]
     verdict = json.loads((tmp_path / "sla.json").read_text())["classes"][0]
     assert verdict["requests"] > 0 and verdict["budget_met"] > 0  # counted on the worker, checked on the master
+
+
+@pytest.mark.slow
+def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_repo, tmp_path):
+    """What `make run` runs last: the CLI hands its process to `bentoml serve` on the given port."""
+    import signal
+    import time
+
+    from serving.process import free_port, stop_group
+
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    env.pop("FLEXSERVE_REPO", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flexserve", "serve", "--repo", str(profiled_quick_repo), "--port", str(port)],
+        cwd=tmp_path,  # not the checkout: the command finds the service itself
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify_text", json={"texts": ["a fine film"]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) is not None
+    finally:
+        stop_group(process)

@@ -74,6 +74,11 @@ def test_a_fixable_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert err.startswith("flexserve report: no model repository") and "flexserve train" in err and "\n" not in err
 
 
+def test_serve_checks_the_repository_before_starting_anything(tmp_path, capsys):
+    assert main(["serve", "--repo", str(tmp_path / "nowhere"), "--port", "1"]) == 2
+    assert "flexserve serve: no model repository" in capsys.readouterr().err
+
+
 def test_python_dash_m_flexserve_is_the_command():
     result = subprocess.run(
         [sys.executable, "-m", "flexserve", "--version"], capture_output=True, text=True, timeout=60
