@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         env.pop("FLEXSERVE_MODEL_TAG", None)
     root = Path(serving.__file__).resolve().parents[1]
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    command = [
+    argv = [
         bentoml,
         "serve",
         "serving.service:FlexServe",
@@ -40,8 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         "--working-dir",
         str(root),
     ]
-    print(f"[serve] {' '.join(command)}", file=sys.stderr, flush=True)
-    os.execve(bentoml, command, env)  # BentoML takes over this process: Ctrl-C and SIGTERM go straight to it
+    print(f"[serve] {' '.join(argv)}", file=sys.stderr, flush=True)
+    os.execve(bentoml, argv, env)  # BentoML takes over this process: Ctrl-C and SIGTERM go straight to it
 
 
 def add_serve(commands) -> None:
