@@ -56,6 +56,7 @@ def distill(
     distill_config: DistillConfig,
     name: str,
     progress: Progress | None = None,
+    batch_weight: float = 1.0,
 ) -> TrainResult:
     """Train `student` against `teacher`'s outputs on the training split (computed once)."""
     teacher.eval()
@@ -79,4 +80,6 @@ def distill(
             loss = loss + distill_config.alpha * F.mse_loss(student(*tensors).float(), teacher_scores)
         return loss
 
-    return train(student, task, data.train, data.val, config, name, loss_fn=loss_fn, progress=progress)
+    return train(
+        student, task, data.train, data.val, config, name, loss_fn=loss_fn, progress=progress, batch_weight=batch_weight
+    )

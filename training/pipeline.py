@@ -117,25 +117,52 @@ def _settings(task: Task, kind: str, config: BuildConfig) -> TrainConfig:
     return TrainConfig(**task.train_settings(kind, config.quick), seed=config.seed, device=config.device)
 
 
-def planned_steps(family: str, data: Dataset, config: BuildConfig) -> int:
-    """What one family's build counts on the progress display: every training batch of its three
-    models (full, distilled, the student without a teacher) and every variant exported."""
+@dataclass(frozen=True)
+class _Plan:
+    """What one family's build weighs on the progress display, in estimated seconds of work: every
+    training batch of its three models (full, distilled, the student without a teacher) at what one
+    batch of that model costs here, and every variant exported (an evaluation pass over the test
+    split, a third of a training step per batch, plus a second for export and parity)."""
+
+    batch_s: dict[str, float]  # kind -> seconds per training batch
+    train_s: float  # all training batches of the family's three models
+    export_s: float  # per variant
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + len(KINDS) * len(PRECISIONS) * self.export_s
+
+
+def plan(family: str, data: Dataset, config: BuildConfig) -> _Plan:
     task = get_task(family)
-    rows = len(data.train)
-    models = ("full", "distilled", "distilled")  # the last: the student without a teacher
-    train_batches = sum(trainer.planned_steps(rows, _settings(task, kind, config)) for kind in models)
-    return train_batches + len(KINDS) * len(PRECISIONS)
+    batch_s, train_s = {}, 0.0
+    for kind in KINDS:
+        settings = _settings(task, kind, config)
+        torch.manual_seed(config.seed)  # a throwaway model: training re-seeds before building its own
+        batch_s[kind] = trainer.seconds_per_batch(task.build(kind, data), task, data.train, settings)
+        runs = 2 if kind == "distilled" else 1  # with and without the teacher
+        train_s += runs * trainer.planned_steps(len(data.train), settings) * batch_s[kind]
+    batches = -(-len(data.test) // _settings(task, "full", config).batch_size)
+    return _Plan(batch_s, train_s, export_s=1.0 + batches * batch_s["full"] / 3)
 
 
-def train_models(family: str, data: Dataset, config: BuildConfig, progress: Progress) -> _Trained:
+def train_models(family: str, data: Dataset, config: BuildConfig, progress: Progress, plan_: _Plan) -> _Trained:
     task = get_task(family)
 
     def seeded(kind: str) -> torch.nn.Module:
         torch.manual_seed(config.seed)  # the initial weights are part of what a seed reproduces
         return task.build(kind, data)
 
+    weight = plan_.batch_s
     full = train(
-        seeded("full"), task, data.train, data.val, _settings(task, "full", config), f"{family}_full", progress=progress
+        seeded("full"),
+        task,
+        data.train,
+        data.val,
+        _settings(task, "full", config),
+        f"{family}_full",
+        progress=progress,
+        batch_weight=weight["full"],
     )
     distilled = distill(
         seeded("distilled"),
@@ -146,6 +173,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
         DistillConfig(),
         f"{family}_distilled",
         progress=progress,
+        batch_weight=weight["distilled"],
     )
     baseline = train(
         seeded("distilled"),
@@ -155,6 +183,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
         _settings(task, "distilled", config),
         f"{family}_student_without_distillation",
         progress=progress,
+        batch_weight=weight["distilled"],
     )
     for kind, result in (("full", full), ("distilled", distilled)):
         save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}")
@@ -162,7 +191,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
 
 
 def export_variants(
-    family: str, data: Dataset, trained: _Trained, repo: Path, seed: int, progress: Progress
+    family: str, data: Dataset, trained: _Trained, repo: Path, seed: int, progress: Progress, export_s: float
 ) -> list[VariantEntry]:
     """Every kind x precision as ONNX, parity-checked against PyTorch, evaluated in ONNX Runtime, stored."""
     task = get_task(family)
@@ -200,7 +229,7 @@ def export_variants(
                     f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
                     f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB"
                 )
-                progress.update(1, note=f"exported {name}")
+                progress.update(export_s, note=f"exported {name}")
     return variants
 
 
@@ -242,15 +271,15 @@ def family_section(
     )
 
 
-def build_family(family: str, config: BuildConfig, data: Dataset, progress: Progress) -> FamilySection:
+def build_family(family: str, config: BuildConfig, data: Dataset, progress: Progress, plan_: _Plan) -> FamilySection:
     """Train, distil, export and evaluate one family; write its variants into the repository."""
     started = time.perf_counter()
     progress.log(
         f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows"
     )
-    trained = train_models(family, data, config, progress)
+    trained = train_models(family, data, config, progress, plan_)
     config.out.mkdir(parents=True, exist_ok=True)
-    variants = export_variants(family, data, trained, config.out, config.seed, progress)
+    variants = export_variants(family, data, trained, config.out, config.seed, progress, plan_.export_s)
     section = family_section(family, data, config, trained, variants)
     repository.write_family(config.out, family, section)
     progress.log(f"[{family}] done in {time.perf_counter() - started:.0f}s")
@@ -259,17 +288,17 @@ def build_family(family: str, config: BuildConfig, data: Dataset, progress: Prog
 
 def build(families: list[str], config: BuildConfig) -> Manifest:
     """Build `families` into the repository `config.out` (other families stay), with one progress
-    display over every batch and export of the whole build."""
+    display over the whole build, in estimated seconds of work (see `_Plan`), so the ETA holds."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown family {unknown[0]!r}: expected one of {', '.join(FAMILIES)} or all")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     datasets = {family: load_family_data(family, config) for family in families}
-    total = sum(planned_steps(family, data, config) for family, data in datasets.items())
-    with Progress(total, "train", unit="step") as progress:
+    plans = {family: plan(family, data, config) for family, data in datasets.items()}
+    with Progress(sum(p.total_s for p in plans.values()), "train", unit="s of work", rate=False) as progress:
         for family, data in datasets.items():
-            build_family(family, config, data, progress)
+            build_family(family, config, data, progress, plans[family])
         manifest = read_manifest(config.out)
         if config.register:
             tag = repository.register_in_bentoml(config.out, manifest)

@@ -16,43 +16,56 @@ from typing import TextIO
 from tqdm import tqdm
 
 LINE_FORMAT = (
-    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}, {rate_fmt}]{postfix}"
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}{rate}]{postfix}"
 )
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{rate}]{postfix}"
 
 
 class Progress:
-    """`with Progress(total, "train") as p: ... p.update(1)`; `p.log("...")` for a message."""
+    """`with Progress(total, "train") as p: ... p.update(1)`; `p.log("...")` for a message.
 
-    def __init__(self, total: float, desc: str, unit: str = "step", every_s: float = 15.0, file: TextIO | None = None):
+    Counts may be fractional (work weighted by its cost); they are shown rounded. `rate=False` hides
+    the units per second, which mean nothing for weighted work."""
+
+    def __init__(
+        self,
+        total: float,
+        desc: str,
+        unit: str = "step",
+        every_s: float = 15.0,
+        file: TextIO | None = None,
+        rate: bool = True,
+    ):
         self.file = file or sys.stderr
-        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.total, self.desc, self.unit, self.every_s, self.rate = total, desc, unit, every_s, rate
         self.interactive = self.file.isatty()
         self.n: float = 0
         self.note = ""
         self._started = self._printed = time.monotonic()
         self._printed_n: float | None = None
+        self._shown = 0  # what the terminal bar shows: whole units
         self._bar = tqdm(
-            total=total,
+            total=round(total),
             desc=desc,
             unit=unit,
             file=self.file,
             disable=not self.interactive,
             dynamic_ncols=True,
             leave=True,
+            bar_format=BAR_FORMAT.replace("{rate}", ", {rate_fmt}" if rate else ""),
         )
 
     def update(self, n: float = 1.0, note: str | None = None) -> None:
         """`n` more units done (clipped to the total); `note`: a short status shown after the numbers."""
-        n = min(n, max(0, self.total - self.n))
-        self.n += n
-        if float(self.n).is_integer():
-            self.n = int(self.n)
+        self.n += min(n, max(0, self.total - self.n))
         if note is not None:
             self.note = note
         if self.interactive:
             if note is not None:
                 self._bar.set_postfix_str(note, refresh=False)
-            self._bar.update(n)
+            shown = round(self.n)
+            self._bar.update(shown - self._shown)
+            self._shown = shown
         elif time.monotonic() - self._printed >= self.every_s:
             self._print_line()
 
@@ -63,14 +76,14 @@ class Progress:
             print(message, file=self.file, flush=True)
 
     def line(self) -> str:
-        """The current state as one line: done/total, elapsed, ETA and rate."""
+        """The current state as one line: done/total, elapsed, ETA (and rate)."""
         return tqdm.format_meter(
-            self.n,
-            self.total,
+            round(self.n),
+            round(self.total),
             time.monotonic() - self._started,
             prefix=self.desc,
             unit=self.unit,
-            bar_format=LINE_FORMAT,
+            bar_format=LINE_FORMAT.replace("{rate}", ", {rate_fmt}" if self.rate else ""),
             postfix=self.note or None,
         )
 

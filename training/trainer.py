@@ -118,6 +118,29 @@ def planned_steps(rows: int, config: TrainConfig) -> int:
     return config.epochs * steps_per_epoch(rows, config)
 
 
+def seconds_per_batch(model: nn.Module, task: Task, split: Split, config: TrainConfig) -> float:
+    """One training step's forward and backward pass on this machine (the second of two: the first
+    allocates), without an optimizer step: the model's weights are unchanged. The progress display
+    weighs each model's batches by it, so that the ETA holds across models of very different cost."""
+    device = resolve_device(config.device)
+    dtype = AUTOCAST_DTYPES.get(resolve_precision(config.precision, device))
+    model.to(device).train()
+    if task.channels_last:
+        model.to(memory_format=torch.channels_last)
+    index = np.arange(min(config.batch_size, len(split)))
+    inputs = task.collate({k: v[index] for k, v in split.inputs.items()})
+    target = torch.from_numpy(split.targets[index]).to(device)
+    elapsed = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outputs = model(*to_tensors(inputs, task, device))
+        task.loss(outputs.float(), target).backward()
+        elapsed = time.perf_counter() - started
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
 def train(
     model: nn.Module,
     task: Task,
@@ -127,12 +150,14 @@ def train(
     name: str,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
     progress: Progress | None = None,
+    batch_weight: float = 1.0,
 ) -> TrainResult:
     """Train `model` in place and return it with its best validation weights.
 
     loss_fn(outputs, targets, row_index) overrides the task's hard-label loss (distillation
     uses the row index to look up the teacher's outputs for the same rows). `progress` counts
-    the batches (and, on an early stop, the ones skipped); without one, the run shows its own.
+    `batch_weight` per batch (and, on an early stop, for the ones skipped); without one, the run
+    shows its own, in batches.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -177,7 +202,7 @@ def train(
             schedule.step()
             total_loss += loss.item() * len(index)
             seen += len(index)
-            progress.update(1, note=f"{name} epoch {epoch}/{config.epochs} loss {total_loss / seen:.4f}")
+            progress.update(batch_weight, note=f"{name} epoch {epoch}/{config.epochs} loss {total_loss / seen:.4f}")
         metric = task.metric(predict(model, val_split, task, device=device, precision=precision), val_split.targets)
         improved = sign * metric > best_score
         if improved:
@@ -199,7 +224,7 @@ def train(
         )
         if stale >= config.patience:
             progress.log(f"[{name}] early stop: no better val_{task.metric_name} for {stale} epochs")
-            progress.update((config.epochs - epoch) * steps)  # the batches it will not run
+            progress.update((config.epochs - epoch) * steps * batch_weight)  # the batches it will not run
             break
     if own:
         progress.close()

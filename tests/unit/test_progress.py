@@ -23,3 +23,12 @@ def test_updates_past_the_total_are_clipped_and_the_end_is_printed_once():
     progress.update(5)  # an early stop skips what is left, never more
     progress.close()
     assert progress.n == 2 and log.getvalue().count("profile: 100% 2/2 point") == 1
+
+
+def test_weighted_work_is_shown_rounded_and_without_a_rate():
+    log = io.StringIO()
+    progress = Progress(10.4, "train", unit="s of work", every_s=0.0, file=log, rate=False)
+    progress.update(2.6)
+    progress.close()
+    line = log.getvalue().splitlines()[0]
+    assert line.startswith("train:  30% 3/10 s of work [") and "ETA" in line and "/s" not in line
