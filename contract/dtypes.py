@@ -24,8 +24,12 @@ DTYPES = {
     for d in (
         Dtype("float32", "tensor(float)", "FP32"),
         Dtype("float16", "tensor(float16)", "FP16"),
+        Dtype("float64", "tensor(double)", "FP64"),
         Dtype("int64", "tensor(int64)", "INT64"),
         Dtype("int32", "tensor(int32)", "INT32"),
+        Dtype("int16", "tensor(int16)", "INT16"),
+        Dtype("int8", "tensor(int8)", "INT8"),
+        Dtype("uint8", "tensor(uint8)", "UINT8"),
         Dtype("bool", "tensor(bool)", "BOOL"),
         Dtype("object", "tensor(string)", "BYTES"),  # strings: numpy object arrays of bytes
     )

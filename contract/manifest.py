@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-MANIFEST_FILE = "manifest.json"
+from contract.files import write_replacing
+from contract.layout import MANIFEST_FILE, live_dir
+
 DEFAULT_REPOSITORY = Path("artifacts/model_repository")  # relative to where a command runs
 SCHEMA_VERSION = 1
 BUILD_HINT = "build one with `flexserve train --quick` (minutes) or `flexserve train` (full run)"
@@ -86,12 +87,13 @@ class VariantEntry:
     metrics: Mapping[str, float]  # the test metric, measured in ONNX Runtime
     # After `flexserve profile`: {"<batch rows>": {"p50", "p95", "p99", "mean", "min", "max", "runs"}} (ms).
     latency_ms: Mapping[str, Mapping[str, float]] | None = None
-    parity: Mapping[str, float] | None = None  # the export's agreement with PyTorch
+    parity: Mapping[str, float] | None = None  # the export's agreement with its source
+    source: str | None = None  # "imported" for a user's ONNX model (`flexserve import`); None: trained here
     extra: Mapping = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for key in ("latency_ms", "parity"):
+        for key in ("latency_ms", "parity", "source"):
             if out[key] is None:
                 del out[key]
         out["metrics"] = dict(self.metrics)
@@ -116,6 +118,9 @@ class FamilySection:
     preprocessing: Mapping[str, ArtifactFile] = field(default_factory=dict)
     dataset: Mapping = field(default_factory=dict)
     training: Mapping = field(default_factory=dict)
+    # Which serving adapter decodes and encodes its requests (serving/families/): "image", "text",
+    # "recommender" or "tensor" (any ONNX model, from its tensor specs); None: chosen by the family's name.
+    adapter: str | None = None
     extra: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
@@ -141,6 +146,7 @@ class FamilySection:
             "preprocessing": {k: a.to_json() for k, a in self.preprocessing.items()},
             "training": dict(self.training),
             "variants": [v.to_json() for v in self.variants],
+            **({"adapter": self.adapter} if self.adapter else {}),
             **self.extra,
         }
 
@@ -196,8 +202,9 @@ class Manifest:
 
 
 def read_manifest(root: str | Path, missing_ok: bool = False) -> Manifest:
-    """The manifest of the repository at `root`; an empty one if it is missing and `missing_ok`."""
-    path = Path(root) / MANIFEST_FILE
+    """The live manifest of the repository at `root` (or of the version directory `root`); an empty
+    one if it is missing and `missing_ok`."""
+    path = live_dir(root) / MANIFEST_FILE
     if not path.exists():
         if missing_ok:
             return Manifest()
@@ -213,14 +220,12 @@ def read_manifest(root: str | Path, missing_ok: bool = False) -> Manifest:
 
 
 def write_manifest(root: str | Path, manifest: Manifest) -> Manifest:
-    """Write atomically (a reader never sees half a manifest); returns what was written."""
+    """Write `root/manifest.json` atomically (a new file, renamed into place); returns what was
+    written. `root` is a version being staged (`contract.layout.new_version`), never the live one."""
     manifest = replace(
         manifest,
         schema_version=SCHEMA_VERSION,
         updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    path = Path(root) / MANIFEST_FILE
-    tmp = path.with_name(MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_replacing(Path(root) / MANIFEST_FILE, json.dumps(manifest.to_json(), indent=2))
     return manifest
