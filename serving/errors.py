@@ -23,6 +23,21 @@ class InvalidRequestError(FlexServeError):
         super().__init__(f"{field}: {problem}; accepted: {accepted}")
 
 
+class InferenceFailedError(InvalidRequestError):
+    """Every variant that could serve a request failed on it: the request is the likely cause (a value
+    outside what the model takes, such as an id past its embedding table), so no variant is benched."""
+
+    @classmethod
+    def of(cls, family: str, failed: dict[str, object], field: str, metadata: str) -> InferenceFailedError:
+        """`failed`: variant -> what went wrong; `metadata`: where the accepted inputs are described."""
+        errors = "; ".join(f"{variant}: {error}" for variant, error in failed.items())
+        return cls(
+            field,
+            f"every {family} variant that could serve it failed on this request ({errors})",
+            f"inputs the model can run (see {metadata})",
+        )
+
+
 class OverloadError(FlexServeError):
     """A strict request that no variant is predicted to answer within its budget (HTTP 503 + Retry-After)."""
 

@@ -1,21 +1,32 @@
-"""The gateway's core, free of any web framework: decode a request, route it with the policy, run
-the chosen variant on a backend, and shape the answer. `serving/service.py` is the thin BentoML
-adapter around it (HTTP, headers, status codes, metrics).
+"""The gateway's core, free of any web framework: decode a request with its family's adapter, route
+it with the policy, run the chosen variant on a backend, and shape the answer. `serving/service.py`
+and `serving/routes.py` are the HTTP edge around it (BentoML: headers, status codes, metrics).
 
 A request's way through: the edge builds one `RequestContext` (budget, time before the server,
 arrival time); the gateway decodes the payload, asks the policy (the one place that checks the
 routing fields), runs the variant, and returns the answer with a `Completion` that the edge calls
 once the response has left, so the policy learns the request's whole time in the server.
 
-All variants of all families share one executor: `workers` threads (one per core by default),
-each running one request on one intra-op thread, as profiled. The policies of all families
-share the executor's state, so a recommender request queued in front of an image request
-counts in the image request's prediction.
+**Generations.** What the gateway serves is one loaded repository version: its adapters, sessions
+and policies (a `Generation`). When the live version changes on disk (`flexserve train`, `import`
+or `profile` switched it; the gateway looks every `watch_s`, and on `reload()`), the new version is
+loaded beside the old one, new requests go to it, and the old one is closed once its last request
+has finished: no request fails, and every answer comes from a variant of the version that was live
+when it was routed.
+
+**A failing variant is not a failed request.** A run that raises, or answers NaN, benches the
+variant for `bench_s` (a log line, a metric) and the request is routed again without it.
+
+All variants of all families (of every generation) share one executor: `workers` threads (one per
+core by default), each running one request on one intra-op thread, as profiled, and the policies
+share its in-flight accounting, so a recommender request queued in front of an image request counts
+in the image request's prediction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -27,10 +38,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from contract.layout import live_dir, version_of
 from contract.manifest import BUILD_HINT, DEFAULT_REPOSITORY
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.errors import InvalidRequestError, RepositoryError
+from serving.errors import FlexServeError, InferenceFailedError, InvalidRequestError, RepositoryError
+from serving.families import Decoded, Family, family_adapter
 from serving.policy import (
+    DEFAULT_BENCH_S,
     DEFAULT_LATENCY_BUDGET_MS,
     MAX_LATENCY_BUDGET_MS,
     Decision,
@@ -38,11 +52,11 @@ from serving.policy import (
     Policy,
     policy_from_manifest,
 )
-from serving.preprocess import codec_for
 from serving.repository import Repository, load_repository
 
+log = logging.getLogger("flexserve.gateway")
 BACKENDS = ("onnxruntime", "triton")
-MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB
+MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB: room to spare, bounded
 
 
 def _usable_cores() -> int:
@@ -63,6 +77,10 @@ class GatewayConfig:
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: str = "grpc"  # or "http" (then triton_url is the HTTP port, e.g. 127.0.0.1:8000)
     max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before they are read
+    # How often to look for a new live repository version (seconds); 0: only on reload().
+    watch_s: float = 1.0
+    # How long a variant that failed is left out of routing (seconds).
+    bench_s: float = DEFAULT_BENCH_S
 
     ENVIRONMENT: ClassVar[dict[str, tuple[str, type]]] = {  # field -> (variable, type)
         "repo": ("FLEXSERVE_REPO", Path),
@@ -74,6 +92,8 @@ class GatewayConfig:
         "workers": ("FLEXSERVE_WORKERS", int),
         "default_budget_ms": ("FLEXSERVE_DEFAULT_BUDGET_MS", float),
         "max_body_bytes": ("FLEXSERVE_MAX_BODY_BYTES", int),
+        "watch_s": ("FLEXSERVE_WATCH_S", float),
+        "bench_s": ("FLEXSERVE_BENCH_S", float),
     }
 
     @classmethod
@@ -99,6 +119,8 @@ class GatewayConfig:
             )
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.watch_s < 0 or self.bench_s < 0:
+            raise ValueError(f"watch_s and bench_s must be >= 0, got {self.watch_s} and {self.bench_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +161,12 @@ class Observer:
 
     def finished(self, family: str, variant: str, outcome: str, latency_s: float) -> None: ...
 
+    def variant_failed(self, family: str, variant: str) -> None: ...
+
+
+class VariantFailed(FlexServeError):
+    """A variant's run raised or answered NaN (the gateway routes the request again)."""
+
 
 def resolve_repository(config: GatewayConfig) -> Path:
     if config.model_tag:
@@ -153,8 +181,104 @@ def resolve_repository(config: GatewayConfig) -> Path:
     return config.repo
 
 
+class Generation:
+    """One repository version, loaded: adapters, sessions, policies. Requests hold it from routing to
+    their last model run; once retired (a newer version is live) it closes with its last request."""
+
+    def __init__(
+        self,
+        source: Path,
+        config: GatewayConfig,
+        executor: Executor,
+        lock: threading.Lock,
+        clock: Callable[[], float],
+        previous: Generation | None = None,
+    ):
+        """`previous`: the generation served before, whose sessions of unchanged files and whose
+        learned latency state carry over (a reload costs only what changed)."""
+        self.repo: Repository = load_repository(source)  # refuses any file whose sha256 differs
+        self.directory = self.repo.root.resolve()
+        self.version = self.directory.name if version_of(source) else "unversioned"  # the one loaded
+        repo = self.repo
+        self.families: dict[str, Family] = {
+            name: family_adapter(name, repo.family(name), lambda artifact, n=name: repo.artifact(n, artifact))
+            for name in repo.families
+        }
+        rng, families = np.random.default_rng(0), self.families  # not `self`: no cycle to keep it past its close
+
+        def warmup(family: str) -> list[dict[str, np.ndarray]]:
+            rows = {1, repo.family(family).rows_per_request}
+            return [families[family].typical_feeds(r, rng) for r in sorted(rows)]
+
+        local = OnnxRuntimeBackend(
+            repo, repo.families, device=config.device, warmup=warmup, previous=previous.local if previous else None
+        )
+        self.local = local
+        if config.backend == "triton":
+            from serving.backends.triton import FailoverBackend, TritonBackend
+
+            outputs = {v.name: repo.family(f).outputs for f in repo.families for v in repo.variants(f)}
+            self.backend = FailoverBackend(
+                TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol), local
+            )
+        else:
+            self.backend = local
+        self.policies: dict[str, Policy] = {
+            family: policy_from_manifest(
+                family, repo.family(family), executors={"local": executor}, clock=clock, lock=lock
+            )
+            for family in repo.families
+        }
+        for family, policy in self.policies.items():
+            if previous is not None and family in previous.policies:
+                policy.keep_learned(previous.policies[family])
+        self._in_flight = 0
+        self._retired = self._closed = False
+        self._count = threading.Lock()
+
+    def start(self) -> Generation:
+        self.backend.start()
+        return self
+
+    def enter(self) -> bool:
+        """Count a request in; False once retired (the caller takes the live generation instead)."""
+        with self._count:
+            if self._retired:
+                return False
+            self._in_flight += 1
+            return True
+
+    def exit(self) -> None:
+        with self._count:
+            self._in_flight -= 1
+            close = self._retired and self._in_flight == 0 and not self._closed
+            self._closed = self._closed or close
+        if close:
+            self.backend.close()
+
+    def retire(self) -> None:
+        """No new requests come here; close once the last one in flight has finished."""
+        with self._count:
+            self._retired = True
+            close = self._in_flight == 0 and not self._closed
+            self._closed = self._closed or close
+        if close:
+            self.backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def family(self, name: str) -> Family:
+        family = self.families.get(name)
+        if family is None:
+            raise UnknownFamilyError(name, sorted(self.families))
+        return family
+
+
 class Gateway:
-    """Every family in the repository, routed by budget, run in-process on ONNX Runtime (or on Triton)."""
+    """Every family of the live repository version, routed by budget, run in-process on ONNX Runtime
+    (or on Triton), reloaded without downtime when a new version goes live."""
 
     def __init__(
         self,
@@ -164,130 +288,171 @@ class Gateway:
     ):
         self.config = config
         self.observer = observer or Observer()
-        self.repo: Repository = load_repository(resolve_repository(config))  # refuses any file whose sha256 differs
-        self._manifest_stamp = self._stamp()
-        local = OnnxRuntimeBackend(self.repo, self.repo.families, device=config.device)
-        if config.backend == "triton":
-            from serving.backends.triton import FailoverBackend, TritonBackend
-
-            outputs = {
-                v.name: self.repo.family(f).outputs[0].name for f in self.repo.families for v in self.repo.variants(f)
-            }
-            remote = TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol)
-            self.backend = FailoverBackend(remote, local)
-        else:
-            self.backend = local
-        self.backend.start()
+        self.source = resolve_repository(config)
         self.executor = Executor(parallelism=config.workers)
-        lock = threading.Lock()
-        self.policies: dict[str, Policy] = {
-            family: policy_from_manifest(
-                family, self.repo.family(family), executors={"local": self.executor}, clock=clock, lock=lock
-            )
-            for family in self.repo.families
-        }
-        # A family without a codec (none yet beyond the built-ins) is not served: its requests get 404.
-        self.codecs = {f: codec for f in self.repo.families if (codec := codec_for(self.repo, f)) is not None}
+        self._policy_lock = threading.Lock()
+        self._clock = clock
+        self._swap = threading.Lock()  # one reload at a time
+        self._failed_dir: Path | None = None  # a version that failed to load: not retried until another goes live
+        self._live = self._load()
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="flexserve-model")
         self._closed = False
+        self._stop = threading.Event()
+        self._watcher = None
+        if config.watch_s > 0 and not config.model_tag:
+            self._watcher = threading.Thread(target=self._watch, name="flexserve-repository-watch", daemon=True)
+            self._watcher.start()
 
     # -- lifecycle --------------------------------------------------------------------------
-    def _stamp(self) -> tuple[float, int] | None:
-        try:
-            stat = (self.repo.root / "manifest.json").stat()
-            return stat.st_mtime, stat.st_size
-        except OSError:
-            return None
+    def _load(self, previous: Generation | None = None) -> Generation:
+        return Generation(self.source, self.config, self.executor, self._policy_lock, self._clock, previous).start()
+
+    @property
+    def generation(self) -> Generation:
+        """The live generation: what new requests are routed in."""
+        return self._live
+
+    @property
+    def repo(self) -> Repository:
+        return self._live.repo
+
+    @property
+    def version(self) -> str:
+        return self._live.version
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        return self._live.policies
+
+    @property
+    def families(self) -> dict[str, Family]:
+        return self._live.families
+
+    @property
+    def backend(self):
+        return self._live.backend
+
+    def reload(self) -> dict:
+        """Load the live repository version if it is not the one served, and switch to it: new
+        requests go to it, the old version closes when its requests have finished."""
+        with self._swap:
+            old = self._live
+            target = live_dir(self.source).resolve()
+            if target == old.directory or self._closed:
+                return {"version": old.version, "reloaded": False}
+            started = time.perf_counter()
+            try:
+                new = self._load(previous=old)
+            except Exception:
+                self._failed_dir = target
+                raise
+            self._failed_dir = None
+            self._live = new
+            old.retire()
+        log.warning(
+            "serving repository version %s (was %s), loaded in %.1f s",
+            new.version,
+            old.version,
+            time.perf_counter() - started,
+        )
+        return {"version": new.version, "previous": old.version, "reloaded": True}
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.watch_s):
+            if live_dir(self.source).resolve() == self._failed_dir:
+                continue  # logged once; tried again when another version goes live, or on POST /v1/admin/reload
+            try:
+                self.reload()
+            except Exception as error:  # a broken new version: keep serving the one loaded
+                log.error(
+                    "the new repository version could not be loaded (%s); still serving %s", error, self._live.version
+                )
 
     def ready(self) -> bool:
-        """Sessions loaded, not closed, and the repository on disk is still the one loaded."""
-        return not self._closed and self.backend.healthy() and self._stamp() == self._manifest_stamp
+        """Sessions loaded and not closed."""
+        return not self._closed and self._live.backend.healthy()
 
     def close(self) -> None:
-        self._closed = True
+        self._stop.set()
+        with self._swap:  # after any reload under way: nothing is loaded once closed
+            self._closed = True
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.backend.close()
+        self._live.retire()
 
-    # -- endpoints: (answer, completion) ------------------------------------------------------
-    async def classify_image(self, images: object, request: RequestContext) -> tuple[dict, Completion]:
-        codec = self._codec("cnn")
-        feeds = codec.encode(_required(images, "images"))
-        outputs, meta, done = await self._infer("cnn", feeds, len(feeds["IMAGES"]), request)
-        return {"predictions": codec.decode(outputs), **meta}, done
+    # -- requests ---------------------------------------------------------------------------
+    def family(self, name: str) -> Family:
+        return self._live.family(name)
 
-    async def classify_text(self, texts: object, request: RequestContext) -> tuple[dict, Completion]:
-        codec = self._codec("rnn")
-        feeds = codec.encode(_required(texts, "texts"))
-        outputs, meta, done = await self._infer("rnn", feeds, len(feeds["TOKENS"]), request)
-        return {"predictions": codec.decode(outputs), **meta}, done
+    def _enter(self) -> Generation:
+        """The live generation, counted in: a reload may retire it meanwhile, but it stays open until
+        this request calls `exit()`."""
+        while True:
+            generation = self._live
+            if generation.enter():
+                return generation
+            # retired between the read and the count: a newer one is live; take that
 
-    async def recommend(
-        self, user_id: object, k: object, candidate_item_ids: object, request: RequestContext
-    ) -> tuple[dict, Completion]:
-        catalog = self._codec("recsys")
-        feeds, candidates, k = catalog.encode(_required(user_id, "user_id"), 10 if k is None else k, candidate_item_ids)
-        outputs, meta, done = await self._infer("recsys", feeds, len(candidates), request)
-        return {"items": catalog.decode(outputs, candidates, k), **meta}, done
+    async def infer(self, family: str, body: Mapping, request: RequestContext) -> tuple[dict, Completion]:
+        """A friendly JSON request -> (the family's answer with the routing fields, completion)."""
+        generation = self._enter()
+        try:
+            adapter = generation.family(family)
+            decoded = adapter.decode(body)
+            outputs, meta, done = await self._run(generation, family, decoded, request, "body")
+        finally:
+            generation.exit()
+        return {**adapter.encode(outputs, decoded), **meta}, done
 
-    def variants(self) -> dict:
-        """Per family: the metric, the fastest variant for a typical request, the learned overhead, and
-        each variant's metric, profiled and live latency estimates and in-flight count."""
-        out = {}
-        for family, policy in self.policies.items():
-            section = self.repo.family(family)
-            out[family] = {
-                "metric": section.metric,
-                "higher_is_better": section.higher_is_better,
-                "most_accurate": policy.most_accurate,
-                "fastest": policy.fastest(section.rows_per_request),
-                "overhead_ms": round(policy.overhead_ms, 4),
-                "variants": policy.snapshot(),
-            }
-        return {
-            "backend": self.backend.name,
-            "configured_backend": self.config.backend,
-            "device": self.backend.device,
-            "workers": self.config.workers,
-            "executor_in_flight": self.executor.in_flight,
-            "families": out,
-        }
+    async def infer_tensors(
+        self, family: str, named: Mapping[str, np.ndarray], request: RequestContext
+    ) -> tuple[dict[str, np.ndarray], dict, Completion]:
+        """Named tensors (the model's inputs, or the family's raw inputs) -> (named outputs, routing
+        fields, completion)."""
+        generation = self._enter()
+        try:
+            adapter = generation.family(family)
+            outputs, meta, done = await self._run(generation, family, adapter.decode_tensors(named), request, "inputs")
+        finally:
+            generation.exit()
+        names = [spec.name for spec in adapter.section.outputs]
+        return dict(zip(names, outputs, strict=True)), meta, done
 
-    # -- internals --------------------------------------------------------------------------
-    def _codec(self, family: str):
-        codec = self.codecs.get(family)
-        if codec is None:
-            raise UnknownFamilyError(family, self.repo.families)
-        return codec
-
-    async def _infer(
-        self, family: str, feeds: dict[str, np.ndarray], batch_rows: int, request: RequestContext
-    ) -> tuple[np.ndarray, dict, Completion]:
+    async def _run(
+        self, generation: Generation, family: str, decoded: Decoded, request: RequestContext, field: str
+    ) -> tuple[list[np.ndarray], dict, Completion]:
+        """Route and run one request in `generation` (entered by the caller); a variant that fails is
+        left out and the request routed again (`field`: what a refusal names when every variant fails)."""
         arrived_at = request.arrived_at or time.perf_counter()
-        policy = self.policies[family]
+        policy = generation.policies[family]
         budget = self.config.default_budget_ms if request.latency_budget_ms is None else request.latency_budget_ms
-        try:
-            decision = policy.route(
-                budget,
-                batch_rows,
-                min_quality=request.quality_floor,
-                variant=request.variant,
-                strict=request.strict,
-                elapsed_ms=request.elapsed_ms,
-            )
-        except InvalidRequestError as error:
-            if error.field == "latency_budget_ms" and request.budget_field != error.field:
-                raise InvalidRequestError(request.budget_field, error.problem, error.accepted) from None
-            raise
-        self.observer.started(family, decision.variant)
-        loop = asyncio.get_running_loop()
-        try:
-            outputs, service_ms, served_by = await loop.run_in_executor(
-                self._pool, self.backend.run, decision.variant, feeds
-            )
-        except BaseException:
-            policy.finish(decision, None)
-            self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
-            raise
+        failed: dict[str, VariantFailed] = {}
+        while True:
+            try:
+                decision = self._route(policy, budget, decoded.rows, request, list(failed))
+            except InvalidRequestError as error:
+                if failed and error.field == policy.floor_field:  # every variant meeting the floor failed on it
+                    raise InferenceFailedError.of(family, failed, field, f"GET /v2/models/{family}") from None
+                raise
+            self.observer.started(family, decision.variant)
+            try:
+                outputs, service_ms, served_by = await self._execute(generation, decision, decoded.feeds)
+                break
+            except VariantFailed as error:
+                policy.finish(decision, None)
+                self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
+                failed[decision.variant] = error
+                if len(failed) >= len(policy.variant_names):
+                    raise InferenceFailedError.of(family, failed, field, f"GET /v2/models/{family}") from None
+            except BaseException:
+                policy.finish(decision, None)
+                self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
+                raise
+        # Another variant answered, so the request was fine and the ones that failed on it are not:
+        # they sit out `bench_s`. (When every variant fails, the request is refused and none is benched.)
+        for variant, error in failed.items():
+            self._bench(policy, family, variant, error)
         policy.finish(decision, service_ms)
         latency_ms = (time.perf_counter() - arrived_at) * 1e3
         met = latency_ms + request.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
@@ -295,12 +460,85 @@ class Gateway:
         meta = {
             "variant": decision.variant,
             "backend": served_by,
+            "version": generation.version,
             "latency_ms": round(latency_ms, 3),
             "budget_ms": decision.budget_ms,
             "budget_met": met,
             "reason": decision.reason,
         }
+        if failed:
+            meta["failed_variants"] = list(failed)
+            meta["reason"] = (
+                f"{', '.join(failed)} failed and {'are' if len(failed) > 1 else 'is'} benched; " + meta["reason"]
+            )
         return outputs, meta, Completion(policy, decision, arrived_at)
+
+    def _route(self, policy: Policy, budget: object, rows: int, request: RequestContext, failed: list[str]) -> Decision:
+        try:
+            return policy.route(
+                budget,
+                rows,
+                min_quality=request.quality_floor,
+                variant=None if failed else request.variant,
+                strict=request.strict,
+                elapsed_ms=request.elapsed_ms,
+                exclude=failed,
+            )
+        except InvalidRequestError as error:
+            if error.field == "latency_budget_ms" and request.budget_field != error.field:
+                raise InvalidRequestError(request.budget_field, error.problem, error.accepted) from None
+            raise
+
+    async def _execute(
+        self, generation: Generation, decision: Decision, feeds: dict[str, np.ndarray]
+    ) -> tuple[list[np.ndarray], float, str]:
+        loop = asyncio.get_running_loop()
+        try:
+            outputs, service_ms, served_by = await loop.run_in_executor(
+                self._pool, generation.backend.run, decision.variant, feeds
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            raise VariantFailed(f"{type(error).__name__}: {error}") from error
+        for output in outputs:
+            if output.dtype.kind == "f" and not np.isfinite(output).all():
+                raise VariantFailed("its output holds NaN or infinity")
+        return outputs, service_ms, served_by
+
+    def _bench(self, policy: Policy, family: str, variant: str, error: Exception) -> None:
+        policy.bench(variant, self.config.bench_s)
+        self.observer.variant_failed(family, variant)
+        log.warning(
+            "variant %s failed (%s): benched for %g s, the request is routed again", variant, error, self.config.bench_s
+        )
+
+    # -- what it serves ---------------------------------------------------------------------
+    def variants(self) -> dict:
+        """Per family: the metric, the most accurate and the fastest variant for a typical request, the
+        learned overhead, and each variant's metric, profiled and live latency estimates, in-flight count."""
+        generation = self._live
+        out = {}
+        for family, policy in generation.policies.items():
+            section = generation.repo.family(family)
+            out[family] = {
+                "metric": section.metric,
+                "higher_is_better": section.higher_is_better,
+                "adapter": generation.families[family].adapter,
+                "most_accurate": policy.most_accurate,
+                "fastest": policy.fastest(section.rows_per_request),
+                "overhead_ms": round(policy.overhead_ms, 4),
+                "variants": policy.snapshot(),
+            }
+        return {
+            "version": generation.version,
+            "backend": generation.backend.name,
+            "configured_backend": self.config.backend,
+            "device": generation.backend.device,
+            "workers": self.config.workers,
+            "executor_in_flight": self.executor.in_flight,
+            "families": out,
+        }
 
 
 class UnknownFamilyError(InvalidRequestError):
@@ -310,11 +548,6 @@ class UnknownFamilyError(InvalidRequestError):
         super().__init__(
             "family",
             f"{family!r} is not in this model repository",
-            f"{', '.join(families)} (train it with `flexserve train --family {family}`)",
+            f"{', '.join(families)} (train it with `flexserve train --family {family}`, or bring it with "
+            "`flexserve import`)",
         )
-
-
-def _required(value: object, field_name: str) -> object:
-    if value is None:
-        raise InvalidRequestError(field_name, "is missing", "see the API docs at /docs")
-    return value

@@ -20,6 +20,12 @@ MAX_TEXT_CHARS = 5_000  # per text: ~50x the longest Rotten Tomatoes snippet
 MAX_K = 100  # recommendations per request
 
 
+def required(value: object, field: str) -> object:
+    if value is None:
+        raise InvalidRequestError(field, "is missing", "see the API docs at /docs")
+    return value
+
+
 def _batch(value: object, field: str, what: str) -> list:
     if not isinstance(value, list):
         raise InvalidRequestError(
@@ -171,6 +177,15 @@ class Catalog:
         low, high = section.contract["rating_range"]
         return cls(catalog, (float(low), float(high)))
 
+    def pairs(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Model inputs for (user, item) pairs given as catalogue row indices."""
+        return {
+            "USER_FEATURES": self.user_features[users],
+            "ITEM_FEATURES": self.item_features[items],
+            "ITEM_GENRES": self.item_genres[items],
+            "ITEM_TITLE": self.item_title[items],
+        }
+
     def rows(self, user: int, items: np.ndarray) -> dict[str, np.ndarray]:
         """Model inputs scoring catalogue rows `items` for catalogue user row `user`."""
         return {
@@ -251,16 +266,3 @@ def _id_key(value: object) -> str:
 def _as_int(value: object) -> int | str:
     text = str(value)
     return int(text) if text.isdigit() else text
-
-
-def codec_for(repo, family: str) -> ImageCodec | TextCodec | Catalog | None:
-    """The codec of one of the built-in families, from the repository's manifest and artifacts; None
-    for any other family."""
-    section = repo.family(family)
-    if family == "cnn":
-        return ImageCodec.from_manifest(section)
-    if family == "rnn":
-        return TextCodec.from_manifest(section, repo.artifact(family, "vocab"))
-    if family == "recsys":
-        return Catalog.from_manifest(section, repo.artifact(family, "catalog"))
-    return None

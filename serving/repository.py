@@ -14,6 +14,7 @@ from pathlib import Path
 
 from contract.dtypes import from_onnx
 from contract.files import sha256_file
+from contract.layout import live_dir
 from contract.manifest import BUILD_HINT, FamilySection, Manifest, ManifestError, read_manifest
 from serving.errors import IntegrityError, RepositoryError
 
@@ -87,8 +88,10 @@ def _check_file(path: Path, expected_sha256: str) -> None:
 
 
 def load_repository(root: str | Path, verify: bool = True) -> Repository:
-    """Read the manifest; with `verify`, check every file it names against its sha256."""
-    root = Path(root)
+    """Read the live version's manifest; with `verify`, check every file it names against its sha256.
+    The repository's `root` is the live version's directory (resolved once: a later switch does not
+    move files under it)."""
+    root = live_dir(Path(root)).resolve()
     try:
         manifest = read_manifest(root)
     except ManifestError as error:

@@ -8,26 +8,15 @@ Sessions are built with the settings the variants were profiled with (the manife
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from contract.manifest import FamilySection
 from contract.sessions import open_session, providers_for
 from serving.repository import Repository, check_signature
 
-
-def _warmup_feeds(section: FamilySection) -> list[dict[str, np.ndarray]]:
-    """Ones (a valid id, length and pixel for every family) at one row and at a typical request's
-    rows: the first run at a new size allocates, and that cost must not land on a request."""
-    feeds = []
-    for rows in sorted({1, section.rows_per_request}):
-        feed = {}
-        for spec in section.inputs:
-            shape = [rows] + [1 if d == -1 else d for d in spec.shape[1:]]
-            feed[spec.name] = np.ones(shape, dtype=spec.dtype)
-        feeds.append(feed)
-    return feeds
+Feeds = dict[str, np.ndarray]
 
 
 class OnnxRuntimeBackend:
@@ -35,35 +24,60 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, repo: Repository, families: list[str], device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        repo: Repository,
+        families: list[str],
+        device: str = "auto",
+        threads: int | None = None,
+        warmup: Callable[[str], list[Feeds]] | None = None,
+        previous: OnnxRuntimeBackend | None = None,
+    ):
+        """`warmup(family)`: feeds each session runs once at start (the first run at a new size
+        allocates, and that cost must not land on a request); none by default. `previous`: the backend
+        of the version served before; its sessions of files with the same sha256 are reused, warm."""
         self.repo, self.families = repo, families
         self.providers = providers_for(device)
         settings = (repo.manifest.latency_profile or {}).get("settings", {})
         self.threads = threads or int(settings.get("threads", 1))
+        self.warmup = warmup or (lambda family: [])
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._by_sha256: dict[str, ort.InferenceSession] = {}
+        self._previous = previous
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
     def start(self) -> None:
+        previous, self._previous = self._previous, None
+        same_settings = previous is not None and (previous.threads, previous.providers) == (
+            self.threads,
+            self.providers,
+        )
+        reusable = previous._by_sha256 if same_settings else {}
         for family in self.families:
+            feeds = None
             for variant in self.repo.variants(family):
-                sess = open_session(variant.path, self.threads, self.providers)
+                sess = reusable.get(variant.sha256)
+                if sess is None:
+                    sess = open_session(variant.path, self.threads, self.providers)
+                    feeds = self.warmup(family) if feeds is None else feeds
+                    for feed in feeds:
+                        sess.run(None, feed)
                 check_signature(self.repo, family, variant, sess)
-                for feed in _warmup_feeds(self.repo.family(family)):
-                    sess.run(None, feed)
-                self._sessions[variant.name] = sess
+                self._sessions[variant.name] = self._by_sha256[variant.sha256] = sess
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
-        """(first output, service ms, who served) for one batch, from a worker thread."""
+    def run(self, variant: str, feeds: Feeds) -> tuple[list[np.ndarray], float, str]:
+        """(outputs, service ms, who served) for one batch, from a worker thread."""
         sess = self._sessions[variant]
         start = time.perf_counter()
-        output = sess.run(None, feeds)[0]
-        return output, (time.perf_counter() - start) * 1e3, self.name
+        outputs = sess.run(None, feeds)
+        return outputs, (time.perf_counter() - start) * 1e3, self.name
 
     def healthy(self) -> bool:
         return bool(self._sessions)
 
     def close(self) -> None:
         self._sessions.clear()
+        self._by_sha256.clear()

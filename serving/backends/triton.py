@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from contract.dtypes import dtype
+from contract.manifest import TensorSpec
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger("flexserve.triton")
@@ -27,8 +29,10 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str, outputs: dict[str, str], protocol: str = "grpc", timeout_s: float = 5.0):
-        self.outputs = outputs  # variant -> its output tensor's name
+    def __init__(
+        self, url: str, outputs: dict[str, Sequence[TensorSpec]], protocol: str = "grpc", timeout_s: float = 5.0
+    ):
+        self.outputs = outputs  # variant -> its output tensors (the manifest's specs)
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
@@ -78,10 +82,10 @@ class TritonBackend:
         except Exception:
             return False
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float, str]:
         inputs = []
         for name, value in feeds.items():
-            value = value.reshape(-1, 1) if name == "LENGTHS" else value  # Triton's per-row scalars are [n, 1]
+            value = value.reshape(-1, 1) if value.ndim == 1 else value  # Triton's per-row scalars are [n, 1]
             tensor = self._module.InferInput(name, list(value.shape), dtype(value.dtype).triton)
             tensor.set_data_from_numpy(np.ascontiguousarray(value))
             inputs.append(tensor)
@@ -90,8 +94,14 @@ class TritonBackend:
             result = self._client.infer(variant, inputs, client_timeout=self.timeout_s)
         else:
             result = self._client.infer(variant, inputs)
-        output = result.as_numpy(self.outputs[variant])
-        return output, (time.perf_counter() - start) * 1e3, self.name
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        # Per-row scalars travel as [n, 1]; the model (and in-process ONNX Runtime) says [n].
+        outputs = [result.as_numpy(spec.name) for spec in self.outputs[variant]]
+        return (
+            [o.reshape(-1) if len(s.shape) == 1 else o for o, s in zip(outputs, self.outputs[variant], strict=True)],
+            elapsed_ms,
+            self.name,
+        )
 
     def close(self) -> None:
         try:
@@ -138,7 +148,7 @@ class FailoverBackend:
                 log.warning("Triton at %s is %s", self.primary.url, "back: traffic returns to it" if ready else "down")
             self._up = ready
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, str]:
+    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float, str]:
         if self._up:
             try:
                 return self.primary.run(variant, feeds)

@@ -10,6 +10,7 @@ code, so a budget means the same thing whichever door a request comes in by.
 """
 
 from serving.policy.config import (
+    DEFAULT_BENCH_S,
     DEFAULT_LATENCY_BUDGET_MS,
     MAX_LATENCY_BUDGET_MS,
     PolicyConfig,
@@ -20,6 +21,7 @@ from serving.policy.profiles import ServiceProfile, VariantProfile
 from serving.policy.router import Decision, Executor, Policy, policy_from_manifest
 
 __all__ = [
+    "DEFAULT_BENCH_S",
     "DEFAULT_LATENCY_BUDGET_MS",
     "MAX_LATENCY_BUDGET_MS",
     "Decision",

@@ -11,6 +11,8 @@ from serving.errors import InvalidRequestError
 MAX_LATENCY_BUDGET_MS = 60_000.0  # a minute: anything longer is a mistake, not a budget
 # A request that names no budget gets this one: loose enough for the most accurate variant here.
 DEFAULT_LATENCY_BUDGET_MS = 200.0
+# A variant that failed on a request another variant then answered sits out this long (seconds).
+DEFAULT_BENCH_S = 30.0
 BUDGET_ACCEPTED = f"a number of milliseconds > 0 and <= {MAX_LATENCY_BUDGET_MS:g}"
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -118,15 +118,17 @@ class _Request(NamedTuple):
     strict: bool
     elapsed_ms: float
     now: float
+    skip: frozenset | None = None  # variant states that are not candidates (benched, or excluded)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity
 class _VariantState:
     spec: VariantProfile
     executor: Executor
     slowdown: Slowdown = field(default_factory=Slowdown)
     in_flight: int = 0
     served: int = 0
+    benched_until: float = -math.inf  # after a failure: not a candidate until then (see `bench`)
     cache: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (p50, p95)
 
     def service(self, batch_size: int) -> tuple[float, float]:
@@ -181,6 +183,7 @@ class Policy:
         if len(self._by_name) != len(self._states):
             raise ValueError(f"family {family!r} lists a variant name twice")
         self._fastest: dict[int, _VariantState] = {}  # batch size -> the fastest variant there
+        self._benched: set[_VariantState] = set()
         self._tight = TightBudget()
         self._overhead = LearnedOverhead()
         self._protect = config.protect_tight_budgets and config.queue_aware
@@ -226,6 +229,7 @@ class Policy:
                     "executor": s.spec.executor,
                     "executor_in_flight": s.executor.in_flight,
                     "served": s.served,
+                    "benched_s": round(max(0.0, s.benched_until - now), 3),
                 }
                 for s in self._states
             ]
@@ -240,10 +244,13 @@ class Policy:
         variant: str | None = None,
         strict: bool = False,
         elapsed_ms: float = 0.0,
+        exclude: Collection[str] = (),
     ) -> Decision:
         """Choose a variant for one request and count it in flight (see the module docstring).
         `elapsed_ms`: time the request already spent before it reached the server (from the
-        client's X-Request-Start), counted against this request's budget only."""
+        client's X-Request-Start), counted against this request's budget only. `exclude`: variants
+        not to choose (one that just failed this request); benched variants are not chosen either,
+        unless every other is benched or excluded too. A pinned variant is served even if benched."""
         budget = check_budget(latency_budget_ms)
         check_elapsed(elapsed_ms)
         check_batch_size(batch_size)
@@ -251,7 +258,9 @@ class Policy:
         floor = None if min_quality is None else check_floor(min_quality, self.floor_field, self.metric)
         limit = budget * (1.0 - self.config.safety_margin)
         with self._lock:
-            request = _Request(budget, limit, batch_size, floor, strict, elapsed_ms, self._clock())
+            now = self._clock()
+            skip = self._skipped(exclude, now, floor) if exclude or self._benched else None
+            request = _Request(budget, limit, batch_size, floor, strict, elapsed_ms, now, skip)
             if variant is not None:
                 return self._route_pinned(self._state(variant), request)
             return self._route_best(request)
@@ -279,8 +288,11 @@ class Policy:
         overhead = self._overhead.planned_ms + request.elapsed_ms
         best, best_ms, skipped = None, math.inf, 0
         last_executor, wait = None, 0.0
+        skip = request.skip
         for state in self._states:  # the hot path of every request: kept flat
             if floor is not None and not self._meets(state, floor):
+                continue
+            if skip is not None and state in skip:
                 continue
             service = (state.cache.get(batch_size) or state.service(batch_size))[1] * state.slowdown.at(now, half_life)
             executor = state.executor
@@ -330,6 +342,26 @@ class Policy:
                 ratio, self._clock(), c.correction_half_life_s, c.correction_weight, c.min_correction, c.max_correction
             )
 
+    def keep_learned(self, previous: Policy) -> None:
+        """Continue from what `previous` (this family's policy over the version served before) learned
+        of this machine: the overhead, the tight-budget state, and each unchanged variant's slowdown and
+        bench. The estimators are shared, so requests still finishing on the old version teach both."""
+        with self._lock:
+            self._overhead, self._tight = previous._overhead, previous._tight
+            for state in self._states:
+                old = previous._by_name.get(state.spec.name)
+                if old is not None and old.spec == state.spec:
+                    state.slowdown, state.benched_until = old.slowdown, old.benched_until
+                    if old in previous._benched:
+                        self._benched.add(state)
+
+    def bench(self, variant: str, seconds: float) -> None:
+        """Take a variant that failed out of routing for `seconds` (it is tried again after)."""
+        with self._lock:
+            state = self._state(variant)
+            state.benched_until = self._clock() + seconds
+            self._benched.add(state)
+
     def observe_latency(self, decision: Decision, latency_ms: float) -> None:
         """A request's whole time in the server, reported apart from `finish` (once its response
         has left the server, so that the way out counts too)."""
@@ -343,6 +375,18 @@ class Policy:
             self._overhead.observe(
                 latency_ms - decision._base_ms, self.config.overhead_weight, self.config.overhead_deviations
             )
+
+    def _skipped(self, exclude: Collection[str], now: float, floor: float | None) -> frozenset | None:
+        """The states that are not candidates now: excluded ones, and benched ones unless nothing else
+        that meets the floor is left."""
+        for state in [s for s in self._benched if s.benched_until <= now]:
+            self._benched.discard(state)  # its bench is over
+        excluded = {s for s in self._states if s.spec.name in exclude}
+        skip = excluded | self._benched
+        eligible = [s for s in self._states if floor is None or self._meets(s, floor)]
+        if all(s in skip for s in eligible):  # every eligible variant benched or excluded: the bench gives way
+            skip = excluded
+        return frozenset(skip) if skip else None
 
     def _fastest_at(self, batch_size: int) -> _VariantState:
         state = self._fastest.get(batch_size)

@@ -4,16 +4,18 @@
   the nvidia-pytriton wheel, which has no native ONNX Runtime backend). It checks the ONNX
   file against the manifest's sha256 before loading it, and runs a dynamic batch of requests
   as one ONNX Runtime call.
-- `RouterModel`: one per family (`<family>_router`). Per request it asks the routing policy
-  (the same code as the HTTP gateway) for a variant within the request's latency budget, calls
-  that variant model with BLS, returns its output, the variant's name (`VARIANT`) and whether the
-  policy predicted it to meet the budget (`PREDICTED_TO_MEET`; the client measures the truth), and
-  reports the observed latency back to the policy. It also accepts raw inputs, so a client
-  needs only tritonclient: `TEXT` (BYTES, one string per row) for the text family, and
-  `USER_ID` (INT64) + `ITEM_IDS` (INT64 [n], MovieLens ids) for the recommender.
+- `RouterModel`: one per family (`<family>_router`). Per request it decodes the inputs with the
+  family's adapter (the same as the gateway's: the model's own inputs, or raw ones such as `TEXT`
+  or `USER_ID` + `ITEM_IDS`), asks the routing policy (the same code as the gateway) for a variant
+  within the request's latency budget, calls that variant model with BLS, and returns its outputs,
+  the variant's name (`VARIANT`) and whether the policy predicted it to meet the budget
+  (`PREDICTED_TO_MEET`; the client measures the truth). A variant that fails (an error, or
+  NaN out) is left out and the request routed again; once another variant answers, the failed ones
+  are benched for the `bench_s` config parameter (the gateway's default), as in the gateway.
 
-Budget: the optional input `LATENCY_BUDGET_MS` (FP32, one value per request; its first value
-counts), else the request parameter `latency_budget_ms`, else the configured default.
+Routing fields: the optional input `LATENCY_BUDGET_MS` (FP32, its first value), else the request
+parameters `latency_budget_ms`, the family's floor (`min_accuracy`, `max_rmse`, ...), `variant` and
+`strict` (the Open Inference Protocol's `parameters`, as the gateway's v2 endpoint takes them).
 Client errors become `TritonError(INVALID_ARG)`: gRPC INVALID_ARGUMENT, HTTP 400.
 """
 
@@ -25,15 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import FlexServeError, InvalidRequestError
-
-# The gateway's request fields and the router's tensors that carry them.
-TENSOR_NAMES = {
-    "texts": "TEXT",
-    "user_id": "USER_ID",
-    "candidate_item_ids": "ITEM_IDS",
-    "latency_budget_ms": "LATENCY_BUDGET_MS",
-}
+from serving.errors import FlexServeError, InferenceFailedError, InvalidRequestError
 
 
 def _pb():
@@ -59,7 +53,7 @@ class VariantModel:
 
         config = json.loads(args["model_config"])
         params = _parameters(config)
-        path = Path(params["onnx_path"])
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"  # linked in by the writer
         actual = sha256_file(path)
         if actual != params["sha256"]:
             raise RuntimeError(
@@ -67,37 +61,41 @@ class VariantModel:
                 "refusing to serve it; rebuild the Triton repository with `flexserve triton repo`"
             )
         self.session = open_session(path, int(params.get("threads", "1")))
-        self.inputs = [(i["name"], i.get("dims", [])) for i in config["input"]]
-        self.output = config["output"][0]["name"]
-        self.pad_id = int(params.get("pad_id", "0"))
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+        # Per-row scalars travel as [n, 1]; the model takes and gives [n].
+        self.scalar_rows = set(filter(None, params.get("scalar_rows", "").split(",")))
+        # A dynamic axis that may be padded to batch requests together (the text family's tokens).
+        self.padded = dict(item.split("=") for item in filter(None, params.get("pad", "").split(",")))
 
     def _feed(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
-        if name == "LENGTHS":  # Triton sends [n, 1]; the model takes [n]
+        if name in self.scalar_rows:
             return np.concatenate([a.reshape(-1) for a in arrays])
-        if name == "TOKENS" and len({a.shape[1] for a in arrays}) > 1:  # pad the batch to its longest text
+        if len({a.shape[1:] for a in arrays}) > 1:
+            if name not in self.padded:
+                raise ValueError(f"requests with different {name} shapes cannot share a batch")
             width = max(a.shape[1] for a in arrays)
-            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=self.pad_id) for a in arrays]
+            pad = int(self.padded[name])
+            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=pad) for a in arrays]
         return np.concatenate(arrays)
 
     def execute(self, requests: list) -> list:
         pb = _pb()
         try:
             columns = {
-                name: [pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name, _ in self.inputs
+                name: [pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs
             }
-            sizes = [len(a) for a in columns[self.inputs[0][0]]]
-            output = self.session.run(None, {name: self._feed(name, arrays) for name, arrays in columns.items()})[0]
+            sizes = [len(a) for a in columns[self.inputs[0]]]
+            outputs = self.session.run(None, {name: self._feed(name, arrays) for name, arrays in columns.items()})
         except Exception as error:
             if len(requests) == 1:
                 return [_error(f"{type(error).__name__}: {error}")]
             return self._one_by_one(requests)
-        if output.ndim == 1:
-            output = output[:, None]  # per-row scalars travel as [n, 1]
+        outputs = [o[:, None] if name in self.scalar_rows else o for name, o in zip(self.outputs, outputs, strict=True)]
         responses, start = [], 0
         for size in sizes:
-            responses.append(
-                pb.InferenceResponse(output_tensors=[pb.Tensor(self.output, output[start : start + size])])
-            )
+            tensors = [pb.Tensor(name, o[start : start + size]) for name, o in zip(self.outputs, outputs, strict=True)]
+            responses.append(pb.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
 
@@ -111,76 +109,52 @@ class VariantModel:
 
 class RouterModel:
     def initialize(self, args: dict) -> None:
-        from serving.policy import DEFAULT_LATENCY_BUDGET_MS, policy_from_manifest
-        from serving.preprocess import Catalog, TextCodec
+        from serving.families import family_adapter
+        from serving.policy import DEFAULT_BENCH_S, DEFAULT_LATENCY_BUDGET_MS, policy_from_manifest
         from serving.repository import load_repository
 
         config = json.loads(args["model_config"])
         params = _parameters(config)
         self.family = params["family"]
         self.default_budget_ms = float(params.get("default_budget_ms", DEFAULT_LATENCY_BUDGET_MS))
+        self.bench_s = float(params.get("bench_s", DEFAULT_BENCH_S))
         repo = load_repository(params["flexserve_repo"])  # verifies every file's sha256
         section = repo.family(self.family)
+        self.adapter = family_adapter(self.family, section, lambda name: repo.artifact(self.family, name))
         # Each variant model is its own Triton model with one instance: its own queue.
         self.policy = policy_from_manifest(
             self.family, section, executor_of=lambda name: name, executors={v.name: 1 for v in section.variants}
         )
-        self.inputs = [spec.name for spec in section.inputs]
-        self.output = section.outputs[0].name
-        self.text = TextCodec.from_manifest(section, repo.artifact("rnn", "vocab")) if self.family == "rnn" else None
-        self.catalog = (
-            Catalog.from_manifest(section, repo.artifact("recsys", "catalog")) if self.family == "recsys" else None
-        )
+        self.input_names = [s.name for s in section.inputs] + [t.name for t in self.adapter.raw_inputs]
+        self.outputs = [s.name for s in section.outputs]
 
-    def _budget(self, request) -> float | None:
+    def _routing(self, request) -> dict:
+        """The routing fields: the LATENCY_BUDGET_MS tensor, else the request's parameters."""
         pb = _pb()
+        parameters = json.loads(request.parameters() or "{}")
         tensor = pb.get_input_tensor_by_name(request, "LATENCY_BUDGET_MS")
         if tensor is not None:
             values = tensor.as_numpy().reshape(-1)
             if values.size == 0:
                 raise InvalidRequestError("LATENCY_BUDGET_MS", "is empty", "one FP32 value in milliseconds")
-            return float(values[0])
-        parameters = json.loads(request.parameters() or "{}")
-        if "latency_budget_ms" in parameters:
-            value = parameters["latency_budget_ms"]
-            if isinstance(value, str):
+            budget, field = float(values[0]), "LATENCY_BUDGET_MS"
+        else:
+            field = "latency_budget_ms"
+            budget = parameters.get("latency_budget_ms", self.default_budget_ms)
+            if isinstance(budget, str):  # tritonclient's gRPC parameters may arrive as strings
                 try:
-                    value = float(value)
+                    budget = float(budget)
                 except ValueError:
                     raise InvalidRequestError(
-                        "latency_budget_ms", f"{value!r} is not a number", "milliseconds, e.g. 20"
+                        "latency_budget_ms", f"{budget!r} is not a number", "milliseconds, e.g. 20"
                     ) from None
-            return value
-        return None
-
-    def _feeds(self, request) -> dict[str, np.ndarray]:
-        pb = _pb()
-        if self.text is not None:
-            text = pb.get_input_tensor_by_name(request, "TEXT")
-            if text is not None:
-                return self.text.encode(
-                    [
-                        t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
-                        for t in text.as_numpy().reshape(-1)
-                    ]
-                )
-        if self.catalog is not None:
-            user = pb.get_input_tensor_by_name(request, "USER_ID")
-            if user is not None:
-                items = pb.get_input_tensor_by_name(request, "ITEM_IDS")
-                item_ids = None if items is None else [int(i) for i in items.as_numpy().reshape(-1)]
-                user_ids = user.as_numpy().reshape(-1)
-                if user_ids.size != 1:
-                    raise InvalidRequestError("USER_ID", f"{user_ids.size} values", "exactly one INT64 user id")
-                return self.catalog.score(int(user_ids[0]), item_ids)[0]
-        feeds = {}
-        for name in self.inputs:
-            tensor = pb.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raw = {"rnn": " or TEXT", "recsys": " or USER_ID (+ ITEM_IDS)"}.get(self.family, "")
-                raise InvalidRequestError(name, "is missing", f"the inputs {', '.join(self.inputs)}{raw}")
-            feeds[name] = tensor.as_numpy()
-        return feeds
+        return {
+            "budget_field": field,
+            "latency_budget_ms": budget,
+            "min_quality": self.adapter.floor(parameters),
+            "variant": parameters.get("variant"),
+            "strict": parameters.get("strict", False),
+        }
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -188,40 +162,66 @@ class RouterModel:
     def _one(self, request):
         pb = _pb()
         try:
-            feeds = self._feeds(request)
-            rows = len(next(iter(feeds.values())))
-            budget = self._budget(request)
-            decision = self.policy.route(self.default_budget_ms if budget is None else budget, rows)
-        except InvalidRequestError as error:  # name the Triton tensor, not the HTTP gateway's field
-            field = error.field
-            for http_name, tensor in TENSOR_NAMES.items():
-                if field.startswith(http_name):
-                    field = tensor + field[len(http_name) :]
-            return _error(f"{field}: {error.problem}; accepted: {error.accepted}")
+            named = {}
+            for name in self.input_names:
+                tensor = pb.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    named[name] = tensor.as_numpy()
+            decoded = self.adapter.decode_tensors(named)
+            routing = self._routing(request)
+            budget, budget_field = routing.pop("latency_budget_ms"), routing.pop("budget_field")
+            failed: dict[str, str] = {}
+            while True:
+                try:
+                    decision = self.policy.route(budget, decoded.rows, **routing, exclude=list(failed))
+                except InvalidRequestError as error:
+                    if failed and error.field == self.policy.floor_field:  # all that meet the floor failed
+                        raise self._every_variant_failed(failed) from None
+                    if error.field == "latency_budget_ms":  # named as the client sent it
+                        raise InvalidRequestError(budget_field, error.problem, error.accepted) from None
+                    raise
+                try:
+                    response, elapsed_ms = self._call(pb, decision.variant, decoded.feeds)
+                    problem = response.error().message() if response.has_error() else self._non_finite(pb, response)
+                except Exception as error:  # BLS itself raised
+                    problem = f"{type(error).__name__}: {error}"
+                if problem is None:
+                    break
+                self.policy.finish(decision, None)
+                failed[decision.variant] = problem
+                routing["variant"] = None
+                if len(failed) >= len(self.policy.variant_names):  # the request, likely: no variant is benched
+                    raise self._every_variant_failed(failed)
+        except InvalidRequestError as error:
+            return _error(f"{error.field}: {error.problem}; accepted: {error.accepted}")
         except FlexServeError as error:
             return _error(str(error))
-        inputs = [
-            pb.Tensor(name, value.reshape(-1, 1) if name == "LENGTHS" else value) for name, value in feeds.items()
-        ]
-        started = time.perf_counter()
-        response = pb.InferenceRequest(
-            model_name=decision.variant, requested_output_names=[self.output], inputs=inputs
-        ).exec()
-        elapsed_ms = (time.perf_counter() - started) * 1e3
-        if response.has_error():
-            self.policy.finish(decision, None)
-            return _error(f"{decision.variant}: {response.error().message()}", invalid=False)
         self.policy.finish(decision, elapsed_ms)
-        output = pb.get_output_tensor_by_name(response, self.output).as_numpy()
+        for variant in failed:  # another variant answered: the ones that failed sit out bench_s
+            self.policy.bench(variant, self.bench_s)
+        tensors = [pb.Tensor(name, pb.get_output_tensor_by_name(response, name).as_numpy()) for name in self.outputs]
         variant = np.array([decision.variant.encode()], dtype=np.object_)
         predicted = np.array([decision.predicted_to_meet], dtype=bool)  # the client measures the truth
         return pb.InferenceResponse(
-            output_tensors=[
-                pb.Tensor(self.output, output),
-                pb.Tensor("VARIANT", variant),
-                pb.Tensor("PREDICTED_TO_MEET", predicted),
-            ]
+            output_tensors=[*tensors, pb.Tensor("VARIANT", variant), pb.Tensor("PREDICTED_TO_MEET", predicted)]
         )
+
+    def _every_variant_failed(self, failed: dict[str, str]) -> InferenceFailedError:
+        return InferenceFailedError.of(self.family, failed, "inputs", f"GET /v2/models/{self.family}_router")
+
+    def _call(self, pb, variant: str, feeds: dict[str, np.ndarray]):
+        """BLS: run `variant` on the feeds (per-row scalars as [n, 1], as the variant model takes them)."""
+        inputs = [pb.Tensor(name, value.reshape(-1, 1) if value.ndim == 1 else value) for name, value in feeds.items()]
+        started = time.perf_counter()
+        response = pb.InferenceRequest(model_name=variant, requested_output_names=self.outputs, inputs=inputs).exec()
+        return response, (time.perf_counter() - started) * 1e3
+
+    def _non_finite(self, pb, response) -> str | None:
+        for name in self.outputs:
+            value = pb.get_output_tensor_by_name(response, name).as_numpy()
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                return f"its output {name} holds NaN or infinity"
+        return None
 
     def finalize(self) -> None:
         self.policy = None

@@ -2,8 +2,8 @@
 
 Two flavours, from the same manifest (configs from `contract/triton_config.py`, the one writer):
 
-- `portable` (default): every variant as a Python-backend model (`model.py` runs the ONNX file
-  in ONNX Runtime, after checking its sha256), plus one router model per family. Runs on the
+- `portable` (default): every variant as a Python-backend model (`model.py` runs the ONNX file,
+  linked in beside it, in ONNX Runtime after checking its sha256), plus one router model per family. Runs on the
   Triton server in the nvidia-pytriton wheel (Python backend only) and on any Triton.
 - `native`: every variant with `platform: "onnxruntime_onnx"` for the official Triton images
   (GPU hosts): the ONNX file is linked in, `instance_group` is KIND_GPU, and the TensorRT
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from contract.manifest import FamilySection
 from contract.triton_config import FLAVOURS, TensorConfig, max_batch_rows, render, variant_config
+from serving.families import ADAPTERS, adapter_name
 from serving.policy import DEFAULT_LATENCY_BUDGET_MS
 from serving.repository import Repository, load_repository
 
@@ -55,22 +56,13 @@ def router_config(
     family: str, section: FamilySection, root: Path, default_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
 ) -> str:
     """`<family>_router`: the model's inputs (optional when raw inputs can stand in), the raw inputs
-    a client may send instead, the budget; the model's output, the variant and its prediction."""
-    raw = {
-        "rnn": [TensorConfig("TEXT", "object", (-1,), optional=True)],
-        "recsys": [
-            TensorConfig("USER_ID", "int64", (1,), optional=True),
-            TensorConfig("ITEM_IDS", "int64", (-1,), optional=True),
-        ],
-    }.get(family, [])
+    a client may send instead (the family adapter's), the budget; the model's outputs, the variant
+    and its prediction."""
+    raw = list(ADAPTERS[adapter_name(family, section)].raw_inputs)
     inputs = [TensorConfig(s.name, s.dtype, s.shape, optional=bool(raw)) for s in section.inputs]
     inputs += [*raw, TensorConfig("LATENCY_BUDGET_MS", "float32", (1,), optional=True)]
-    out = section.outputs[0]
-    outputs = [
-        TensorConfig(out.name, out.dtype, out.shape if len(out.shape) > 1 else (-1, 1)),
-        TensorConfig("VARIANT", "object", (1,)),
-        TensorConfig("PREDICTED_TO_MEET", "bool", (1,)),
-    ]
+    outputs = [TensorConfig(o.name, o.dtype, o.shape if len(o.shape) > 1 else (-1, 1)) for o in section.outputs]
+    outputs += [TensorConfig("VARIANT", "object", (1,)), TensorConfig("PREDICTED_TO_MEET", "bool", (1,))]
     return render(
         router_name(family),
         inputs=inputs,
@@ -82,7 +74,7 @@ def router_config(
     )
 
 
-def _variant_config(section: FamilySection, name: str, root: Path, flavour: str) -> str:
+def _variant_config(family: str, section: FamilySection, name: str, root: Path, flavour: str) -> str:
     variant = section.variant(name)
     rows = section.rows_per_request
     preferred = preferred_batch_sizes(variant.latency_ms, max_batch_rows(rows))
@@ -96,8 +88,14 @@ def _variant_config(section: FamilySection, name: str, root: Path, flavour: str)
             preferred_batch_sizes=preferred,
             instance_kind="KIND_GPU",
         )
-    pad = str(section.contract.get("tokenizer", {}).get("pad_id", 0))
-    parameters = {"onnx_path": str(root / variant.onnx), "sha256": variant.sha256, "threads": "1", "pad_id": pad}
+    padded = ADAPTERS[adapter_name(family, section)].padded_inputs(section)
+    scalar_rows = [t.name for t in (*section.inputs, *section.outputs) if len(t.shape) == 1]
+    parameters = {  # the ONNX file is linked in as 1/model.onnx: a config changes only when its variant does
+        "sha256": variant.sha256,
+        "threads": "1",
+        "scalar_rows": ",".join(scalar_rows),
+        "pad": ",".join(f"{name}={value}" for name, value in padded.items()),
+    }
     return variant_config(
         name, section.inputs, section.outputs, rows, "portable", preferred_batch_sizes=preferred, parameters=parameters
     )
@@ -126,18 +124,17 @@ def write_triton_repository(
     repo = source if isinstance(source, Repository) else load_repository(source)
     root = repo.root.resolve()
     out = Path(out)
-    if out.resolve() == root:
+    owned = [root] if isinstance(source, Repository) else [root, Path(source).resolve()]
+    if any(p.is_relative_to(out.resolve()) for p in owned):  # the FlexServe repository itself, or inside `out`
         raise ValueError(f"write the Triton repository somewhere else than the FlexServe repository ({root})")
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for family in families or repo.families:
         section = repo.family(family)
         for variant in section.variants:
-            config = _variant_config(section, variant.name, root, flavour)
-            if flavour == "native":
-                _write(out / variant.name, config, onnx=root / variant.onnx)
-            else:
-                _write(out / variant.name, config, VARIANT_MODEL_PY)
+            config = _variant_config(family, section, variant.name, root, flavour)
+            model_py = None if flavour == "native" else VARIANT_MODEL_PY
+            _write(out / variant.name, config, model_py, onnx=root / variant.onnx)
             names.append(variant.name)
         _write(out / router_name(family), router_config(family, section, root), ROUTER_MODEL_PY)
         names.append(router_name(family))

@@ -57,8 +57,16 @@ class TritonServer:
     """`tritonserver --model-repository REPO` on 127.0.0.1; `start()` waits until it is ready."""
 
     def __init__(
-        self, model_repository: Path, ports: Ports | None = None, log: Path | None = None, flexserve_root: Path = ROOT
+        self,
+        model_repository: Path,
+        ports: Ports | None = None,
+        log: Path | None = None,
+        flexserve_root: Path = ROOT,
+        explicit: bool = False,
     ):
+        """`explicit`: Triton's model-control mode "explicit" (every model loaded at start; `load` and
+        `unload` change them while it runs), so a new FlexServe version is served without a restart."""
+        self.explicit = explicit
         self.model_repository = Path(model_repository).resolve()
         self.ports = ports or Ports.free()
         self.log = log
@@ -121,6 +129,7 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=10",
             "--strict-readiness=true",
+            *(["--model-control-mode=explicit", "--load-model=*"] if self.explicit else []),
         ]
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
@@ -150,6 +159,22 @@ class TritonServer:
         tail = self.log_tail()
         self.stop()
         raise RuntimeError(f"tritonserver was not ready within {timeout_s:.0f} s:\n{tail}")
+
+    def load(self, names: list[str]) -> None:
+        """(Re)load models through Triton's model-control API: it serves the old ones until the new are
+        ready. Variants first, routers last (a router calls variants)."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url, network_timeout=120.0, connection_timeout=120.0)
+        for name in sorted(names, key=lambda n: n.endswith("_router")):
+            client.load_model(name)
+
+    def unload(self, names: list[str]) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url)
+        for name in names:
+            client.unload_model(name)
 
     def ready(self) -> bool:
         try:

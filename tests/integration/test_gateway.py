@@ -3,15 +3,16 @@ JSON contract, and every client error. Real ONNX Runtime sessions; no server pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
-from serving.errors import IntegrityError, RepositoryError
+from contract.layout import live_dir, new_version
+from contract.manifest import read_manifest, write_manifest
+from serving.errors import IntegrityError, InvalidRequestError, RepositoryError
 from serving.gateway import Gateway, GatewayConfig
 from serving.repository import load_repository
 from training.data import encode_texts
@@ -20,21 +21,9 @@ IMAGE = [[float((r * 28 + c) % 256) for c in range(28)] for r in range(28)]
 
 
 @pytest.fixture(scope="module")
-def client(profiled_repo):
-    from serving.service import FlexServe
-
-    saved = {k: os.environ.get(k) for k in ("FLEXSERVE_REPO", "FLEXSERVE_MAX_BODY_BYTES")}
-    os.environ["FLEXSERVE_REPO"] = str(profiled_repo)
-    os.environ["FLEXSERVE_MAX_BODY_BYTES"] = "400000"
-    try:
-        with TestClient(FlexServe.to_asgi()) as test_client:
-            yield test_client
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def client(profiled_repo, gateway_client):
+    with gateway_client(profiled_repo, FLEXSERVE_MAX_BODY_BYTES="400000") as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +113,57 @@ def test_recommend_returns_top_k_from_the_catalogue_or_the_candidates(client, re
     some = client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": candidates}).json()
     assert {it["item_id"] for it in some["items"]} <= set(candidates) and len(some["items"]) == 2
     assert all(it["title"] for it in some["items"])
+
+
+def tensor(name, values, datatype):
+    values = np.asarray(values)
+    data = values.ravel().tolist() if datatype != "BYTES" else list(values.ravel())
+    return {"name": name, "shape": list(values.shape), "datatype": datatype, "data": data}
+
+
+def test_the_open_inference_protocol_serves_the_built_in_families_as_their_friendly_endpoints(client, repo):
+    pinned = {"latency_budget_ms": 5000, "variant": "cnn_full_fp32"}
+    image = np.asarray(IMAGE, dtype=np.float32).reshape(1, 1, 28, 28)
+    v2 = client.post("/v2/models/cnn/infer", json={"inputs": [tensor("IMAGES", image, "FP32")], "parameters": pinned})
+    friendly = client.post("/v1/classify_image", json={"images": [IMAGE], **pinned}).json()
+    assert v2.status_code == 200, v2.text
+    (logits,) = v2.json()["outputs"]
+    assert logits["name"] == "LOGITS" and logits["shape"] == [1, 10] and logits["datatype"] == "FP32"
+    assert int(np.argmax(logits["data"])) == friendly["predictions"][0]["class_id"]
+    assert (
+        v2.json()["parameters"]["variant"] == "cnn_full_fp32" and v2.headers["X-FlexServe-Variant"] == "cnn_full_fp32"
+    )
+
+    text = client.post("/v2/models/rnn/infer", json={"inputs": [tensor("TEXT", ["a great film", "dull"], "BYTES")]})
+    assert text.status_code == 200 and text.json()["outputs"][0]["shape"] == [2, 2], text.text
+
+    catalog = repo.artifact("recsys", "catalog")
+    user = int(catalog["users"][0]["user_id"])
+    items = [int(it["item_id"]) for it in catalog["items"][:3]]
+    ids = [tensor("USER_ID", [user], "INT64"), tensor("ITEM_IDS", items, "INT64")]
+    rated = client.post("/v2/models/recsys/infer", json={"inputs": ids})
+    assert rated.status_code == 200 and rated.json()["outputs"][0]["shape"] == [3, 1], rated.text  # as on Triton
+
+
+@pytest.mark.parametrize(
+    "family, inputs, field, problem",
+    [
+        ("recsys", [tensor("USER_ID", ["abc"], "BYTES")], "USER_ID", "is BYTES"),
+        ("rnn", [tensor("TEXT", [5, 6], "INT64")], "TEXT", "is INT64"),
+        ("cnn", [tensor("IMAGES", np.zeros((1, 1, 28, 27)), "FP32")], "IMAGES", "has shape [1, 1, 28, 27]"),
+        ("cnn", [{"name": "IMAGES", "shape": [1], "datatype": "FP32", "data": [1, 2]}], "inputs[0].data", "2 values"),
+    ],
+)
+def test_bad_open_inference_protocol_tensors_name_the_tensor(client, family, inputs, field, problem):
+    error = error_of(client.post(f"/v2/models/{family}/infer", json={"inputs": inputs}))
+    assert error["field"] == field and problem in error["problem"], error
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_500(client):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v2/models/cnn/infer", "/v1/predict/cnn"):
+        error = error_of(client.post(path, content=deep, headers={"Content-Type": "application/json"}))
+        assert error["field"] == "body"
 
 
 def test_variants_lists_every_family_with_live_state(client, repo):
@@ -299,25 +339,117 @@ def test_a_missing_repository_stops_start_up_with_a_hint(tmp_path):
 
 def test_a_tampered_model_file_is_refused(profiled_repo, tmp_path):
     copy = tmp_path / "repo"
-    shutil.copytree(profiled_repo, copy)
-    onnx_file = next(copy.glob("cnn_distilled_fp32/1/model.onnx"))
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    onnx_file = live_dir(copy) / "cnn_distilled_fp32" / "1" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="sha256"):
         Gateway(GatewayConfig(repo=copy))
 
 
-def test_readiness_drops_when_the_repository_changes_on_disk(profiled_repo, tmp_path):
+def _without(repo, family: str, variant: str) -> None:
+    """A new live version of `repo`: the same, less one variant."""
+    with new_version(repo) as stage:
+        manifest = read_manifest(stage)
+        section = manifest.families[family]
+        kept = tuple(v for v in section.variants if v.name != variant)
+        write_manifest(stage, manifest.with_family(family, dataclasses.replace(section, variants=kept)))
+
+
+def test_a_new_repository_version_is_served_without_a_restart(profiled_repo, tmp_path):
+    import asyncio
+
+    from serving.gateway import RequestContext
+
     copy = tmp_path / "repo"
-    shutil.copytree(profiled_repo, copy)
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1))
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
     try:
-        assert gateway.ready()
-        manifest = copy / "manifest.json"
-        manifest.write_text(manifest.read_text() + "\n")
-        assert not gateway.ready()
+        old, before = gateway.generation, gateway.version
+        pinned = RequestContext(variant="cnn_distilled_fp16", latency_budget_ms=5000)
+        assert asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, pinned))[0]["version"] == before
+        _without(copy, "cnn", "cnn_distilled_fp16")
+        assert gateway.ready() and gateway.version == before  # nothing changes until it reloads
+        swap = gateway.reload()
+        assert swap["reloaded"] and swap["previous"] == before and gateway.version == swap["version"] != before
+        assert old.closed  # nothing was in flight: the old version's sessions are gone at once
+        assert "cnn_distilled_fp16" not in gateway.policies["cnn"].variant_names
+        with pytest.raises(InvalidRequestError, match="cnn_distilled_fp16"):
+            asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, pinned))
+        assert gateway.reload() == {"version": gateway.version, "reloaded": False}
     finally:
         gateway.close()
-    assert not gateway.ready()
+
+
+def test_a_retired_version_closes_with_its_last_request_and_takes_no_new_one(profiled_repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
+    try:
+        old = gateway._enter()  # a request in flight on the live version
+        _without(copy, "cnn", "cnn_distilled_fp16")
+        gateway.reload()
+        assert not old.closed and old.backend.healthy()  # retired, still open for its request
+        assert old.enter() is False  # no new request enters it ...
+        assert gateway._enter() is gateway.generation is not old  # ... they go to the new one
+        gateway.generation.exit()
+        old.exit()
+        assert old.closed
+    finally:
+        gateway.close()
+
+
+def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(profiled_repo, tmp_path):
+    from starlette.testclient import TestClient
+
+    from serving import routes
+
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
+    served, routes.app.state.gateway = routes.app.state.gateway, gateway  # the module's app, for this test
+    try:
+        before = gateway.version
+        with new_version(copy) as stage:
+            onnx_file = stage / "cnn_distilled_fp32" / "1" / "model.onnx"
+            data = onnx_file.read_bytes()
+            onnx_file.unlink()  # a writer replaces a file, never writes into it (it may be a shared link)
+            onnx_file.write_bytes(data + b"\0")
+        response = TestClient(routes.app, client=("127.0.0.1", 50001)).post("/v1/admin/reload")
+        assert response.status_code == 409 and "sha256" in response.json()["error"]["message"]
+        assert f"still serving {before}" in response.json()["error"]["message"]
+        assert gateway.version == before and gateway.ready()
+        _without(copy, "cnn", "cnn_distilled_fp32")  # the next version drops the broken file: it loads
+        assert gateway.reload()["reloaded"] and "cnn_distilled_fp32" not in gateway.policies["cnn"].variant_names
+    finally:
+        routes.app.state.gateway = served
+        gateway.close()
+
+
+def test_reload_over_http_is_for_loopback_clients_only(client):
+    from starlette.testclient import TestClient
+
+    remote = TestClient(client.app, client=("203.0.113.7", 40000))  # the same running app, another address
+    refused = remote.post("/v1/admin/reload")
+    assert refused.status_code == 403 and "loopback only, not from 203.0.113.7" in refused.text
+    version = client.get("/v1/variants").json()["version"]
+    assert client.post("/v1/admin/reload").json() == {"version": version, "reloaded": False}  # already live
+
+
+def test_the_watcher_picks_up_a_new_version_by_itself(profiled_repo, tmp_path):
+    import time
+
+    copy = tmp_path / "repo"
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0.05))
+    try:
+        before = gateway.version
+        _without(copy, "rnn", "rnn_full_fp16")
+        deadline = time.monotonic() + 30
+        while gateway.version == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.version != before and "rnn_full_fp16" not in gateway.policies["rnn"].variant_names
+    finally:
+        gateway.close()
 
 
 def test_config_from_the_environment():
@@ -330,10 +462,10 @@ def test_config_from_the_environment():
 
 
 def test_a_bentoml_model_store_tag_serves_the_profiled_repository(profiled_repo, tmp_path):
-    from training.profile import ProfileSettings, profile
+    from loadtest.profile import ProfileSettings, profile
 
     copy = tmp_path / "repo"
-    shutil.copytree(profiled_repo, copy)
+    shutil.copytree(profiled_repo, copy, symlinks=True)
     profile(copy, ProfileSettings(warmup_runs=1, min_runs=3, seconds_per_point=0.0), families=["rnn"], register=True)
     gateway = Gateway(GatewayConfig(model_tag="flexserve-model-repository:latest", workers=1))
     try:
@@ -351,14 +483,14 @@ def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
     from serving.gateway import RequestContext, UnknownFamilyError
 
     copy = tmp_path / "repo"
-    shutil.copytree(profiled_repo, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    shutil.copytree(profiled_repo, copy, symlinks=True)
+    manifest = json.loads((live_dir(copy) / "manifest.json").read_text())
     del manifest["families"]["rnn"]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (live_dir(copy) / "manifest.json").write_text(json.dumps(manifest))
     gateway = Gateway(GatewayConfig(repo=copy, workers=1))
     try:
         with pytest.raises(UnknownFamilyError) as error:
-            asyncio.run(gateway.classify_text(["fine"], RequestContext()))
+            asyncio.run(gateway.infer("rnn", {"texts": ["fine"]}, RequestContext()))
         assert error.value.field == "family" and "flexserve train --family rnn" in error.value.accepted
     finally:
         gateway.close()

@@ -410,3 +410,52 @@ def test_time_before_the_server_counts_against_that_request_only():
     assert policy.overhead_ms == 0.0  # nothing learned from it
     with pytest.raises(ValueError, match="elapsed_ms"):
         policy.route(10.0, elapsed_ms=-1.0)
+
+
+def test_a_benched_variant_is_not_chosen_until_its_cool_down_ends():
+    clock = FakeClock()
+    policy = make(clock, safety_margin=0.0)
+    policy.bench("m_full", 30.0)  # it just failed
+    d = policy.route(1000.0)
+    assert d.variant == "m_int8"  # the next most accurate that fits
+    assert {r["name"]: r["benched_s"] for r in policy.snapshot()}["m_full"] == 30.0
+    assert policy.route(1000.0, variant="m_full").variant == "m_full"  # a pin is served regardless
+    clock.now += 31.0
+    assert policy.route(1000.0).variant == "m_full"
+
+
+def test_excluded_variants_are_skipped_and_a_bench_of_everything_gives_way():
+    policy = make(safety_margin=0.0)
+    assert policy.route(1000.0, exclude={"m_full", "m_int8"}).variant == "m_student"
+    for name in ("m_full", "m_int8", "m_student"):
+        policy.bench(name, 60.0)
+    assert policy.route(1000.0).variant == "m_full"  # all benched: routing as if none were
+    assert policy.route(1000.0, exclude={"m_full"}).variant == "m_int8"
+
+
+def test_the_bench_gives_way_when_every_variant_that_meets_the_floor_is_benched():
+    policy = make(safety_margin=0.0)
+    policy.bench("m_full", 60.0)
+    assert policy.route(1000.0, min_quality=0.919).variant == "m_full"  # the only one that meets 0.919
+    assert policy.route(1000.0).variant == "m_int8"  # without the floor the bench holds
+    policy.bench("m_int8", 60.0)
+    assert policy.route(1000.0, min_quality=0.91).variant == "m_full"  # both eligible benched: gives way
+
+
+def test_a_reload_keeps_what_was_learned_for_unchanged_variants_only():
+    clock = FakeClock()
+    old = make(clock, safety_margin=0.0)
+    for _ in range(20):  # full runs 3x its profile (a noisy neighbour), and the server adds 5 ms
+        d = old.route(1000.0, variant="m_full")
+        old.finish(d, 24.0, latency_ms=29.0)
+    old.bench("m_int8", 30.0)
+    changed = [VariantProfile("m_student", 0.90, flat(0.5, 0.6)), *VARIANTS[1:]]  # the student was re-profiled
+    new = Policy("m", changed, executors={"local": 1}, config=PolicyConfig(safety_margin=0.0), clock=clock)
+    new.keep_learned(old)
+    learned = {r["name"]: r for r in new.snapshot()}
+    assert learned["m_full"]["slowdown"] == pytest.approx({r["name"]: r for r in old.snapshot()}["m_full"]["slowdown"])
+    assert learned["m_full"]["slowdown"] > 2.0 and learned["m_int8"]["benched_s"] == 30.0
+    assert learned["m_student"]["slowdown"] == 1.0 and new.overhead_ms == old.overhead_ms > 0
+    fresh = Policy("m", changed, executors={"local": 1}, config=PolicyConfig(safety_margin=0.0), clock=clock)
+    assert fresh.route(40.0).variant == "m_full"  # a fresh policy trusts the profile ...
+    assert new.route(40.0).variant == "m_student"  # ... the reloaded one knows full is slow and int8 benched
