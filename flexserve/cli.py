@@ -19,6 +19,7 @@ from serving.errors import FlexServeError
 COMMANDS = (
     build.add_train,
     build.add_report,
+    build.add_import,
     serve.add_serve,
     serve.add_triton,
     measure.add_profile,

@@ -127,7 +127,9 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
         async def loop():
             while not stop.is_set():
                 try:
-                    answer, done = await gateway.classify_image([image], RequestContext(latency_budget_ms=10_000))
+                    answer, done = await gateway.infer(
+                        "cnn", {"images": [image]}, RequestContext(latency_budget_ms=10_000)
+                    )
                     done()
                     served.append((time.monotonic(), answer["backend"]))
                 except Exception as error:

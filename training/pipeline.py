@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from contract.layout import new_version, version_of
 from contract.manifest import DEFAULT_REPOSITORY, FamilySection, Manifest, VariantEntry, read_manifest, variant_name
 from contract.sessions import open_session
 from training import BUILT_IN_FAMILIES, repository, trainer
@@ -234,10 +235,10 @@ def export_variants(
 
 
 def family_section(
-    family: str, data: Dataset, config: BuildConfig, trained: _Trained, variants: list[VariantEntry]
+    family: str, data: Dataset, config: BuildConfig, trained: _Trained, variants: list[VariantEntry], stage: Path
 ) -> FamilySection:
-    """The family's manifest section; writes its preprocessing artifacts beside the variants."""
-    task, repo = get_task(family), config.out
+    """The family's manifest section; writes its preprocessing artifacts beside the variants in `stage`."""
+    task, repo = get_task(family), stage
 
     def summary(result: TrainResult) -> dict:
         metric = task.metric(predict(result.model, data.test, task), data.test.targets)
@@ -278,11 +279,12 @@ def build_family(family: str, config: BuildConfig, data: Dataset, progress: Prog
         f"[{family}] {data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows"
     )
     trained = train_models(family, data, config, progress, plan_)
-    config.out.mkdir(parents=True, exist_ok=True)
-    variants = export_variants(family, data, trained, config.out, config.seed, progress, plan_.export_s)
-    section = family_section(family, data, config, trained, variants)
-    repository.write_family(config.out, family, section)
-    progress.log(f"[{family}] done in {time.perf_counter() - started:.0f}s")
+    # A new repository version: the live one plus this family, switched to when complete.
+    with new_version(config.out) as stage:
+        variants = export_variants(family, data, trained, stage, config.seed, progress, plan_.export_s)
+        section = family_section(family, data, config, trained, variants, stage)
+        repository.write_family(stage, family, section)
+    progress.log(f"[{family}] done in {time.perf_counter() - started:.0f}s: version {version_of(config.out)}")
     return section
 
 

@@ -1,5 +1,6 @@
 """Writes the model repository: Triton's layout plus FlexServe's manifest (the layout and the
-schema are the contract, in `contract/manifest.py`).
+schema are the contract, in `contract/layout.py` and `contract/manifest.py`). Every writer works on
+a staged version (`contract.layout.new_version`), never on the live one.
 
 Files at the root are ignored by Triton, which treats every folder as a model. Every file
 the manifest names carries its sha256, which serving checks before loading it.
@@ -12,7 +13,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract.files import sha256_file
+from contract.files import sha256_file, write_replacing
+from contract.layout import live_dir
 from contract.manifest import (
     BENTOML_MODEL_NAME,
     ArtifactFile,
@@ -27,7 +29,7 @@ from contract.triton_config import variant_config
 
 def write_json_artifact(repo: Path, name: str, payload: object) -> ArtifactFile:
     path = repo / name
-    path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    write_replacing(path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
     return ArtifactFile(name, sha256_file(path), path.stat().st_size)
 
 
@@ -39,7 +41,8 @@ def add_variant(
     outputs: Sequence[TensorSpec],
     rows_per_request: int,
 ) -> dict:
-    """Move an ONNX file into `<repo>/<name>/1/model.onnx` beside its (native) Triton config."""
+    """Move an ONNX file into `<repo>/<name>/1/model.onnx` beside its (native) Triton config. `repo` is
+    a version being staged (its folder for `name` is replaced, never written into)."""
     folder = repo / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -51,7 +54,8 @@ def add_variant(
 
 
 def write_family(repo: Path, family: str, section: FamilySection) -> Manifest:
-    """Replace one family's section of the manifest (other families stay) and save it."""
+    """Replace one family's section of the manifest in the staged version `repo` (other families
+    stay), removing the folders of its variants that are gone, and save it."""
     manifest = read_manifest(repo, missing_ok=True)
     old = manifest.families.get(family)
     stale = {v.name for v in old.variants} if old else set()
@@ -70,7 +74,7 @@ def register_in_bentoml(repo: Path, manifest: Manifest) -> str:
             metadata[variant.name] = {section.metric: round(variant.metrics[section.metric], 5)}
     labels = {"project": "flexserve", "families": "-".join(sorted(manifest.families))}
     with bentoml.models.create(BENTOML_MODEL_NAME, labels=labels, metadata=metadata) as model:
-        for item in repo.iterdir():
+        for item in live_dir(repo).iterdir():
             destination = Path(model.path) / item.name
             if item.is_dir():
                 shutil.copytree(item, destination)

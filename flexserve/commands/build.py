@@ -54,7 +54,7 @@ def add_train(commands) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from training.report import report
+    from loadtest.report import report
 
     return report(args.repo, markdown=args.markdown, plot=args.plot, json_out=args.json, rounds=args.rounds)
 
@@ -73,3 +73,69 @@ def add_report(commands) -> None:
     p.add_argument("--plot", type=Path, help="also plot accuracy against latency (PNG) here")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--rounds", type=int, default=40, help="timed runs per variant and batch size")
+
+
+def _import(args: argparse.Namespace) -> int:
+    from training.importing import ImportRequest, import_models
+
+    request = ImportRequest(
+        family=args.family,
+        models=tuple(args.onnx),
+        eval_set=args.eval,
+        repo=args.repo,
+        task=args.task,
+        labels=args.labels,
+        replace=args.replace,
+        register=not args.no_register,
+    )
+    section, left_out = import_models(request)
+    if not args.no_profile:
+        from loadtest.profile import ProfileSettings, profile
+
+        section = profile(args.repo, ProfileSettings(), [args.family]).families[args.family]
+    for variant in section.variants:
+        p50 = (variant.latency_ms or {}).get("1", {}).get("p50")
+        timing = f"  p50 {p50:.3f} ms at one row" if p50 is not None else ""
+        print(
+            f"{variant.name:<32} {section.metric} {variant.metrics[section.metric]:.4f}  "
+            f"{variant.size_bytes / 1e3:9,.1f} kB{timing}"
+        )
+    for line in left_out:
+        print(f"left out: {line}")
+    return 0
+
+
+def add_import(commands) -> None:
+    p = command(
+        commands,
+        "build the model repository",
+        "import",
+        "bring your own ONNX models: fp32/fp16/int8 variants, measured and profiled, served at once",
+        "flexserve import --family churn --onnx big.onnx --onnx small.onnx --eval eval.npz",
+        _import,
+    )
+    p.add_argument("--family", required=True, help="the new family's name (lowercase letters, digits, _)")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        action="append",
+        required=True,
+        help="an ONNX model with a dynamic batch axis; repeat for more models of the same signature",
+    )
+    p.add_argument(
+        "--eval",
+        type=Path,
+        required=True,
+        help="an .npz: one array per model input, named as the input, "
+        "plus labels (class ids) or targets (values), or neither (then measured against the largest model)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="what the model does (default: from labels/targets, else from the output's shape)",
+    )
+    p.add_argument("--labels", type=Path, help="a text file with one class name per line")
+    repo_option(p, "the model repository to add the family to")
+    p.add_argument("--replace", action="store_true", help="replace a family of the same name")
+    p.add_argument("--no-profile", action="store_true", help="skip profiling (the gateway needs profiles to route)")
+    p.add_argument("--no-register", action="store_true", help="skip copying the repository into BentoML's model store")

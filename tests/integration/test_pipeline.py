@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from contract.files import sha256_file
+from contract.layout import live_dir
 from contract.sessions import open_session
 from serving.repository import check_signature, load_repository
 from training.data import load_dataset
@@ -19,7 +20,7 @@ REQUIRED_VARIANT_FIELDS = {"name", "kind", "precision", "onnx", "sha256", "param
 
 
 def test_every_family_gets_every_variant_with_a_complete_manifest_entry(synthetic_repo):
-    manifest = json.loads((synthetic_repo / "manifest.json").read_text())
+    manifest = json.loads((live_dir(synthetic_repo) / "manifest.json").read_text())
     assert set(manifest["families"]) == set(FAMILIES)
     for family, section in manifest["families"].items():
         names = {v["name"] for v in section["variants"]}
@@ -27,7 +28,7 @@ def test_every_family_gets_every_variant_with_a_complete_manifest_entry(syntheti
         for variant in section["variants"]:
             assert REQUIRED_VARIANT_FIELDS <= set(variant)
             assert section["metric"] in variant["metrics"]
-            assert (synthetic_repo / variant["name"] / "config.pbtxt").exists()
+            assert (live_dir(synthetic_repo) / variant["name"] / "config.pbtxt").exists()
         full = next(v for v in section["variants"] if v["name"] == f"{family}_full_fp32")
         student = next(v for v in section["variants"] if v["name"] == f"{family}_distilled_fp32")
         assert full["params"] > student["params"]
@@ -57,7 +58,9 @@ def test_checkpoints_rebuild_the_model_that_was_exported(synthetic_repo):
     model = load_checkpoint(task, synthetic_repo.parent / "checkpoints" / "cnn_full")
     data = load_dataset("cnn", synthetic=True)
     images = data.test.inputs["IMAGES"][:8]
-    onnx_out = open_session(synthetic_repo / "cnn_full_fp32" / "1" / "model.onnx").run(None, {"IMAGES": images})[0]
+    onnx_out = open_session(live_dir(synthetic_repo) / "cnn_full_fp32" / "1" / "model.onnx").run(
+        None, {"IMAGES": images}
+    )[0]
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(images)).numpy(), onnx_out, atol=1e-4)
 

@@ -5,15 +5,17 @@ import json
 import onnxruntime as ort
 import pytest
 
-from contract.manifest import FamilySection, ManifestError
+from contract.layout import live_dir
+from contract.manifest import FamilySection
+from loadtest.profile import ProfileSettings, batch_sizes_for, profile
 from loadtest.simulator import sweep
+from serving.errors import RepositoryError
 from serving.policy import policy_from_manifest
 from serving.repository import load_repository
-from training.profile import ProfileSettings, batch_sizes_for, profile
 
 
 def test_every_variant_gets_latency_quantiles_at_every_batch_size(profiled_repo):
-    manifest = json.loads((profiled_repo / "manifest.json").read_text())
+    manifest = json.loads((live_dir(profiled_repo) / "manifest.json").read_text())
     for family, section in manifest["families"].items():
         sizes = batch_sizes_for(FamilySection.from_json(section))
         assert {1, 4, 16, 64} <= set(sizes) and sizes == sorted(sizes)
@@ -66,11 +68,11 @@ def test_cuda_without_the_gpu_build_says_how_to_get_it(profiled_repo):
 def test_unknown_family_and_missing_repository(tmp_path, profiled_repo):
     with pytest.raises(ValueError, match="gan"):
         profile(profiled_repo, families=["gan"])
-    with pytest.raises(ManifestError, match="flexserve train"):
+    with pytest.raises(RepositoryError, match="flexserve train"):
         profile(tmp_path / "nowhere")
 
 
 def test_missing_only_skips_a_fully_profiled_repository(profiled_repo):
-    before = json.loads((profiled_repo / "manifest.json").read_text())["latency_profile"]["taken_at"]
+    before = json.loads((live_dir(profiled_repo) / "manifest.json").read_text())["latency_profile"]["taken_at"]
     manifest = profile(profiled_repo, missing_only=True)
     assert manifest.latency_profile["taken_at"] == before

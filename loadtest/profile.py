@@ -13,8 +13,6 @@ runs; the routing policy then corrects it online with the latencies it observes.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import json
 import os
 import platform
 import time
@@ -24,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from contract.layout import new_version, version_of
 from contract.manifest import FamilySection, Manifest, read_manifest, write_manifest
 from contract.sessions import open_session, providers_for
-from training.data import catalog_rows, catalog_tables
+from loadtest.payloads import adapter
+from serving.repository import Repository, load_repository
 from training.progress import Progress
 from training.repository import register_in_bentoml
 
@@ -51,30 +51,6 @@ class ProfileSettings:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads < 1 or self.min_runs < 1 or self.max_runs < self.min_runs:
             raise ValueError("threads and min_runs must be >= 1 and max_runs >= min_runs")
-
-
-@functools.lru_cache(maxsize=8)
-def _artifact(path: Path):
-    """A preprocessing artifact, read and parsed once (feeds are built per batch size)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return catalog_tables(data) if isinstance(data, dict) else data  # the catalogue, or the vocabulary list
-
-
-def typical_feed(repo: Path, family: str, section: FamilySection, rows: int, rng: np.random.Generator) -> dict:
-    """`rows` model rows shaped like real traffic, built from the repository's own artifacts."""
-    if family == "cnn":
-        # Real pixels are not in the repository; a uniform image costs the same as a real one.
-        return {"IMAGES": rng.uniform(0, 255, (rows, 1, 28, 28)).astype(np.float32)}
-    if family == "rnn":
-        vocab = _artifact(repo / section.preprocessing["vocab"].path)
-        length = 22  # the median Rotten Tomatoes snippet, in tokens
-        tokens = rng.integers(2, len(vocab), (rows, length)).astype(np.int64)
-        return {"TOKENS": tokens, "LENGTHS": np.full(rows, length, dtype=np.int64)}
-    tables = _artifact(repo / section.preprocessing["catalog"].path)
-    num_items = len(tables["ITEM_FEATURES"])
-    users = rng.integers(0, len(tables["USER_FEATURES"]), -(-rows // num_items))
-    # A typical request scores the whole catalogue for one user; smaller batches, part of it.
-    return catalog_rows(tables, np.repeat(users, num_items)[:rows], np.tile(np.arange(num_items), len(users))[:rows])
 
 
 def batch_sizes_for(section: FamilySection) -> list[int]:
@@ -119,21 +95,22 @@ def hardware(device: str) -> dict:
 
 
 def profile_family(
-    repo: Path,
+    repo: Repository,
     family: str,
-    section: FamilySection,
     settings: ProfileSettings,
     rng: np.random.Generator,
     progress: Progress,
 ) -> dict[str, dict[str, dict]]:
     """{variant: {"<batch>": stats}} for one family, variants timed round-robin."""
+    section, typical = repo.family(family), adapter(repo, family)
     providers = providers_for(settings.device)
     sessions = {
-        v.name: open_session(repo / v.onnx, threads=settings.threads, providers=providers) for v in section.variants
+        v.name: open_session(repo.root / v.onnx, threads=settings.threads, providers=providers)
+        for v in section.variants
     }
     result: dict[str, dict[str, dict]] = {name: {} for name in sessions}
     for batch in batch_sizes_for(section):
-        feed = typical_feed(repo, family, section, batch, rng)
+        feed = typical.typical_feeds(batch, rng)
         samples: dict[str, list[float]] = {name: [] for name in sessions}
         for sess in sessions.values():
             for _ in range(settings.warmup_runs):
@@ -165,8 +142,10 @@ def profile(
     missing_only: bool = False,
     register: bool = False,
 ) -> Manifest:
-    """Profile the repository's variants and write `latency_ms` into its manifest; returns the manifest."""
-    manifest = read_manifest(repo)
+    """Profile the live version's variants and write their `latency_ms` into a new version of the
+    repository (profiles of variants that changed meanwhile are not written); returns its manifest."""
+    repository = load_repository(repo, verify=False)
+    manifest = repository.manifest
     unknown = sorted(set(families or []) - set(manifest.families))
     if unknown:
         raise ValueError(f"family {', '.join(unknown)} is not in {repo}: it holds {', '.join(manifest.families)}")
@@ -182,31 +161,47 @@ def profile(
             return manifest
         rng = np.random.default_rng(0)
         for family in families:
+            measured = profile_family(repository, family, settings, rng, progress)
             section = manifest.families[family]
-            measured = profile_family(repo, family, section, settings, rng, progress)
             variants = tuple(replace(v, latency_ms=measured[v.name]) for v in section.variants)
             manifest = manifest.with_family(family, replace(section, variants=variants))
-        manifest = replace(
-            manifest,
-            latency_profile={
-                "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "hardware": hardware(settings.device),
-                "settings": {
-                    **asdict(settings),
-                    "provider": providers[0],
-                    "inter_op_threads": 1,
-                    "onnxruntime": ort.__version__,
-                },
-                "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
-            },
-        )
-        manifest = write_manifest(repo, manifest)
+        profiled = {(f, v.name, v.sha256): v.latency_ms for f in families for v in manifest.families[f].variants}
+        with new_version(repo) as stage:
+            manifest = _with_profiles(read_manifest(stage), profiled)
+            manifest = write_manifest(
+                stage,
+                replace(
+                    manifest,
+                    latency_profile={
+                        "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "hardware": hardware(settings.device),
+                        "settings": {
+                            **asdict(settings),
+                            "provider": providers[0],
+                            "inter_op_threads": 1,
+                            "onnxruntime": ort.__version__,
+                        },
+                        "batch_size_unit": "model rows (the recommender's typical request is rows_per_request rows)",
+                    },
+                ),
+            )
         if register:  # a new version in the BentoML model store, so FLEXSERVE_MODEL_TAG serves the profiles
             tag = register_in_bentoml(repo, manifest)
             progress.log(f"[profile] registered the profiled repository as {tag}")
         count = sum(len(manifest.families[f].variants) for f in families)
         progress.log(
-            f"[profile] wrote latency_ms for {count} variants into {repo / 'manifest.json'} "
+            f"[profile] wrote latency_ms for {count} variants into version {version_of(repo)} of {repo} "
             f"in {time.perf_counter() - started:.0f} s"
         )
+    return manifest
+
+
+def _with_profiles(manifest: Manifest, profiled: dict[tuple[str, str, str], dict]) -> Manifest:
+    """`manifest` with the measured profiles of the variants that are still the ones measured (same
+    family, name and sha256): a variant retrained while it was being profiled keeps no stale profile."""
+    for family, section in manifest.families.items():
+        variants = tuple(
+            replace(v, latency_ms=profiled.get((family, v.name, v.sha256), v.latency_ms)) for v in section.variants
+        )
+        manifest = manifest.with_family(family, replace(section, variants=variants))
     return manifest
