@@ -28,7 +28,7 @@ $(FASHION_MNIST):
 # The main job: train every variant if the repository is missing, profile what is unprofiled
 # on this machine, then serve every family over HTTP on 127.0.0.1:3000 (Ctrl-C stops it).
 run: setup
-	@[ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
+	@[ -f $(REPO)/current/manifest.json ] || [ -f $(REPO)/manifest.json ] || $(BIN)/flexserve train --out $(REPO)
 	$(BIN)/flexserve profile --repo $(REPO) --missing-only
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/flexserve serve --repo $(REPO)
 

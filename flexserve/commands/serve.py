@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -70,7 +71,9 @@ def _triton_repo(args: argparse.Namespace) -> int:
 
 
 def _triton_up(args: argparse.Namespace) -> int:
-    """Write a portable Triton repository, start Triton on 127.0.0.1, wait for Ctrl-C or SIGTERM."""
+    """Write a portable Triton repository, start Triton on 127.0.0.1 with explicit model control, load
+    each new FlexServe version through Triton's model-control API, stop on Ctrl-C or SIGTERM."""
+    from contract.layout import live_dir
     from serving.triton.repository import write_triton_repository
     from serving.triton.server import Ports, TritonServer
 
@@ -81,8 +84,12 @@ def _triton_up(args: argparse.Namespace) -> int:
         models = Path(workdir) / "models"
         names = write_triton_repository(args.repo, models, "portable")
         print(f"[triton] starting Triton with {len(names)} models from {args.repo} ...", file=sys.stderr, flush=True)
-        server = TritonServer(models, Ports(args.http_port, args.grpc_port, args.metrics_port), log=args.log)
+        server = TritonServer(
+            models, Ports(args.http_port, args.grpc_port, args.metrics_port), log=args.log, explicit=True
+        )
         server.start()
+        served, failed = live_dir(args.repo).resolve(), None
+        loaded = {name: (models / name / "config.pbtxt").read_text() for name in names}  # what Triton runs
         try:
             routers = ", ".join(n for n in names if n.endswith("_router"))
             print(
@@ -91,6 +98,20 @@ def _triton_up(args: argparse.Namespace) -> int:
                 flush=True,
             )
             while not stop.wait(0.5):
+                live = live_dir(args.repo).resolve()
+                if live not in (served, failed):  # a new FlexServe version went live
+                    try:
+                        loaded, changed = _reload_triton(server, args.repo, models, loaded)
+                        served, failed = live, None
+                        print(
+                            f"[triton] serving version {live.name}: {len(changed)} of {len(loaded)} "
+                            f"models (re)loaded: {', '.join(changed) or 'none'}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    except Exception as error:  # a broken version: Triton keeps serving what it has
+                        failed = live  # not tried again until another version goes live
+                        print(f"[triton] version {live.name} could not be loaded: {error}", file=sys.stderr, flush=True)
                 if server.process.poll() is not None:
                     print(
                         f"[triton] the server exited with {server.process.returncode}:\n{server.log_tail()}",
@@ -101,6 +122,25 @@ def _triton_up(args: argparse.Namespace) -> int:
             server.stop()
             print("[triton] stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _reload_triton(server, repo: Path, models: Path, loaded: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Write the live version's Triton models over the old ones; load the new and changed ones (a
+    portable config names its ONNX file's sha256 and the router's its version, so a changed config is
+    a changed model), unload and remove the ones it no longer has. `loaded`: each model Triton runs ->
+    the config it was loaded with. Returns the same for the new version, and the models (re)loaded;
+    raises (`loaded` still true) if Triton refuses one."""
+    from serving.triton.repository import write_triton_repository
+
+    fresh = write_triton_repository(repo, models, "portable")
+    configs = {name: (models / name / "config.pbtxt").read_text() for name in fresh}
+    changed = [name for name in fresh if loaded.get(name) != configs[name]]
+    server.load(changed)
+    gone = sorted(set(loaded) - set(fresh))
+    server.unload(gone)
+    for name in gone:
+        shutil.rmtree(models / name, ignore_errors=True)
+    return configs, changed
 
 
 def add_triton(commands) -> None:

@@ -6,6 +6,7 @@ errors, and the gateway failing over to ONNX Runtime when Triton is killed under
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def triton_models(profiled_repo, tmp_path_factory):
+def triton_models(byom_repo, tmp_path_factory):
+    """The built-in families and two imported ones (`tabular`, `trap`): no source edit for either."""
     out = tmp_path_factory.mktemp("triton") / "models"
-    write_triton_repository(profiled_repo, out)
+    write_triton_repository(byom_repo, out)
     return out
 
 
@@ -36,12 +38,14 @@ def triton(triton_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repo(profiled_repo):
-    return load_repository(profiled_repo)
+def repo(byom_repo):
+    return load_repository(byom_repo)
 
 
 def feeds_for(repo, family: str) -> dict[str, np.ndarray]:
     section = repo.family(family)
+    if family == "tabular":
+        return {"FEATURES": np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)}
     if family == "cnn":
         return {"IMAGES": np.random.default_rng(0).uniform(0, 255, (3, 1, 28, 28)).astype(np.float32)}
     if family == "rnn":
@@ -69,7 +73,7 @@ def infer(module, client, model: str, feeds: dict, outputs: list[str], **kwargs)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys"])
+@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys", "tabular"])
 def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol):
     module = grpcclient if protocol == "grpc" else httpclient
     client = module.InferenceServerClient(triton.grpc_url if protocol == "grpc" else triton.http_url)
@@ -132,6 +136,47 @@ def test_raw_text_and_raw_ids_need_only_tritonclient(triton, repo):
     assert ratings.shape == (4, 1) and variant[0].decode().startswith("recsys_")
 
 
+def v2_body(feeds: dict, **parameters) -> dict:
+    """The Open Inference Protocol's JSON request, as a client would write it by hand."""
+    datatype = {"float32": "FP32", "int64": "INT64"}
+    tensors = [
+        {"name": k, "shape": list(v.shape), "datatype": datatype[str(v.dtype)], "data": v.ravel().tolist()}
+        for k, v in feeds.items()
+    ]
+    return {"inputs": tensors, "parameters": parameters}
+
+
+@pytest.mark.parametrize(("family", "variant"), [("tabular", "tabular_big_fp32"), ("cnn", "cnn_distilled_int8")])
+def test_one_v2_body_gets_the_same_outputs_from_the_gateway_and_from_the_triton_router(
+    triton, repo, byom_repo, gateway_client, family, variant
+):
+    import httpx
+
+    body = v2_body(feeds_for(repo, family), variant=variant)
+    with gateway_client(byom_repo) as client:
+        gateway = client.post(f"/v2/models/{family}/infer", json=body)
+    on_triton = httpx.post(f"http://{triton.http_url}/v2/models/{family}_router/infer", json=body, timeout=30)
+    assert gateway.status_code == 200 and on_triton.status_code == 200, (gateway.text, on_triton.text)
+    ours = {o["name"]: o for o in gateway.json()["outputs"]}
+    theirs = {o["name"]: o for o in on_triton.json()["outputs"]}
+    name = repo.family(family).outputs[0].name
+    assert ours[name]["shape"] == theirs[name]["shape"] and theirs["VARIANT"]["data"] == [variant]
+    np.testing.assert_allclose(ours[name]["data"], theirs[name]["data"], rtol=1e-5, atol=1e-6)
+    assert gateway.json()["parameters"]["variant"] == variant
+
+
+def test_the_triton_router_reroutes_around_a_failing_variant(triton):
+    client = httpclient.InferenceServerClient(triton.http_url)
+    trap = np.zeros((1, 20), np.float32)
+    trap[0, 0] = -500.0  # NaN in the small model's variants, not in the big one's
+    tight = {"FEATURES": trap, "LATENCY_BUDGET_MS": np.array([0.001], np.float32)}
+    output, chosen = infer(httpclient, client, "trap_router", tight, ["OUTPUT", "VARIANT"])
+    assert chosen[0].decode().startswith("trap_big") and np.isfinite(output).all()
+    trap[0, 0] = -5000.0  # NaN in every variant: the request's fault, refused
+    with pytest.raises(InferenceServerException, match="every trap variant that could serve it failed"):
+        infer(httpclient, client, "trap_router", {"FEATURES": trap}, ["OUTPUT"])
+
+
 @pytest.mark.parametrize(
     "model, feeds, field",
     [
@@ -181,48 +226,61 @@ def test_example_clients_run(triton, client, args):
     assert "variant: " in result.stdout
 
 
-def test_triton_up_serves_until_sigterm_and_leaves_nothing_behind(profiled_repo, tmp_path):
+def test_triton_up_loads_a_new_version_and_leaves_nothing_behind(profiled_repo, tmp_path):
     import os
+    import shutil
     import signal
     import subprocess
     import sys
     import tempfile
+    import threading
+    import urllib.error
     import urllib.request
 
+    from contract.layout import new_version
+    from contract.manifest import read_manifest, write_manifest
     from serving.process import free_port
 
+    repo = tmp_path / "repo"
+    shutil.copytree(profiled_repo, repo, symlinks=True)
     http, grpc, metrics = free_port(), free_port(), free_port()
     before = set(Path(tempfile.gettempdir()).glob("flexserve-triton-*"))
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flexserve",
-            "triton",
-            "up",
-            "--repo",
-            str(profiled_repo),
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-        ],
+        [sys.executable, "-m", "flexserve", "triton", "up", "--repo", str(repo), *ports],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
+
+    def ready(model: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/{model}/ready", timeout=5) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
     try:
         line = ""
         deadline = time.monotonic() + 120
         while "Triton is ready" not in line and time.monotonic() < deadline and process.poll() is None:
             line = process.stdout.readline()
-        assert "Triton is ready" in line, process.stderr.read()[-2000:] if process.poll() is not None else line
-        assert f"gRPC 127.0.0.1:{grpc}" in line
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5) as response:
-            assert response.status == 200
+        assert "Triton is ready" in line, "".join(log)[-2000:]
+        assert f"gRPC 127.0.0.1:{grpc}" in line and ready("cnn_distilled_fp16")
+        with new_version(repo) as stage:  # a new version: one cnn variant fewer
+            manifest = read_manifest(stage)
+            cnn = manifest.families["cnn"]
+            kept = tuple(v for v in cnn.variants if v.name != "cnn_distilled_fp16")
+            write_manifest(stage, manifest.with_family("cnn", replace(cnn, variants=kept)))
+        deadline = time.monotonic() + 120
+        while not any("[triton] serving version" in entry for entry in log) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (swap,) = [entry for entry in log if "[triton] serving version" in entry]
+        assert "cnn_router" in swap and "cnn_full_fp32" not in swap  # unchanged variants are not reloaded
+        assert not ready("cnn_distilled_fp16") and ready("cnn_router") and ready("cnn_full_fp32")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -247,13 +305,13 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
     try:
         texts = ["a great, moving film", "dull and long"]
         pinned = RequestContext(variant="rnn_full_fp32")
-        on_triton, _ = asyncio.run(remote.classify_text(texts, pinned))
-        in_process, _ = asyncio.run(local.classify_text(texts, pinned))
+        on_triton, _ = asyncio.run(remote.infer("rnn", {"texts": texts}, pinned))
+        in_process, _ = asyncio.run(local.infer("rnn", {"texts": texts}, pinned))
         assert on_triton["backend"] == "triton" and in_process["backend"] == "onnxruntime"
         for a, b in zip(on_triton["predictions"], in_process["predictions"], strict=True):
             assert a["class_id"] == b["class_id"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
         user = int(remote.repo.artifact("recsys", "catalog")["users"][0]["user_id"])
-        top, _ = asyncio.run(remote.recommend(user, 3, None, RequestContext()))
+        top, _ = asyncio.run(remote.infer("recsys", {"user_id": user, "k": 3}, RequestContext()))
         assert top["backend"] == "triton" and len(top["items"]) == 3
     finally:
         remote.close()
