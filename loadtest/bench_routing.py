@@ -86,21 +86,6 @@ async def _step(
     return results
 
 
-def _server_cpu_s(process) -> float:
-    """CPU seconds used so far by `bentoml serve` and its worker processes."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(process.pid)
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def _drain(url: str, limit_s: float = 60.0) -> None:
     """Wait until the gateway has nothing in flight, so one step's backlog does not spill into the next."""
     import httpx
@@ -177,7 +162,7 @@ def _steps_at(
             asyncio.run(
                 _step(server.url, path, body, classes, rate, 1.0, pins[routing], np.random.default_rng(1))
             )  # warm up (and let the policy learn) at this load
-            cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+            cpu0, server0 = resource.getrusage(resource.RUSAGE_SELF), server.cpu_seconds()
             t0 = time.perf_counter()
             results = asyncio.run(
                 _step(
@@ -192,7 +177,7 @@ def _steps_at(
                 )
             )
             wall = time.perf_counter() - t0
-            cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu_s(server.process)
+            cpu1, server1 = resource.getrusage(resource.RUSAGE_SELF), server.cpu_seconds()
             cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
             r = _row(routing, rate, results, metric_of, cpu, server1 - server0, wall)
             steps[routing].append(r)

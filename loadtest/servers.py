@@ -60,6 +60,20 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s:\n{self._tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by `bentoml serve` and its worker processes."""
+        import psutil
+
+        total = 0.0
+        root = psutil.Process(self.process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                cpu = process.cpu_times()
+                total += cpu.user + cpu.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     def stop(self) -> None:
         stop_group(self.process)
         if self._log_file is not subprocess.DEVNULL:

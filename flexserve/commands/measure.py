@@ -1,4 +1,4 @@
-"""Measure: `flexserve profile`, `simulate`, `bench-policy`, `bench-gateway`, `bench-triton`, `bench-routing`."""
+"""Measure: `flexserve profile`, `simulate`, and the `bench-*` commands (policy, gateway, triton, routing, byom)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from training import BUILT_IN_FAMILIES
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from training.profile import ProfileSettings, profile
+    from loadtest.profile import ProfileSettings, profile
 
     families = None if args.family == "all" else [args.family]
     settings = ProfileSettings(
@@ -245,3 +245,37 @@ def add_bench_routing(commands) -> None:
     p.add_argument("--min-requests", type=int, default=300, help="a step lasts long enough to send this many")
     p.add_argument("--sla", default=DEFAULT_CLASSES, help="SLA classes as name=budget_ms:weight,...")
     p.add_argument("--out", type=Path, default=Path("reports/bench_routing"), help="report.md, rows.json and the plot")
+
+
+def _bench_byom(args: argparse.Namespace) -> int:
+    from loadtest.bench_byom import run
+
+    return run(
+        args.repo,
+        args.out,
+        imports=args.imports,
+        cpu_rounds=args.cpu_rounds,
+        cpu_seconds=args.cpu_seconds,
+        swap_runs=args.swap_runs,
+        swap_seconds=args.swap_seconds,
+        swap_every_s=args.swap_every,
+    )
+
+
+def add_bench_byom(commands) -> None:
+    p = command(
+        commands,
+        "measure",
+        "bench-byom",
+        "bring your own model: import time, v2 against friendly CPU per request, swaps under load",
+        "flexserve bench-byom --swap-runs 3",
+        _bench_byom,
+    )
+    repo_option(p, "the repository to copy (its families are measured too; left untouched)")
+    p.add_argument("--imports", type=int, default=3, help="timed imports of the ~5 MB demo model (at least 2)")
+    p.add_argument("--cpu-rounds", type=int, default=4, help="rounds per endpoint and family, alternating")
+    p.add_argument("--cpu-seconds", type=float, default=3.0, help="closed-loop seconds per round")
+    p.add_argument("--swap-runs", type=int, default=3, help="open-loop runs with swaps")
+    p.add_argument("--swap-seconds", type=float, default=30.0, help="seconds per run")
+    p.add_argument("--swap-every", type=float, default=3.0, help="seconds between swaps")
+    p.add_argument("--out", type=Path, default=Path("reports/bench_byom"), help="report.md, rows.json and swap.png")
