@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
@@ -41,18 +42,24 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413: at once from Content-Length, else as they stream in."""
+    """Refuse request bodies over `max_bytes` (a number, or a function read per request) with 413: at
+    once from Content-Length, else as they stream in."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int | Callable[[], int]):
         self.app = app
-        self.max_bytes = max_bytes
+        self._max_bytes = max_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes() if callable(self._max_bytes) else self._max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.max_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, receive, send, limit)
         seen = 0
 
         async def counted():
@@ -60,17 +67,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
         try:
             return await self.app(scope, counted, send)
         except _TooLarge:
-            return await self._refuse(scope, receive, send)
+            return await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope, receive, send):
-        problem, accepted = "the request body is too large", f"at most {self.max_bytes} bytes"
+    async def _refuse(self, scope, receive, send, limit: int):
+        problem, accepted = "the request body is too large", f"at most {limit} bytes"
         body = {
             "error": {
                 "field": "body",

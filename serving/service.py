@@ -32,10 +32,17 @@ from serving.middleware import ArrivalTime, BodyLimit
 
 
 class ConfiguredBodyLimit(BodyLimit):
-    """`BodyLimit` at FLEXSERVE_MAX_BODY_BYTES, read when the app is built (not at import)."""
+    """`BodyLimit` at the running gateway's `max_body_bytes` (FLEXSERVE_MAX_BODY_BYTES, read with the
+    rest of its configuration when the service starts); before that, the environment's."""
 
     def __init__(self, app):
-        super().__init__(app, GatewayConfig.from_env().max_body_bytes)
+        default = GatewayConfig.from_env().max_body_bytes
+
+        def limit() -> int:
+            gateway = routes.app.state.gateway
+            return default if gateway is None else gateway.config.max_body_bytes
+
+        super().__init__(app, limit)
 
 
 @bentoml.asgi_app(routes.app, path="/")

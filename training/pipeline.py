@@ -198,7 +198,7 @@ def export_variants(
     task = get_task(family)
     inputs, outputs = task.input_specs(data), [task.output_spec()]
     parity_split = data.test.take(np.arange(min(PARITY_ROWS, len(data.test))))
-    calibration = _calibration_feeds(task, data, seed) if family == "cnn" else None
+    calibration = _calibration_feeds(task, data, seed) if task.static_int8 else None
     variants = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
@@ -206,7 +206,7 @@ def export_variants(
             files = {precision: Path(tmp) / f"{kind}_{precision}.onnx" for precision in PRECISIONS}
             export_onnx(model, task, data.test.take(np.arange(2)).inputs, files["fp32"])
             to_fp16(files["fp32"], files["fp16"])
-            if calibration is not None:  # CNN: static QDQ (dynamic ConvInteger is slow on CPU)
+            if calibration is not None:  # static QDQ (see Task.static_int8)
                 to_int8_static(files["fp32"], files["int8"], calibration)
             else:
                 to_int8_dynamic(files["fp32"], files["int8"])

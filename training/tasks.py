@@ -28,6 +28,9 @@ class Task:
     metric_name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     channels_last: ClassVar[bool] = False
+    # INT8 by static QDQ calibrated on training rows, rather than dynamic quantisation (which turns
+    # convolutions into ConvInteger, slow on CPU).
+    static_int8: ClassVar[bool] = False
     model_class: ClassVar[type[nn.Module]]
     config_class: ClassVar[type]
     # Files serving needs beside the models (written as `<family>_<name>.json` from `data.preprocessing`).
@@ -88,6 +91,7 @@ class Task:
 class ImageTask(Task):
     family = "cnn"
     problem = "classification"
+    static_int8 = True
     metric_name = "accuracy"
     higher_is_better = True
     channels_last = True  # oneDNN's convolutions train ~1.3x faster in NHWC on this CPU
