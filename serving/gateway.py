@@ -41,7 +41,7 @@ import numpy as np
 from contract.layout import live_dir, version_of
 from contract.manifest import BUILD_HINT, DEFAULT_REPOSITORY
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.errors import FlexServeError, InferenceFailedError, InvalidRequestError, RepositoryError
+from serving.errors import FlexServeError, InferenceFailedError, InvalidRequestError, OverloadError, RepositoryError
 from serving.families import Decoded, Family, family_adapter
 from serving.policy import (
     DEFAULT_BENCH_S,
@@ -253,8 +253,8 @@ class Generation:
             self._in_flight -= 1
             close = self._retired and self._in_flight == 0 and not self._closed
             self._closed = self._closed or close
-        if close:
-            self.backend.close()
+        if close:  # off the event loop: a Triton backend's close joins its health thread
+            threading.Thread(target=self.backend.close, name="flexserve-close-version", daemon=True).start()
 
     def retire(self) -> None:
         """No new requests come here; close once the last one in flight has finished."""
@@ -389,6 +389,8 @@ class Gateway:
         """The live generation, counted in: a reload may retire it meanwhile, but it stays open until
         this request calls `exit()`."""
         while True:
+            if self._closed:
+                raise OverloadError("the gateway is shutting down", retry_after_s=1.0)
             generation = self._live
             if generation.enter():
                 return generation

@@ -37,10 +37,6 @@ class ArrivalTime:
         return await self.app(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """Refuse request bodies over `max_bytes` (a number, or a function read per request) with 413: at
     once from Content-Length, else as they stream in."""
@@ -60,21 +56,31 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return await self._refuse(scope, receive, send, limit)
-        seen = 0
+        seen, too_large = 0, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
+                if seen > limit:  # the app sees the client leave; its answer, if any, is dropped
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def unless_refused(message):
+            if not too_large:
+                await send(message)
+
         try:
-            return await self.app(scope, counted, send)
-        except _TooLarge:
-            return await self._refuse(scope, receive, send, limit)
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope, receive, send, limit: int):
         problem, accepted = "the request body is too large", f"at most {limit} bytes"

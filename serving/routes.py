@@ -121,8 +121,9 @@ async def model_metadata(request: Request) -> JSONResponse:
     gateway, family = _gateway(request), request.path_params["family"]
     if gateway is None:
         return _starting()
+    generation = gateway.generation  # one version throughout, whatever a reload does meanwhile
     try:
-        adapter = gateway.family(family)
+        adapter = generation.family(family)
     except InvalidRequestError as error:
         return _refuse(request, family, error)
     section = adapter.section
@@ -137,13 +138,13 @@ async def model_metadata(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "name": family,
-            "versions": [gateway.version],
+            "versions": [generation.version],
             "platform": "flexserve",
             "inputs": specs(section.inputs),
             "outputs": specs(section.outputs),
             "parameters": {
                 "raw_inputs": raw,
-                "variants": gateway.policies[family].variant_names,
+                "variants": generation.policies[family].variant_names,
                 "metric": section.metric,
                 "higher_is_better": section.higher_is_better,
                 "routing_parameters": [*ROUTING_FIELDS, adapter.floor_field],

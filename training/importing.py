@@ -314,6 +314,11 @@ def import_models(request: ImportRequest) -> tuple[FamilySection, list[str]]:
         variants, scores = [], set()
         for kind, source in zip(_kinds(request.models), request.models, strict=True):
             reference = run_model(source, feeds)
+            if labels and reference.ndim == 2 and reference.shape[1] != len(labels):  # a dynamic class axis
+                raise ImportRefused(
+                    f"{request.labels} has {len(labels)} labels; {source} gives {reference.shape[1]} classes; "
+                    "accepted: one label per class"
+                )
             scores.add(_scores(reference) if task == "classification" else "")
             for precision in ("fp32", "fp16", "int8"):
                 name = variant_name(family, kind, precision)

@@ -82,13 +82,14 @@ def _triton_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="flexserve-triton-repo-") as workdir:
         models = Path(workdir) / "models"
+        # Read before writing: a version that goes live meanwhile is then loaded by the watch below.
+        served, failed = live_dir(args.repo).resolve(), None
         names = write_triton_repository(args.repo, models, "portable")
         print(f"[triton] starting Triton with {len(names)} models from {args.repo} ...", file=sys.stderr, flush=True)
         server = TritonServer(
             models, Ports(args.http_port, args.grpc_port, args.metrics_port), log=args.log, explicit=True
         )
         server.start()
-        served, failed = live_dir(args.repo).resolve(), None
         loaded = {name: (models / name / "config.pbtxt").read_text() for name in names}  # what Triton runs
         try:
             routers = ", ".join(n for n in names if n.endswith("_router"))
@@ -101,7 +102,7 @@ def _triton_up(args: argparse.Namespace) -> int:
                 live = live_dir(args.repo).resolve()
                 if live not in (served, failed):  # a new FlexServe version went live
                     try:
-                        loaded, changed = _reload_triton(server, args.repo, models, loaded)
+                        changed = _reload_triton(server, args.repo, models, loaded)
                         served, failed = live, None
                         print(
                             f"[triton] serving version {live.name}: {len(changed)} of {len(loaded)} "
@@ -124,23 +125,26 @@ def _triton_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reload_triton(server, repo: Path, models: Path, loaded: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def _reload_triton(server, repo: Path, models: Path, loaded: dict[str, str]) -> list[str]:
     """Write the live version's Triton models over the old ones; load the new and changed ones (a
     portable config names its ONNX file's sha256 and the router's its version, so a changed config is
-    a changed model), unload and remove the ones it no longer has. `loaded`: each model Triton runs ->
-    the config it was loaded with. Returns the same for the new version, and the models (re)loaded;
-    raises (`loaded` still true) if Triton refuses one."""
+    a changed model), unload and remove the ones it no longer has; return the models (re)loaded.
+    `loaded` (each model Triton runs -> the config it was loaded with) is updated model by model, so
+    it stays true when Triton refuses one (the refusal is raised)."""
     from serving.triton.repository import write_triton_repository
 
     fresh = write_triton_repository(repo, models, "portable")
     configs = {name: (models / name / "config.pbtxt").read_text() for name in fresh}
     changed = [name for name in fresh if loaded.get(name) != configs[name]]
-    server.load(changed)
+    for name in sorted(changed, key=lambda n: n.endswith("_router")):  # variants before the routers calling them
+        server.load([name])
+        loaded[name] = configs[name]
     gone = sorted(set(loaded) - set(fresh))
     server.unload(gone)
     for name in gone:
+        loaded.pop(name)
         shutil.rmtree(models / name, ignore_errors=True)
-    return configs, changed
+    return changed
 
 
 def add_triton(commands) -> None:

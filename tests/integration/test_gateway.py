@@ -323,6 +323,13 @@ def test_oversized_bodies_are_refused_before_parsing(client):
     )
 
 
+def test_an_oversized_body_without_a_length_is_a_413_on_every_route(client):
+    chunks = [b'{"inputs": [' + b" " * 300_000, b" " * 200_000 + b"]}"]  # streamed: no Content-Length
+    for path in ("/v2/models/cnn/infer", "/v1/predict/cnn", "/v1/classify_image"):
+        response = client.post(path, content=iter(chunks), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and response.json()["error"]["field"] == "body", (path, response.text)
+
+
 def test_the_server_keeps_serving_after_errors(client):
     for _ in range(3):
         client.post("/v1/classify_image", json={"images": "bad"})
@@ -423,6 +430,18 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(profiled_
     finally:
         routes.app.state.gateway = served
         gateway.close()
+
+
+def test_a_closed_gateway_refuses_with_a_503_error(profiled_repo):
+    import asyncio
+
+    from serving.errors import OverloadError
+    from serving.gateway import RequestContext
+
+    gateway = Gateway(GatewayConfig(repo=profiled_repo, workers=1, watch_s=0))
+    gateway.close()
+    with pytest.raises(OverloadError, match="shutting down"):
+        asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, RequestContext()))
 
 
 def test_reload_over_http_is_for_loopback_clients_only(client):

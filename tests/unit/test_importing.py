@@ -162,3 +162,20 @@ def test_a_model_that_ends_in_a_softmax_is_marked_as_giving_probabilities(tmp_pa
         )
     )
     assert section.contract["scores"] == "probabilities"
+
+
+def test_labels_are_checked_against_a_dynamic_class_axis(tmp_path, demo):
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["FEATURES", "w"], ["OUTPUT"])],
+        "dynamic",
+        [helper.make_tensor_value_info("FEATURES", TensorProto.FLOAT, ["batch", 20])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", "classes"])],
+        [numpy_helper.from_array(np.ones((20, 4), np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "four.onnx")
+    assert "has 3 labels; " in refusal(tmp_path, demo, models=(tmp_path / "four.onnx",), labels=demo.labels)
+    assert "gives 4 classes; accepted: one label per class" in refusal(
+        tmp_path, demo, models=(tmp_path / "four.onnx",), labels=demo.labels
+    )
