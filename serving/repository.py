@@ -76,15 +76,26 @@ class Repository:
         return json.loads(path.read_text(encoding="utf-8"))
 
 
+# Files already checked, by identity: writers never write into a repository file (they replace it,
+# see contract/layout.py), so a file a new version shares by hard link, or an artifact read again, is
+# not hashed again (a few entries per version served).
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+
+
 def _check_file(path: Path, expected_sha256: str) -> None:
     if not path.exists():
         raise RepositoryError(f"{path} is listed in the manifest but missing: {BUILD_HINT}")
+    info = path.stat()
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if _VERIFIED.get(identity) == expected_sha256:
+        return
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise IntegrityError(
             f"{path} has sha256 {actual[:12]}..., the manifest says {expected_sha256[:12]}...: "
             "refusing to serve a file that differs from the one trained; rebuild the repository"
         )
+    _VERIFIED[identity] = actual
 
 
 def load_repository(root: str | Path, verify: bool = True) -> Repository:
