@@ -68,10 +68,11 @@ class _TritonUser(User):
 
 class TritonTextUser(_TritonUser):
     family, model = "rnn", "rnn_router"
+    samples = staticmethod(sample_texts)  # read at start-up (locustfile._read_payloads)
 
     def inputs(self) -> list:
         text = self.grpc.InferInput("TEXT", [1], "BYTES")
-        text.set_data_from_numpy(np.array([random.choice(sample_texts()).encode()], dtype=np.object_))
+        text.set_data_from_numpy(np.array([random.choice(self.samples()).encode()], dtype=np.object_))
         return [text]
 
     @task
@@ -81,10 +82,11 @@ class TritonTextUser(_TritonUser):
 
 class TritonImageUser(_TritonUser):
     family, model = "cnn", "cnn_router"
+    samples = staticmethod(sample_images)
 
     def inputs(self) -> list:
         images = self.grpc.InferInput("IMAGES", [1, 1, 28, 28], "FP32")
-        images.set_data_from_numpy(np.array(random.choice(sample_images()), dtype=np.float32).reshape(1, 1, 28, 28))
+        images.set_data_from_numpy(np.array(random.choice(self.samples()), dtype=np.float32).reshape(1, 1, 28, 28))
         return [images]
 
     @task

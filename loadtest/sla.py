@@ -3,7 +3,8 @@
 An SLA class is a name, a latency budget sent with each request (`latency_budget_ms`), and a
 share of the traffic. When a run ends, each class is checked: the chosen percentile of its
 response times (measured by the client) within its budget, its failure ratio under a
-threshold, and the share of answers the server reports as `budget_met` over a threshold.
+threshold, and the share of answers the server reports as `budget_met` over a threshold. The run
+passes (exit code 0) when every class does, failures within the allowed ratio included.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CLASSES = "interactive=20:0.3,standard=50:0.5,batch=200:0.2"
+# The thresholds' one home: the locustfiles' options, `flexserve loadtest` and SlaSpec all read these.
+DEFAULT_PERCENTILE = 95.0  # of client-measured response time, checked against the budget
+DEFAULT_MAX_FAILURE_RATIO = 0.01  # failed requests / requests, per class
+DEFAULT_MIN_BUDGET_MET = 0.9  # share of answered requests with budget_met: true, per class
 
 
 @dataclass(frozen=True)
@@ -25,15 +30,18 @@ class SlaClass:
 @dataclass(frozen=True)
 class SlaSpec:
     classes: tuple[SlaClass, ...]
-    percentile: float = 95.0  # of client-measured response time, checked against the budget
-    max_failure_ratio: float = 0.01
-    min_budget_met: float = 0.9  # share of answers with budget_met: true
+    percentile: float = DEFAULT_PERCENTILE
+    max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO
+    min_budget_met: float = DEFAULT_MIN_BUDGET_MET
 
     def __post_init__(self):
         if not self.classes:
             raise ValueError("at least one SLA class is needed")
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {self.percentile}")
+        for name in ("max_failure_ratio", "min_budget_met"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def parse_classes(text: str) -> tuple[SlaClass, ...]:
@@ -106,3 +114,10 @@ def check(spec: SlaSpec, name: str, requests: int, failures: int, percentile_ms:
             f"budget_met share {share:.1%} < {spec.min_budget_met:.1%} (short by {spec.min_budget_met - share:.1%})"
         )
     return result
+
+
+def exit_code(results: list[ClassResult], user_errors: int = 0) -> int:
+    """The load test's process exit code: 0 when every SLA class passed (failed requests within the
+    allowed ratio included), 1 when any broke, none was checked, or the users' own code raised
+    (`user_errors`: exceptions in the locustfile, not failed requests)."""
+    return 0 if results and all(r.ok for r in results) and not user_errors else 1

@@ -10,7 +10,10 @@ from flexserve.commands import command
 
 def _loadtest(args: argparse.Namespace) -> int:
     from loadtest.run import run
+    from loadtest.sla import load_spec
 
+    # A malformed SLA or threshold is a one-line error here (exit code 2), before Locust starts.
+    load_spec(args.sla_file, args.sla, args.sla_percentile, args.max_failure_ratio, args.min_budget_met)
     return run(
         args.host,
         users=args.users,
@@ -21,11 +24,14 @@ def _loadtest(args: argparse.Namespace) -> int:
         sla_file=args.sla_file,
         routing=args.routing,
         user_classes=args.user_classes,
+        percentile=args.sla_percentile,
+        max_failure_ratio=args.max_failure_ratio,
+        min_budget_met=args.min_budget_met,
     )
 
 
 def add_loadtest(commands) -> None:
-    from loadtest.sla import DEFAULT_CLASSES
+    from loadtest.sla import DEFAULT_CLASSES, DEFAULT_MAX_FAILURE_RATIO, DEFAULT_MIN_BUDGET_MET, DEFAULT_PERCENTILE
 
     p = command(
         commands,
@@ -44,6 +50,24 @@ def add_loadtest(commands) -> None:
         "--sla-file",
         type=Path,
         help="SLA classes and thresholds as JSON, instead of --sla (see loadtest/sla.example.json)",
+    )
+    p.add_argument(
+        "--sla-percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help="percentile of response time checked against each class's budget; an --sla-file's value wins",
+    )
+    p.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        default=DEFAULT_MAX_FAILURE_RATIO,
+        help="most failed requests / requests a class may have and pass; an --sla-file's value wins",
+    )
+    p.add_argument(
+        "--min-budget-met",
+        type=float,
+        default=DEFAULT_MIN_BUDGET_MET,
+        help="least share of a class's answers with budget_met: true; an --sla-file's value wins",
     )
     p.add_argument(
         "--routing",
