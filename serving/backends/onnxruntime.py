@@ -68,8 +68,9 @@ class OnnxRuntimeBackend:
                 check_signature(self.repo, family, variant, sess)
                 self._sessions[variant.name] = self._by_sha256[variant.sha256] = sess
 
-    def run(self, variant: str, feeds: Feeds) -> tuple[list[np.ndarray], float, str]:
-        """(outputs, service ms, who served) for one batch, from a worker thread."""
+    def run(self, variant: str, feeds: Feeds, timeout_ms: float | None = None) -> tuple[list[np.ndarray], float, str]:
+        """(outputs, service ms, who served) for one batch, from a worker thread. `timeout_ms` is for
+        backends with a queue (Triton); a run here starts at once and is not stopped."""
         sess = self._sessions[variant]
         start = time.perf_counter()
         outputs = sess.run(None, feeds)

@@ -5,6 +5,15 @@ Health is checked by a background thread (`is_server_ready` every `health_interv
 on a request's path. A request that Triton fails (connection refused, timeout, a server
 error) is run again in-process at once, so a client sees no error; Triton is marked down and
 traffic returns to it when the health check sees it ready again.
+
+Deadlines: `run(..., timeout_ms=...)` sends the time left of a request's budget as Triton's
+per-request `timeout` (microseconds, tritonclient's `infer(timeout=...)` over gRPC and HTTP; at
+least 1 us, since 0 means none). The variant's queue policy (`allow_timeout_override`, see
+contract/triton_config.py) makes Triton drop the request if it is still queued when that runs out:
+`TritonTimeoutError` (an `OverloadError`: HTTP 503 + Retry-After at the edge). Triton is healthy
+then, so it is not marked down, and the request is not run in-process: it could not make it there
+either. Triton rejects an expired request when its scheduler next looks at the queue (when an
+instance frees up), not at the deadline itself; one already running is never stopped.
 """
 
 from __future__ import annotations
@@ -19,9 +28,21 @@ import numpy as np
 from contract.dtypes import dtype
 from contract.manifest import TensorSpec
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.errors import OverloadError
 
 log = logging.getLogger("flexserve.triton")
 PROTOCOLS = ("grpc", "http")
+# Triton's words (gRPC UNAVAILABLE, HTTP 503) for a request its queue dropped past its `timeout`.
+TIMEOUT_EXPIRED = "Request timeout expired"
+
+
+class TritonTimeoutError(OverloadError):
+    """Triton dropped the request from the variant's queue: the time left of its budget ran out there."""
+
+
+def timeout_us(timeout_ms: float) -> int:
+    """Triton's per-request `timeout`: whole microseconds, at least 1 (0 would mean no timeout)."""
+    return max(1, int(timeout_ms * 1e3))
 
 
 class TritonBackend:
@@ -82,18 +103,35 @@ class TritonBackend:
         except Exception:
             return False
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float, str]:
+    def run(
+        self, variant: str, feeds: dict[str, np.ndarray], timeout_ms: float | None = None
+    ) -> tuple[list[np.ndarray], float, str]:
+        """Run `variant` on Triton. `timeout_ms`: the time left of the request's budget, sent as
+        Triton's `timeout`; `TritonTimeoutError` if Triton drops the request for it."""
+        from tritonclient.utils import InferenceServerException
+
+        client = self._client  # first, as it also picks the tritonclient module (`_module`) on first use
         inputs = []
         for name, value in feeds.items():
             value = value.reshape(-1, 1) if value.ndim == 1 else value  # Triton's per-row scalars are [n, 1]
             tensor = self._module.InferInput(name, list(value.shape), dtype(value.dtype).triton)
             tensor.set_data_from_numpy(np.ascontiguousarray(value))
             inputs.append(tensor)
+        limit = {} if timeout_ms is None else {"timeout": timeout_us(timeout_ms)}
         start = time.perf_counter()
-        if self.protocol == "grpc":
-            result = self._client.infer(variant, inputs, client_timeout=self.timeout_s)
-        else:
-            result = self._client.infer(variant, inputs)
+        try:
+            if self.protocol == "grpc":
+                result = client.infer(variant, inputs, client_timeout=self.timeout_s, **limit)
+            else:
+                result = client.infer(variant, inputs, **limit)
+        except InferenceServerException as error:
+            if timeout_ms is not None and TIMEOUT_EXPIRED in (error.message() or ""):
+                raise TritonTimeoutError(
+                    f"{variant}: Triton dropped the request from its queue: the {max(timeout_ms, 0.0):.3g} ms left of "
+                    f"its budget ran out there ({TIMEOUT_EXPIRED}); retry later, or send a looser budget",
+                    retry_after_s=1.0,
+                ) from None
+            raise
         elapsed_ms = (time.perf_counter() - start) * 1e3
         # Per-row scalars travel as [n, 1]; the model (and in-process ONNX Runtime) says [n].
         outputs = [result.as_numpy(spec.name) for spec in self.outputs[variant]]
@@ -148,10 +186,16 @@ class FailoverBackend:
                 log.warning("Triton at %s is %s", self.primary.url, "back: traffic returns to it" if ready else "down")
             self._up = ready
 
-    def run(self, variant: str, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float, str]:
+    def run(
+        self, variant: str, feeds: dict[str, np.ndarray], timeout_ms: float | None = None
+    ) -> tuple[list[np.ndarray], float, str]:
+        """`timeout_ms`: the time left of the request's budget, for Triton (see `TritonBackend.run`). A
+        request Triton dropped for it raises `TritonTimeoutError`: Triton stays up, nothing runs in-process."""
         if self._up:
             try:
-                return self.primary.run(variant, feeds)
+                return self.primary.run(variant, feeds, timeout_ms=timeout_ms)
+            except TritonTimeoutError:
+                raise
             except Exception as error:
                 self._up = False
                 log.warning("Triton failed on %s (%s): failing over to in-process ONNX Runtime", variant, error)

@@ -1,10 +1,13 @@
 """A real Triton server (the nvidia-pytriton wheel) on the portable repository written from the
 profiled synthetic FlexServe repository: every family over HTTP and gRPC, budget routing
 through the router models, outputs equal to in-process ONNX Runtime, clear INVALID_ARGUMENT
-errors, and the gateway failing over to ONNX Runtime when Triton is killed under load."""
+errors, warmup before readiness, the routers' decisions on Triton's /metrics, requests out of time
+dropped by Triton with a clear error, and the gateway failing over to ONNX Runtime when Triton is
+killed under load."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -196,6 +199,72 @@ def test_bad_requests_are_invalid_argument(triton, model, feeds, field):
         infer(grpcclient, client, model, feeds, ["VARIANT"])
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert field in error.value.message()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`, in Prometheus' text format."""
+    total = 0.0
+    for line in text.splitlines():
+        found = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if found and all(f'{k}="{v}"' in found.group(1).split(",") for k, v in labels.items()):
+            total += float(found.group(2))
+    return total
+
+
+def scrape(triton) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_variants_run_their_warmup_sample_before_they_are_ready(triton, repo):
+    log = triton.log.read_text(errors="replace")
+    for family in ("cnn", "rnn", "recsys", "tabular"):
+        for variant in repo.variants(family):
+            first = log.find(f'"{variant.name}: first run, 1 row(s) in ')  # the warmup: batch 1
+            assert 0 <= first < log.find(f"successfully loaded '{variant.name}'"), variant.name
+
+
+def test_router_decisions_are_custom_metrics_on_tritons_metrics_port(triton, repo):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    loose = {**feeds_for(repo, "tabular"), "LATENCY_BUDGET_MS": np.array([10_000.0], np.float32)}
+    before = metric(scrape(triton), "flexserve_router_decisions_total", family="tabular")
+    chosen = {infer(grpcclient, client, "tabular_router", loose, ["VARIANT"])[0][0].decode() for _ in range(3)}
+    text = scrape(triton)
+    assert metric(text, "flexserve_router_decisions_total", family="tabular") - before == 3
+    (variant,) = chosen
+    labels = {"family": "tabular", "variant": variant, "predicted_to_meet": "true", "outcome": "budget_met"}
+    assert metric(text, "flexserve_router_decisions_total", **labels) >= 3
+    assert metric(text, "flexserve_router_predicted_latency_ms", family="tabular", variant=variant) > 0
+
+
+def test_a_request_out_of_time_is_dropped_by_triton_with_a_clear_error(triton, repo):
+    from serving.backends.triton import TritonBackend, TritonTimeoutError
+
+    feeds, variant = feeds_for(repo, "cnn"), repo.variants("cnn")[0].name
+    grpc = grpcclient.InferenceServerClient(triton.grpc_url)
+    with pytest.raises(InferenceServerException) as dropped:  # 1 us: over before it is queued
+        infer(grpcclient, grpc, variant, feeds, ["LOGITS"], timeout=1)
+    assert dropped.value.status() == "StatusCode.UNAVAILABLE" and "Request timeout expired" in dropped.value.message()
+    # Through the router (the client's own Triton timeout; a strict budget works the same way): a 503
+    # saying why, counted, and the router serves on.
+    http = httpclient.InferenceServerClient(triton.http_url)
+    with pytest.raises(InferenceServerException) as dropped:
+        infer(httpclient, http, "cnn_router", feeds, ["VARIANT"], timeout=1)
+    assert dropped.value.status() == "503" and "ran out of time (its timeout of 1 us)" in dropped.value.message()
+    assert infer(httpclient, http, "cnn_router", feeds, ["VARIANT"])[0][0].decode().startswith("cnn_")
+    assert metric(scrape(triton), "flexserve_router_decisions_total", family="cnn", outcome="timed_out") >= 1
+    # The gateway's Triton backend sends the time left as the timeout, over either protocol.
+    for protocol, url in (("grpc", triton.grpc_url), ("http", triton.http_url)):
+        backend = TritonBackend(url, {variant: repo.family("cnn").outputs}, protocol=protocol)
+        try:
+            with pytest.raises(TritonTimeoutError, match="Request timeout expired"):
+                backend.run(variant, feeds, timeout_ms=0.0)
+            (logits,), _, _ = backend.run(variant, feeds, timeout_ms=10_000.0)
+            assert logits.shape == (3, 10)
+        finally:
+            backend.close()
 
 
 def test_gateway_fails_over_when_triton_dies_and_returns_when_it_is_back(triton_models, profiled_repo, tmp_path):

@@ -24,8 +24,13 @@ def test_portable_flavour_has_every_variant_and_a_router_per_family(profiled_rep
     assert config.parameters["sha256"].string_value == variant.sha256
     assert (tmp_path / "models" / "rnn_full_fp32" / "1" / "model.onnx").stat().st_ino == variant.path.stat().st_ino
     assert (tmp_path / "models" / "rnn_full_fp32" / "1" / "model.py").read_text().count("VariantModel") == 1
+    # The variant's queue takes a request's timeout; its warmup sample covers its inputs, as sent.
+    assert config.dynamic_batching.default_queue_policy.allow_timeout_override
+    (sample,) = config.model_warmup
+    assert {name: list(i.dims) for name, i in sample.inputs.items()} == {"TOKENS": [1], "LENGTHS": [1]}
     router = _config(tmp_path / "models" / "rnn_router")
     assert {"TEXT", "LATENCY_BUDGET_MS"} <= {t.name for t in router.input if t.optional}
+    assert not router.model_warmup and not router.HasField("dynamic_batching")  # it reads the timeout itself
     assert [t.name for t in router.output] == ["LOGITS", "VARIANT", "PREDICTED_TO_MEET"]
     assert "RouterModel" in (tmp_path / "models" / "rnn_router" / "1" / "model.py").read_text()
 
@@ -40,6 +45,7 @@ def test_native_flavour_links_the_onnx_file_and_reshapes_per_row_scalars(profile
     assert (folder / "1" / "model.onnx").stat().st_size > 0
     recsys = _config(tmp_path / "native" / "recsys_full_fp32")
     assert recsys.output[0].HasField("reshape")  # RATING: one value per row
+    assert recsys.dynamic_batching.default_queue_policy.allow_timeout_override and recsys.model_warmup
 
 
 def test_dynamic_batching_prefers_sizes_where_a_row_costs_half_or_less():

@@ -124,3 +124,53 @@ def test_a_portable_variant_config_runs_in_the_python_backend_with_its_parameter
     assert not config.output[0].HasField("reshape")  # the Python model reshapes per-row scalars itself
     with pytest.raises(ValueError, match="portable, native"):
         variant_config("r", (), (), 1, "tensorrt")
+
+
+def test_a_variant_config_lets_a_request_timeout_shorten_its_queue_wait_and_warms_up():
+    from contract.triton_config import QUEUE_TIMEOUT_US, WARMUP_SAMPLE
+    from serving.policy import MAX_LATENCY_BUDGET_MS
+
+    inputs = (TensorSpec("TOKENS", "int64", (-1, -1)), TensorSpec("LENGTHS", "int64", (-1,)))
+    outputs = (TensorSpec("LOGITS", "float32", (-1, 2)),)
+    for flavour in ("native", "portable"):
+        text = variant_config("t_full_fp32", inputs, outputs, 1, flavour, preferred_batch_sizes=[4])
+        config = _parse(text)
+        policy = config.dynamic_batching.default_queue_policy
+        assert config.dynamic_batching.HasField("default_queue_policy") and policy.allow_timeout_override
+        assert policy.timeout_action == pb.ModelQueuePolicy.REJECT  # protobuf's default: not in the text
+        # Not 0: Triton takes a request's timeout only when it is shorter than the default.
+        assert policy.default_timeout_microseconds == QUEUE_TIMEOUT_US == MAX_LATENCY_BUDGET_MS * 1000
+        (sample,) = config.model_warmup
+        assert sample.name == WARMUP_SAMPLE and sample.batch_size == 1 and sample.count == 1
+        assert set(sample.inputs) == {"TOKENS", "LENGTHS"}
+        tokens, lengths = sample.inputs["TOKENS"], sample.inputs["LENGTHS"]
+        assert tokens.data_type == lengths.data_type == pb.TYPE_INT64
+        assert list(tokens.dims) == [1] and list(lengths.dims) == [1]  # [-1] -> [1]; LENGTHS as on the wire
+        assert tokens.zero_data and lengths.zero_data
+    assert "allow_timeout_override: true" in text and "model_warmup" in text
+
+
+def test_warmup_samples_match_each_input_and_skip_optional_ones():
+    from contract.triton_config import TensorConfig, render
+
+    inputs = [
+        TensorConfig("IMAGES", "float32", (1, 28, 28)),
+        TensorConfig("TEXT", "object", (-1,)),
+        TensorConfig("MASK", "bool", (4, -1)),
+        TensorConfig("LATENCY_BUDGET_MS", "float32", (1,), optional=True),
+    ]
+    text = render("m", inputs=inputs, outputs=[], max_batch_size=8, dynamic_batching=(), warmup=True)
+    (sample,) = _parse(text).model_warmup
+    assert {name: (pb.DataType.Name(i.data_type), list(i.dims)) for name, i in sample.inputs.items()} == {
+        "IMAGES": ("TYPE_FP32", [1, 28, 28]),
+        "TEXT": ("TYPE_STRING", [1]),  # zero_data: empty strings (random_data would be empty strings too)
+        "MASK": ("TYPE_BOOL", [4, 1]),
+    }
+    assert all(i.WhichOneof("input_data_type") == "zero_data" for i in sample.inputs.values())
+    # No queue policy unless asked, and only with dynamic batching.
+    assert not _parse(text).dynamic_batching.HasField("default_queue_policy")
+    with pytest.raises(ValueError, match="dynamic_batching"):
+        render("m", inputs=inputs, outputs=[], max_batch_size=0, queue_timeout_us=1000)
+    images = (TensorSpec("IMAGES", "float32", (-1, 1, 28, 28)),)
+    bare = _parse(variant_config("t", images, (), 1, warmup=False))
+    assert not bare.model_warmup and bare.dynamic_batching.default_queue_policy.allow_timeout_override

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.backends.triton import FailoverBackend
+from serving.backends.triton import TIMEOUT_EXPIRED, FailoverBackend, TritonBackend, TritonTimeoutError
 
 
 class FakeTriton:
@@ -23,9 +23,12 @@ class FakeTriton:
     def reconnect(self) -> None:
         self.reconnects += 1
 
-    def run(self, variant, feeds):
+    def run(self, variant, feeds, timeout_ms=None):
+        self.timeout_ms = timeout_ms
         if self.fail:
             raise ConnectionError("Triton is gone")
+        if timeout_ms is not None and timeout_ms <= 0:
+            raise TritonTimeoutError(f"{variant}: dropped ({TIMEOUT_EXPIRED})", retry_after_s=1.0)
         self.runs += 1
         return np.ones(1), 1.0, self.name
 
@@ -105,3 +108,54 @@ def test_a_triton_not_ready_at_start_is_not_used_until_it_is():
     finally:
         failover.close()
     assert triton.closed and local.closed and not failover.healthy()
+
+
+def test_a_request_triton_dropped_at_its_deadline_is_refused_and_triton_stays_up(backends):
+    triton, local, failover = backends
+    assert failover.run("v", {}, timeout_ms=5.0)[2] == "triton" and triton.timeout_ms == 5.0
+    with pytest.raises(TritonTimeoutError, match=TIMEOUT_EXPIRED) as refused:
+        failover.run("v", {}, timeout_ms=0.0)
+    assert refused.value.retry_after_s > 0  # an OverloadError: HTTP 503 + Retry-After at the edge
+    assert failover.name == "triton" and local.runs == 0  # not a failure of Triton's, not run in-process
+    assert failover.run("v", {})[2] == "triton" and triton.timeout_ms is None
+
+
+class FakeClient:
+    """tritonclient's InferenceServerClient.infer, as far as TritonBackend.run uses it."""
+
+    def __init__(self, error: str | None = None):
+        self.error, self.kwargs = error, None
+
+    def infer(self, model, inputs, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        self.kwargs = kwargs
+        if self.error:
+            raise InferenceServerException(self.error, status="StatusCode.UNAVAILABLE")
+        return self
+
+    def as_numpy(self, name):
+        return np.zeros((2, 1), np.float32)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_time_left_goes_to_triton_as_its_timeout_in_microseconds(protocol):
+    from contract.manifest import TensorSpec
+
+    backend = TritonBackend("127.0.0.1:1", {"v": [TensorSpec("RATING", "float32", (-1,))]}, protocol=protocol)
+    backend._connect()  # the tritonclient module for the protocol; no connection is made
+    client = backend._shared = FakeClient()
+    feeds = {"X": np.zeros((2, 3), np.float32)}
+    (rating,), _, _ = backend.run("v", feeds, timeout_ms=12.5)
+    assert client.kwargs["timeout"] == 12_500 and rating.shape == (2,)
+    backend.run("v", feeds, timeout_ms=-3.0)  # already over: the least timeout, never 0 (which means none)
+    assert client.kwargs["timeout"] == 1
+    backend.run("v", feeds)
+    assert "timeout" not in client.kwargs
+    backend._shared = FakeClient(TIMEOUT_EXPIRED)
+    with pytest.raises(TritonTimeoutError, match="ran out"):
+        backend.run("v", feeds, timeout_ms=1.0)
+    backend._shared = FakeClient("connection refused")
+    with pytest.raises(Exception, match="connection refused") as other:
+        backend.run("v", feeds, timeout_ms=1.0)
+    assert not isinstance(other.value, TritonTimeoutError)  # any other error still fails over
