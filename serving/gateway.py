@@ -159,9 +159,16 @@ class Observer:
 
     def started(self, family: str, variant: str) -> None: ...
 
-    def finished(self, family: str, variant: str, outcome: str, latency_s: float) -> None: ...
+    def finished(self, family: str, variant: str, outcome: str, latency_s: float, budget_ms: float) -> None:
+        """One variant run ended: `outcome` budget_met or budget_missed (answered), or error (the run
+        failed; the request may be routed again); `budget_ms` is the request's latency budget."""
 
     def variant_failed(self, family: str, variant: str) -> None: ...
+
+    def routing_state(self, read: Callable[[], dict] | None) -> None:
+        """How to read the gateway's live routing state (`Gateway.variants`, what GET /v1/variants
+        answers), for an observer that reports it on its own schedule: given once the gateway has
+        loaded, None once it has closed."""
 
 
 class VariantFailed(FlexServeError):
@@ -302,6 +309,7 @@ class Gateway:
         if config.watch_s > 0 and not config.model_tag:
             self._watcher = threading.Thread(target=self._watch, name="flexserve-repository-watch", daemon=True)
             self._watcher.start()
+        self.observer.routing_state(self.variants)
 
     # -- lifecycle --------------------------------------------------------------------------
     def _load(self, previous: Generation | None = None) -> Generation:
@@ -374,6 +382,7 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        self.observer.routing_state(None)
         with self._swap:  # after any reload under way: nothing is loaded once closed
             self._closed = True
         if self._watcher is not None:
@@ -439,17 +448,25 @@ class Gateway:
                 raise
             self.observer.started(family, decision.variant)
             try:
-                outputs, service_ms, served_by = await self._execute(generation, decision, decoded.feeds)
+                timeout_ms = None
+                if request.strict:  # the time left of its budget: Triton drops it from a queue past that
+                    spent_ms = (time.perf_counter() - arrived_at) * 1e3 + request.elapsed_ms
+                    timeout_ms = decision.budget_ms - spent_ms
+                outputs, service_ms, served_by = await self._execute(generation, decision, decoded.feeds, timeout_ms)
                 break
             except VariantFailed as error:
                 policy.finish(decision, None)
-                self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
+                self.observer.finished(
+                    family, decision.variant, "error", time.perf_counter() - arrived_at, decision.budget_ms
+                )
                 failed[decision.variant] = error
                 if len(failed) >= len(policy.variant_names):
                     raise InferenceFailedError.of(family, failed, field, f"GET /v2/models/{family}") from None
             except BaseException:
                 policy.finish(decision, None)
-                self.observer.finished(family, decision.variant, "error", time.perf_counter() - arrived_at)
+                self.observer.finished(
+                    family, decision.variant, "error", time.perf_counter() - arrived_at, decision.budget_ms
+                )
                 raise
         # Another variant answered, so the request was fine and the ones that failed on it are not:
         # they sit out `bench_s`. (When every variant fails, the request is refused and none is benched.)
@@ -458,7 +475,8 @@ class Gateway:
         policy.finish(decision, service_ms)
         latency_ms = (time.perf_counter() - arrived_at) * 1e3
         met = latency_ms + request.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
-        self.observer.finished(family, decision.variant, "budget_met" if met else "budget_missed", latency_ms / 1e3)
+        outcome = "budget_met" if met else "budget_missed"
+        self.observer.finished(family, decision.variant, outcome, latency_ms / 1e3, decision.budget_ms)
         meta = {
             "variant": decision.variant,
             "backend": served_by,
@@ -492,15 +510,15 @@ class Gateway:
             raise
 
     async def _execute(
-        self, generation: Generation, decision: Decision, feeds: dict[str, np.ndarray]
+        self, generation: Generation, decision: Decision, feeds: dict[str, np.ndarray], timeout_ms: float | None
     ) -> tuple[list[np.ndarray], float, str]:
         loop = asyncio.get_running_loop()
         try:
             outputs, service_ms, served_by = await loop.run_in_executor(
-                self._pool, generation.backend.run, decision.variant, feeds
+                self._pool, generation.backend.run, decision.variant, feeds, timeout_ms
             )
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, OverloadError):
+            raise  # OverloadError: Triton dropped a strict request whose time ran out (503), not a variant's fault
         except Exception as error:
             raise VariantFailed(f"{type(error).__name__}: {error}") from error
         for output in outputs:
