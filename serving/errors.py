@@ -23,7 +23,13 @@ class InvalidRequestError(FlexServeError):
         super().__init__(f"{field}: {problem}; accepted: {accepted}")
 
 
-class InferenceFailedError(InvalidRequestError):
+class UnprocessableRequestError(InvalidRequestError):
+    """A request the schema accepts that this repository cannot serve (HTTP 422): an id the model does
+    not know, a variant it does not hold, a floor no variant meets, a budget no variant can meet even
+    idle. Malformed requests (the schema's to refuse) are plain `InvalidRequestError`s (HTTP 400)."""
+
+
+class InferenceFailedError(UnprocessableRequestError):
     """Every variant that could serve a request failed on it: the request is the likely cause (a value
     outside what the model takes, such as an id past its embedding table), so no variant is benched."""
 

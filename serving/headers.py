@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
-from serving.errors import InvalidRequestError
+from serving.errors import InvalidRequestError, UnprocessableRequestError
 
 BUDGET_HEADER = "X-Latency-Budget-Ms"
 REQUEST_START_HEADER = "X-Request-Start"
 MAX_REQUEST_AGE_MS = 60_000.0  # older than a minute: a clock problem, not a queue
 REQUEST_START_ACCEPTED = "t=<Unix time> in seconds, milliseconds or microseconds, e.g. t=1700000000.123"
+REQUEST_START_PATTERN = r"^\s*(t=)?[0-9]+(\.[0-9]+)?\s*$"  # what the schema at /docs.json says
 
 
 def budget_from_header(value: str | None) -> float | None:
@@ -42,12 +43,14 @@ def elapsed_since_request_start(value: str | None, now: float) -> float:
         stamp = float(text)
     except ValueError:
         stamp = math.nan
-    if not math.isfinite(stamp) or stamp <= 0:
+    if not math.isfinite(stamp):
         raise InvalidRequestError(REQUEST_START_HEADER, f"{value!r} is not a time", REQUEST_START_ACCEPTED)
+    if stamp <= 0:
+        raise UnprocessableRequestError(REQUEST_START_HEADER, f"{value!r} is not a time", REQUEST_START_ACCEPTED)
     stamp /= 1e6 if stamp > 1e14 else 1e3 if stamp > 1e11 else 1.0
     elapsed = (now - stamp) * 1e3
-    if elapsed > MAX_REQUEST_AGE_MS:
-        raise InvalidRequestError(
+    if elapsed > MAX_REQUEST_AGE_MS:  # a well-formed stamp: the request's to change (422)
+        raise UnprocessableRequestError(
             REQUEST_START_HEADER,
             f"{value!r} is {elapsed / 1e3:.0f} s ago",
             f"a time within the last {MAX_REQUEST_AGE_MS / 1e3:g} s (check the client's clock)",

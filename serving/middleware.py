@@ -1,5 +1,11 @@
 """ASGI middlewares of the HTTP gateway (added to the BentoML service in `serving/service.py`).
 
+- `JsonOnly`: a POST whose Content-Type is not JSON gets 415 (400 if the header is malformed)
+  before anything reads its body (BentoML would try a form parser, and answer 500 to a multipart
+  type without a boundary).
+- `ConcurrencyLimit`: past a number of requests in the process at once, 429 + Retry-After.
+- `ErrorBody`: BentoML's own 400 for a request its endpoint's schema refuses, rewritten into
+  FlexServe's one error body (`serving.schemas.ErrorBody`).
 - `BodyLimit`: refuses bodies over a limit with 413 before reading them all.
 - `ArrivalTime`: notes when a request reached the app, on the monotonic and the wall clock, so
   the latency the gateway reports (and the policy learns) includes the time before the handler
@@ -8,11 +14,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
+
+from serving.errors import InvalidRequestError
 
 ARRIVAL = "flexserve_arrival"  # the key in the ASGI scope's `state` (Starlette's `request.state`)
 
@@ -83,13 +94,126 @@ class BodyLimit:
             await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope, receive, send, limit: int):
-        problem, accepted = "the request body is too large", f"at most {limit} bytes"
-        body = {
-            "error": {
-                "field": "body",
-                "problem": problem,
-                "accepted": accepted,
-                "message": f"body: {problem}; accepted: {accepted}",
-            }
-        }
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+        error = InvalidRequestError("body", "the request body is too large", f"at most {limit} bytes")
+        await refuse(413, error)(scope, receive, send)
+
+
+def refuse(status: int, error: Exception, headers: dict | None = None) -> JSONResponse:
+    """FlexServe's one error body, from a middleware."""
+    if isinstance(error, InvalidRequestError):
+        detail = {"field": error.field, "problem": error.problem, "accepted": error.accepted, "message": str(error)}
+    else:
+        detail = {"message": str(error)}
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_MEDIA_TYPE = re.compile(rf"\s*({_TOKEN})/({_TOKEN})\s*(?:;\s*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?\s*)*")
+JSON_TYPES = ("application/json",)
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+def media_type(header: str) -> str:
+    """The media type of a Content-Type header, lower-cased and without parameters (RFC 9110 8.3.1);
+    ValueError if it is not one."""
+    match = _MEDIA_TYPE.fullmatch(header)
+    if match is None:
+        raise ValueError(header)
+    return f"{match[1]}/{match[2]}".lower()
+
+
+class JsonOnly:
+    """415 for a request body that is not JSON (no Content-Type counts as JSON), 400 for a malformed
+    Content-Type: nothing behind it ever parses a form."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"].encode() in BODY_METHODS:
+            header = dict(scope.get("headers") or []).get(b"content-type")
+            if header is not None:
+                accepted = "application/json (optionally with a charset)"
+                try:
+                    kind = media_type(header.decode("latin-1"))
+                except ValueError:
+                    error = InvalidRequestError("Content-Type", f"{header.decode('latin-1')!r} is malformed", accepted)
+                    return await refuse(400, error)(scope, receive, send)
+                if kind not in JSON_TYPES:
+                    error = InvalidRequestError("Content-Type", f"{kind} is not supported", accepted)
+                    return await refuse(415, error)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """429 + Retry-After past `max_requests` requests in this process at once (BentoML's own limit
+    answers in another body); health, readiness and metrics are never refused."""
+
+    EXEMPT = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
+
+    def __init__(self, app, max_requests: int):
+        self.app = app
+        self.max_requests = max_requests
+        self._slots = asyncio.Semaphore(max_requests)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            return await self.app(scope, receive, send)
+        if self._slots.locked():
+            message = f"more than {self.max_requests} requests at once in this gateway process: retry shortly"
+            return await refuse(429, RuntimeError(message), {"Retry-After": "1"})(scope, receive, send)
+        async with self._slots:
+            await self.app(scope, receive, send)
+
+
+class ErrorBody:
+    """BentoML answers a request its endpoint's schema refuses with its own 400 (`{"error": "1
+    validation error for ...", "detail": [pydantic's errors]}`): rewritten here into FlexServe's one
+    error body, naming the first field, its problem and what it accepts. Other answers pass as they are."""
+
+    def __init__(
+        self,
+        app,
+        rewrite: Callable[[list[dict]], InvalidRequestError],
+        refused: Callable[[str], None] | None = None,
+    ):
+        """`rewrite`: pydantic's errors -> the error; `refused(path)`: told of each one (metrics)."""
+        self.app = app
+        self.rewrite = rewrite
+        self.refused = refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, chunks = None, []
+
+        async def intercept(message):
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start = message
+                return None
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return None
+            body = self._rewritten(b"".join(chunks), scope["path"])
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, intercept)
+
+    def _rewritten(self, body: bytes, path: str) -> bytes:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return body
+        if not (isinstance(answer, dict) and isinstance(answer.get("error"), str) and "detail" in answer):
+            return body  # already FlexServe's
+        detail = answer["detail"] if isinstance(answer["detail"], list) else []
+        error = self.rewrite(detail)
+        if self.refused is not None:
+            self.refused(path)
+        return refuse(400, error).body

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.manifest import FamilySection
-from serving.errors import InvalidRequestError
+from serving.errors import InvalidRequestError, UnprocessableRequestError
 
 MAX_BATCH = 64  # images or texts per request
 MAX_TEXT_CHARS = 5_000  # per text: ~50x the longest Rotten Tomatoes snippet
 MAX_K = 100  # recommendations per request
+MAX_CANDIDATES = 10_000  # movies to rank per request (a bound on the body; the catalogue decides which)
 
 
 def required(value: object, field: str) -> object:
@@ -201,10 +202,11 @@ class Catalog:
         """(model inputs, candidate rows, k) for one recommend request."""
         feeds, candidates = self.score(user_id, candidate_item_ids)
         limit = min(MAX_K, len(candidates))
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
-            raise InvalidRequestError(
-                "k", f"got {k!r}", f"an integer from 1 to {limit} (the candidates, at most {MAX_K})"
-            )
+        accepted = f"an integer from 1 to {limit} (the candidates, at most {MAX_K})"
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidRequestError("k", f"got {k!r}", accepted)
+        if k > limit:
+            raise UnprocessableRequestError("k", f"{k} is more than the {len(candidates)} candidates", accepted)
         return feeds, candidates, k
 
     def score(self, user_id: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -219,7 +221,7 @@ class Catalog:
             )
         user = self.user_row.get(str(user_id))
         if user is None:
-            raise InvalidRequestError(
+            raise UnprocessableRequestError(
                 "user_id", f"{user_id} is not a known user", f"a MovieLens user id, 1 to {len(self.user_row)}"
             )
         return user
@@ -229,7 +231,7 @@ class Catalog:
             candidates = np.arange(len(self.items))
         else:
             accepted = f"a list of 1 to {len(self.items)} distinct known movie ids (integers)"
-            if not isinstance(candidate_item_ids, list) or not 1 <= len(candidate_item_ids) <= len(self.items):
+            if not isinstance(candidate_item_ids, list) or not 1 <= len(candidate_item_ids) <= MAX_CANDIDATES:
                 raise InvalidRequestError("candidate_item_ids", "is not a list of the accepted length", accepted)
             rows = []
             for i, item_id in enumerate(candidate_item_ids):
@@ -239,7 +241,9 @@ class Catalog:
                     )
                 row = self.item_row.get(str(item_id))
                 if row is None:
-                    raise InvalidRequestError(f"candidate_item_ids[{i}]", f"{item_id} is not a known movie", accepted)
+                    raise UnprocessableRequestError(
+                        f"candidate_item_ids[{i}]", f"{item_id} is not a known movie", accepted
+                    )
                 rows.append(row)
             if len(set(rows)) != len(rows):
                 raise InvalidRequestError("candidate_item_ids", "lists a movie twice", accepted)

@@ -7,13 +7,17 @@ these routes match, and BentoML's middlewares wrap them too).
     POST /v1/admin/reload               load the live repository version now (loopback clients only)
     GET  /v2/models/{family}            Open Inference Protocol (KServe v2): metadata
     GET  /v2/models/{family}/ready      ... readiness
-    POST /v2/models/{family}/infer      ... inference, budget-routed
+
+The Open Inference Protocol's inference (POST /v2/models/{family}/infer) is a typed BentoML endpoint in
+`serving/service.py`.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -23,10 +27,19 @@ from starlette.routing import Route
 
 from contract.dtypes import dtype
 from contract.triton_config import TensorConfig
-from serving.edge import error_body, refusal, request_context
+from serving.edge import (
+    beyond_schema,
+    error_body,
+    invalid,
+    metric_family,
+    refusal,
+    request_context,
+    routing_headers,
+)
 from serving.errors import InvalidRequestError, OverloadError, RepositoryError
 from serving.gateway import Completion, Gateway
-from serving.tensors import parse_inputs, to_json
+from serving.schemas import RoutingFields
+from serving.tensors import to_json
 
 ROUTING_FIELDS = ("latency_budget_ms", "variant", "strict")
 LOOPBACK = ("127.0.0.1", "::1")
@@ -56,16 +69,15 @@ def _refuse(request: Request, family: str, error: InvalidRequestError | Overload
     status, headers, outcome = refusal(error)
     observer = request.app.state.observer
     if observer is not None:
-        observer.rejected(family, outcome)
+        observer.rejected(metric_family(family, error), outcome)
     return JSONResponse(error_body(error), status_code=status, headers=headers)
 
 
 def _answer(body: dict, meta: dict, completion: Completion) -> Response:
-    headers = {"X-FlexServe-Variant": meta["variant"], "X-FlexServe-Budget-Met": json.dumps(meta["budget_met"])}
     return Response(
         json.dumps(body, separators=(",", ":")),
         media_type="application/json",
-        headers=headers,
+        headers=routing_headers(meta),
         background=BackgroundTask(report, completion),
     )
 
@@ -80,21 +92,22 @@ async def variants(request: Request) -> JSONResponse:
 
 
 async def predict(request: Request) -> Response:
-    """Any family's friendly JSON: its adapter's fields and the routing fields."""
+    """Any family's friendly JSON: its adapter's fields and the routing fields (`schemas.RoutingFields`)."""
     gateway, family = _gateway(request), request.path_params["family"]
     if gateway is None:
         return _starting()
     try:
         body = await _json_object(request)
         adapter = gateway.family(family)
-        context = request_context(
-            request,
-            body.get("latency_budget_ms"),
-            adapter.floor(body),
-            body.get("variant"),
-            body.get("strict", False),
-        )
-        answer, completion = await gateway.infer(family, body, context)
+        try:
+            routing = RoutingFields.model_validate(body)
+        except ValidationError as error:
+            raise invalid(error) from None
+        with beyond_schema():  # the family's own fields: its adapter checks them
+            floor = adapter.floor(body)
+        context = request_context(request, routing.latency_budget_ms, floor, routing.variant, routing.strict)
+        with beyond_schema():
+            answer, completion = await gateway.infer(family, body, context)
     except (InvalidRequestError, OverloadError) as error:
         return _refuse(request, family, error)
     return _answer(answer, answer, completion)
@@ -166,39 +179,19 @@ async def model_ready(request: Request) -> JSONResponse:
     return JSONResponse({"name": family, "ready": ready}, status_code=200 if ready else 503)
 
 
-async def infer(request: Request) -> Response:
-    """`{"inputs": [{"name", "shape", "datatype", "data"}], "parameters": {routing fields}}`."""
-    gateway, family = _gateway(request), request.path_params["family"]
-    if gateway is None:
-        return _starting()
-    try:
-        body = await _json_object(request)
-        parameters = body.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidRequestError("parameters", f"is a {type(parameters).__name__}", "an object")
-        adapter = gateway.family(family)
-        context = request_context(
-            request,
-            parameters.get("latency_budget_ms"),
-            adapter.floor(parameters),
-            parameters.get("variant"),
-            parameters.get("strict", False),
-            budget_field="parameters.latency_budget_ms",
-        )
-        outputs, meta, completion = await gateway.infer_tensors(family, parse_inputs(body.get("inputs")), context)
-    except (InvalidRequestError, OverloadError) as error:
-        return _refuse(request, family, error)
-    answer = {
+def v2_answer(family: str, request_id: str | None, outputs: dict[str, np.ndarray], meta: dict) -> dict:
+    """The Open Inference Protocol's answer (`schemas.InferResponse`): a per-row scalar travels as
+    [n, 1], as on Triton."""
+    return {
         "model_name": family,
         "model_version": meta["version"],
-        **({"id": body["id"]} if "id" in body else {}),
+        **({"id": request_id} if request_id is not None else {}),
         "outputs": [
             to_json(name, value.reshape(-1, 1) if value.ndim == 1 else value) for name, value in outputs.items()
         ],
         "parameters": {key: meta[key] for key in ("variant", "budget_ms", "budget_met", "latency_ms", "backend")}
         | {key: meta[key] for key in ("reason", "failed_variants") if key in meta},
     }
-    return _answer(answer, meta, completion)
 
 
 app = Starlette(
@@ -208,7 +201,6 @@ app = Starlette(
         Route("/v1/admin/reload", reload, methods=["POST"]),
         Route("/v2/models/{family}", model_metadata, methods=["GET"]),
         Route("/v2/models/{family}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{family}/infer", infer, methods=["POST"]),
     ]
 )
 app.state.gateway = None

@@ -16,19 +16,49 @@ Every POST also takes `latency_budget_ms`, `min_accuracy` (`max_rmse` for /v1/re
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
-import typing as t
+import logging
+import os
 
 import bentoml
-from starlette.responses import Response
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
 
-from serving import routes
-from serving.edge import error_body, refusal, request_context
+from contract.manifest import BENTOML_MODEL_NAME
+from serving import routes, schemas
+from serving.edge import (
+    beyond_schema,
+    error_body,
+    metric_family,
+    refusal,
+    request_context,
+    routing_fields,
+    routing_headers,
+    schema_error,
+)
 from serving.errors import InvalidRequestError, OverloadError
+from serving.families.recommender import DEFAULT_K
 from serving.gateway import Completion, Gateway, GatewayConfig
 from serving.metrics import PrometheusObserver
-from serving.middleware import ArrivalTime, BodyLimit
+from serving.middleware import ArrivalTime, BodyLimit, ConcurrencyLimit, ErrorBody, JsonOnly
+from serving.openapi import OpenAPIDocument
+from serving.tensors import parse_inputs
+
+MAX_CONCURRENCY = 256  # requests in the process at once; past it, 429 + Retry-After
+FAMILIES = {"/v1/classify_image": "cnn", "/v1/classify_text": "rnn", "/v1/recommend": "recsys"}  # built-in endpoints
+
+
+class _NoSchemaTracebacks(logging.Filter):
+    """BentoML logs a traceback for every request its schema refuses: a client's mistake, answered
+    400 with the field named, is not the server's error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoSchemaTracebacks())
 
 
 class ConfiguredBodyLimit(BodyLimit):
@@ -48,10 +78,12 @@ class ConfiguredBodyLimit(BodyLimit):
 @bentoml.asgi_app(routes.app, path="/")
 @bentoml.service(
     name="flexserve",
-    http={"host": "127.0.0.1", "port": 3000},
-    # 429 past max_concurrency; a request is never held past its own budget by the policy,
-    # and never past the timeout (504) by BentoML.
-    traffic={"timeout": 30, "max_concurrency": 256},
+    # 127.0.0.1 unless told otherwise (`--host`); inside the image `bentoml containerize` builds
+    # (BENTOML_CONTAINERIZED is set there) the port must be reachable from outside the container.
+    http={"host": "0.0.0.0" if os.environ.get("BENTOML_CONTAINERIZED") else "127.0.0.1", "port": 3000},
+    # A request is never held past its own budget by the policy, and never past the timeout (504)
+    # by BentoML. The concurrency limit (429) is FlexServe's `ConcurrencyLimit`, in its error body.
+    traffic={"timeout": 30},
     workers=1,  # one process: the variants, the policy state and the threads live here
 )
 class FlexServe:
@@ -63,8 +95,22 @@ class FlexServe:
         gc.collect()
         gc.freeze()
         self.observer = PrometheusObserver()
-        self.gateway = Gateway(GatewayConfig.from_env(), observer=self.observer)
+        self.gateway = Gateway(self._config(), observer=self.observer)
         routes.app.state.gateway, routes.app.state.observer = self.gateway, self.observer
+
+    @staticmethod
+    def _config() -> GatewayConfig:
+        """FLEXSERVE_* as set; with neither FLEXSERVE_REPO nor FLEXSERVE_MODEL_TAG and no repository in
+        the default directory, the one a built bento carries (bentofile.yaml's `models`: `flexserve
+        bento` puts the live version in the model store, `bentoml build` packs it)."""
+        config = GatewayConfig.from_env()
+        if os.environ.get("FLEXSERVE_REPO") or config.model_tag or config.repo.exists():
+            return config
+        try:
+            packed = bentoml.models.get(f"{BENTOML_MODEL_NAME}:latest")  # in a bento: its own model store
+        except bentoml.exceptions.NotFound:
+            return config  # the gateway's missing-repository message says how to build one
+        return dataclasses.replace(config, model_tag=str(packed.tag))
 
     def __is_ready__(self) -> bool:
         return self.gateway.ready()
@@ -77,49 +123,78 @@ class FlexServe:
     async def classify_image(
         self,
         ctx: bentoml.Context,
-        images: t.Any = None,
-        latency_budget_ms: t.Any = None,
-        min_accuracy: t.Any = None,
-        variant: t.Any = None,
-        strict: t.Any = False,
-    ) -> dict:
+        images: schemas.Images,
+        latency_budget_ms: schemas.Budget = None,
+        min_accuracy: schemas.MinAccuracy = None,
+        variant: schemas.Variant = None,
+        strict: schemas.Strict = False,
+    ) -> schemas.Classification:
         """Classify 28x28 grayscale images (pixel values 0-255) as Fashion-MNIST classes."""
-        return await self._answer(ctx, "cnn", {"images": images}, latency_budget_ms, min_accuracy, variant, strict)
+        return await self._answer(
+            ctx, FAMILIES["/v1/classify_image"], {"images": images}, latency_budget_ms, min_accuracy, variant, strict
+        )
 
     @bentoml.api(route="/v1/classify_text")
     async def classify_text(
         self,
         ctx: bentoml.Context,
-        texts: t.Any = None,
-        latency_budget_ms: t.Any = None,
-        min_accuracy: t.Any = None,
-        variant: t.Any = None,
-        strict: t.Any = False,
-    ) -> dict:
+        texts: schemas.Texts,
+        latency_budget_ms: schemas.Budget = None,
+        min_accuracy: schemas.MinAccuracy = None,
+        variant: schemas.Variant = None,
+        strict: schemas.Strict = False,
+    ) -> schemas.Classification:
         """Classify movie-review snippets as fresh or rotten."""
-        return await self._answer(ctx, "rnn", {"texts": texts}, latency_budget_ms, min_accuracy, variant, strict)
+        return await self._answer(
+            ctx, FAMILIES["/v1/classify_text"], {"texts": texts}, latency_budget_ms, min_accuracy, variant, strict
+        )
 
     @bentoml.api(route="/v1/recommend")
     async def recommend(
         self,
         ctx: bentoml.Context,
-        user_id: t.Any = None,
-        k: t.Any = None,
-        candidate_item_ids: t.Any = None,
-        latency_budget_ms: t.Any = None,
-        max_rmse: t.Any = None,
-        min_accuracy: t.Any = None,
-        variant: t.Any = None,
-        strict: t.Any = False,
-    ) -> dict:
+        user_id: schemas.UserId,
+        k: schemas.K = DEFAULT_K,
+        candidate_item_ids: schemas.CandidateItemIds = None,
+        latency_budget_ms: schemas.Budget = None,
+        max_rmse: schemas.MaxRmse = None,
+        variant: schemas.Variant = None,
+        strict: schemas.Strict = False,
+    ) -> schemas.Recommendation:
         """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10)."""
-        floors = {name: v for name, v in (("min_accuracy", min_accuracy), ("max_rmse", max_rmse)) if v is not None}
-        try:
-            floor = self.gateway.family("recsys").floor(floors)
-        except InvalidRequestError as error:
-            return self._refuse(ctx, "recsys", error)
         body = {"user_id": user_id, "k": k, "candidate_item_ids": candidate_item_ids}
-        return await self._answer(ctx, "recsys", body, latency_budget_ms, floor, variant, strict)
+        return await self._answer(ctx, FAMILIES["/v1/recommend"], body, latency_budget_ms, max_rmse, variant, strict)
+
+    @bentoml.api(route="/v2/models/{family}/infer")
+    async def infer(
+        self,
+        ctx: bentoml.Context,
+        inputs: schemas.InferInputs,
+        parameters: schemas.InferParameters = None,
+        id: schemas.RequestId = None,
+        outputs: schemas.RequestedOutputs = None,
+    ) -> schemas.InferResponse:
+        """The Open Inference Protocol (KServe v2): any family's tensors in, budget-routed (the routing
+        fields and the family's floor in `parameters`)."""
+        family, fields = ctx.request.path_params["family"], routing_fields(parameters)
+        try:
+            adapter = self.gateway.family(family)
+            with beyond_schema():
+                floor = adapter.floor(fields)
+            request = request_context(
+                ctx.request,
+                fields.get("latency_budget_ms"),
+                floor,
+                fields.get("variant"),
+                fields.get("strict", False),
+                budget_field="parameters.latency_budget_ms",
+            )
+            with beyond_schema():
+                named = parse_inputs([dict(tensor) for tensor in inputs])
+                outputs, meta, completion = await self.gateway.infer_tensors(family, named, request)
+        except (InvalidRequestError, OverloadError) as error:
+            return self._refuse(ctx, family, error)
+        return self._respond(ctx, routes.v2_answer(family, id, outputs, meta), meta, completion)
 
     # -- the edge ---------------------------------------------------------------------------
     async def _answer(
@@ -127,33 +202,60 @@ class FlexServe:
         ctx: bentoml.Context,
         family: str,
         body: dict,
-        budget: object,
-        floor: object,
-        variant: object,
-        strict: object,
-    ) -> Response | dict:
+        budget: float | None,
+        floor: float | None,
+        variant: str | None,
+        strict: bool,
+    ) -> Response:
         try:
             request = request_context(ctx.request, budget, floor, variant, strict)
-            answer, completion = await self.gateway.infer(family, body, request)
+            with beyond_schema():
+                answer, completion = await self.gateway.infer(family, body, request)
         except (InvalidRequestError, OverloadError) as error:
             return self._refuse(ctx, family, error)
-        return self._respond(ctx, answer, completion)
+        return self._respond(ctx, answer, answer, completion)
 
-    def _respond(self, ctx: bentoml.Context, answer: dict, completion: Completion) -> Response:
-        ctx.response.headers["X-FlexServe-Variant"] = answer["variant"]
-        ctx.response.headers["X-FlexServe-Budget-Met"] = json.dumps(answer["budget_met"])
+    def _respond(self, ctx: bentoml.Context, answer: dict, meta: dict, completion: Completion) -> Response:
+        ctx.response.headers.update(routing_headers(meta))
         ctx.response.background.add_task(routes.report, completion)  # after the last byte is sent
         # Already plain JSON types: skip BentoML's validation of the returned dict (~0.1 ms a request).
         return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
 
-    def _refuse(self, ctx: bentoml.Context, family: str, error: InvalidRequestError | OverloadError) -> dict:
-        """A client's mistake (400, 404) or a strict request nothing can meet (503 + Retry-After)."""
+    def _refuse(self, ctx: bentoml.Context, family: str, error: InvalidRequestError | OverloadError) -> Response:
+        """A client's mistake (400, 404, 422) or a strict request nothing can meet (503 + Retry-After):
+        FlexServe's one error body (`serving.schemas.ErrorBody`)."""
         status, headers, outcome = refusal(error)
         ctx.response.status_code = status
         ctx.response.headers.update(headers)
-        self.observer.rejected(family, outcome)
-        return error_body(error)
+        self.observer.rejected(metric_family(family, error), outcome)
+        return JSONResponse(error_body(error), status_code=status)
 
 
+# A field an endpoint does not take is refused (400), not ignored: a typo such as `latency_budget`
+# must not silently mean the default budget. (BentoML builds each endpoint's request model from its
+# signature with pydantic's default, which ignores them.)
+for _endpoint in FlexServe.apis.values():
+    _endpoint.input_spec.model_config["extra"] = "forbid"
+    _endpoint.input_spec.model_rebuild(force=True)
+
+# Outermost first.
+FlexServe.add_asgi_middleware(ConcurrencyLimit, max_requests=MAX_CONCURRENCY)
 FlexServe.add_asgi_middleware(ConfiguredBodyLimit)
 FlexServe.add_asgi_middleware(ArrivalTime)
+FlexServe.add_asgi_middleware(JsonOnly)
+
+
+def _schema_refusal(path: str) -> None:
+    """Counts a request the endpoint's schema refused (BentoML's 400, before any FlexServe code ran)."""
+    gateway, observer = routes.app.state.gateway, routes.app.state.observer
+    if observer is None:
+        return
+    family = FAMILIES.get(path)
+    if family is None and path.startswith("/v2/models/"):
+        family = path.split("/")[3]
+        family = family if gateway is not None and family in gateway.generation.policies else "unknown"
+    observer.rejected(family or "unknown", "client_error")
+
+
+FlexServe.add_asgi_middleware(ErrorBody, rewrite=schema_error, refused=_schema_refusal)
+FlexServe.add_asgi_middleware(OpenAPIDocument, gateway=lambda: routes.app.state.gateway)

@@ -5,7 +5,7 @@ Per request (`route`):
 
 1. Candidates are the family's variants, most accurate first (equal accuracy: the lower profiled
    p95 at one row first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
-   when lower is better). A floor no variant meets is an `InvalidRequestError`, never a silent
+   when lower is better). A floor no variant meets is an `UnprocessableRequestError`, never a silent
    downgrade.
 2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
    profiled sizes) x its `Slowdown` + the `queue_delay` behind the work in flight on its
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from contract.manifest import FamilySection
-from serving.errors import InvalidRequestError, OverloadError, RepositoryError
+from serving.errors import OverloadError, RepositoryError, UnprocessableRequestError
 from serving.policy.config import (
     MAX_LATENCY_BUDGET_MS,
     PolicyConfig,
@@ -269,7 +269,7 @@ class Policy:
         floor = request.floor
         if floor is not None and not self._meets(state, floor):
             name = state.spec.name
-            raise InvalidRequestError(
+            raise UnprocessableRequestError(
                 self.floor_field,
                 f"{floor} is not met by the pinned variant {name} ({self.metric} {state.spec.quality:.4f})",
                 f"a floor that {name} meets, or no pin",
@@ -277,7 +277,7 @@ class Policy:
         predicted = self._predict(state, request.batch_size, request.now) + request.elapsed_ms
         fits = predicted <= request.limit_ms
         if request.strict and not fits:
-            raise _overload(self.family, predicted, request.budget_ms, f"pinned variant {state.spec.name}")
+            raise self._refusal(state, request, predicted, f"pinned variant {state.spec.name}")
         return self._start(state, request, predicted, fits, "pinned", 0)
 
     def _route_best(self, request: _Request) -> Decision:
@@ -309,7 +309,7 @@ class Policy:
                 best, best_ms = state, predicted
         if best is None:
             top = self._states[0].spec
-            raise InvalidRequestError(
+            raise UnprocessableRequestError(
                 self.floor_field,
                 f"{floor} is not met by any {self.family} variant (best: {top.name}, {self.metric} {top.quality:.4f})",
                 f"a value that {top.name} meets, or none",
@@ -317,7 +317,7 @@ class Policy:
         if best_ms <= limit:  # fits, but every eligible variant would crowd the queue: the quickest
             return self._start(best, request, best_ms, True, "skipped", skipped)
         if request.strict:
-            raise _overload(self.family, best_ms, request.budget_ms, f"the fastest eligible variant ({best.spec.name})")
+            raise self._refusal(best, request, best_ms, f"the fastest eligible variant ({best.spec.name})", True)
         return self._start(best, request, best_ms, False, "none_fits", skipped)
 
     def finish(self, decision: Decision, service_ms: float | None, latency_ms: float | None = None) -> None:
@@ -399,10 +399,32 @@ class Policy:
     def _state(self, name: str) -> _VariantState:
         state = self._by_name.get(name) if isinstance(name, str) else None
         if state is None:
-            raise InvalidRequestError(
+            raise UnprocessableRequestError(
                 "variant", f"{name!r} is not a {self.family} variant", ", ".join(self.variant_names)
             )
         return state
+
+    def _refusal(
+        self, state: _VariantState, request: _Request, predicted: float, what: str, any_eligible: bool = False
+    ) -> OverloadError | UnprocessableRequestError:
+        """Why a strict request is refused: a budget that `state` (with `any_eligible`, every variant
+        the request may go to) cannot meet even idle (its profile: no queue, no slowdown) is the
+        request's to change (422); otherwise it is the load's (503)."""
+        floor, skip = request.floor, request.skip
+        states = [state]
+        if any_eligible:
+            states = [
+                s for s in self._states if (floor is None or self._meets(s, floor)) and (skip is None or s not in skip)
+            ]
+        service = min(s.service(request.batch_size)[1] for s in states)
+        idle = service + self._overhead.planned_ms + request.elapsed_ms
+        if idle > request.limit_ms:
+            return UnprocessableRequestError(
+                "latency_budget_ms",
+                f"{request.budget_ms:g} ms is less than {what} takes even idle ({idle:.2f} ms, its margin included)",
+                f"a budget of at least {idle / (1.0 - self.config.safety_margin):.2f} ms, or strict: false",
+            )
+        return _overload(self.family, predicted, request.budget_ms, what)
 
     def _meets(self, state: _VariantState, floor: float) -> bool:
         return self._sign * (state.spec.quality - floor) >= 0

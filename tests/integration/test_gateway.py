@@ -155,7 +155,8 @@ def test_the_open_inference_protocol_serves_the_built_in_families_as_their_frien
     ],
 )
 def test_bad_open_inference_protocol_tensors_name_the_tensor(client, family, inputs, field, problem):
-    error = error_of(client.post(f"/v2/models/{family}/infer", json={"inputs": inputs}))
+    # The schema takes any tensor; the model does not: 422
+    error = error_of(client.post(f"/v2/models/{family}/infer", json={"inputs": inputs}), 422)
     assert error["field"] == field and problem in error["problem"], error
 
 
@@ -203,17 +204,22 @@ def test_health_endpoints_follow_the_repository(client):
         ({"images": [IMAGE], "latency_budget_ms": 0}, "latency_budget_ms"),
         ({"images": [IMAGE], "latency_budget_ms": 1e12}, "latency_budget_ms"),
         ({"images": [IMAGE], "latency_budget_ms": "fast"}, "latency_budget_ms"),
-        ({"images": [IMAGE], "variant": "cnn_huge_fp64"}, "variant"),
-        ({"images": [IMAGE], "variant": "rnn_full_fp32"}, "variant"),
+        ({"images": [IMAGE], "latency_budget": 20}, "latency_budget"),  # a typo is refused, not ignored
         ({"images": [IMAGE], "min_accuracy": 1.5}, "min_accuracy"),
         ({"images": [IMAGE], "min_accuracy": "high"}, "min_accuracy"),
         ({"images": [IMAGE], "strict": "yes"}, "strict"),
     ],
 )
 def test_bad_image_requests(client, body, field):
-    error = error_of(client.post("/v1/classify_image", json=body))
-    assert error["field"] == field and error["problem"] and error["accepted"]
+    error = error_of(client.post("/v1/classify_image", json=body))  # the schema refuses it: 400
+    assert error["field"].startswith(field) and error["problem"] and error["accepted"], error
     assert field in error["message"]
+
+
+@pytest.mark.parametrize("variant", ["cnn_huge_fp64", "rnn_full_fp32"])
+def test_a_variant_the_family_lacks_is_a_422(client, variant):
+    error = error_of(client.post("/v1/classify_image", json={"images": [IMAGE], "variant": variant}), 422)
+    assert error["field"] == "variant" and "cnn_full_fp32" in error["accepted"]
 
 
 def test_nan_pixels_are_refused(client):
@@ -244,32 +250,34 @@ def test_bad_text_requests(client, body, field):
 
 
 @pytest.mark.parametrize(
-    "body, field",
-    [
-        ({}, "user_id"),
-        ({"user_id": "one"}, "user_id"),
-        ({"user_id": 10**9}, "user_id"),
-        ({"user_id": 1, "k": 0}, "k"),
-        ({"user_id": 1, "k": 101}, "k"),
-        ({"user_id": 1, "k": 3, "candidate_item_ids": [10**9]}, "candidate_item_ids[0]"),
-        ({"user_id": 1, "k": 3, "candidate_item_ids": ["a"]}, "candidate_item_ids[0]"),
-        ({"user_id": 1, "k": 3, "candidate_item_ids": []}, "candidate_item_ids"),
-        ({"user_id": 1, "min_accuracy": 0.9}, "min_accuracy"),
-        ({"user_id": 1, "max_rmse": 0.01}, "max_rmse"),
+    "body, field, status",
+    [  # 400: the schema refuses it; 422: the schema accepts it, the catalogue or the variants do not
+        ({}, "user_id", 400),
+        ({"user_id": "one"}, "user_id", 400),
+        ({"user_id": 10**9}, "user_id", 422),
+        ({"user_id": 1, "k": 0}, "k", 400),
+        ({"user_id": 1, "k": 101}, "k", 400),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": [10**9]}, "candidate_item_ids[0]", 422),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": ["a"]}, "candidate_item_ids[0]", 400),
+        ({"user_id": 1, "k": 3, "candidate_item_ids": []}, "candidate_item_ids", 400),
+        ({"user_id": 1, "min_accuracy": 0.9}, "min_accuracy", 400),  # not a field: recsys is measured by RMSE
+        ({"user_id": 1, "max_rmse": 0.01}, "max_rmse", 422),
     ],
 )
-def test_bad_recommend_requests(client, repo, body, field):
+def test_bad_recommend_requests(client, repo, body, field, status):
     catalog = repo.artifact("recsys", "catalog")
     if body.get("user_id") == 1:
         body = {**body, "user_id": int(catalog["users"][0]["user_id"])}
-    assert error_of(client.post("/v1/recommend", json=body))["field"] == field
+    assert error_of(client.post("/v1/recommend", json=body), status)["field"] == field
 
 
 def test_k_above_the_candidates_and_duplicate_candidates(client, repo):
     catalog = repo.artifact("recsys", "catalog")
     user, item = int(catalog["users"][0]["user_id"]), int(catalog["items"][0]["item_id"])
     assert (
-        error_of(client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": [item]}))["field"]
+        error_of(client.post("/v1/recommend", json={"user_id": user, "k": 2, "candidate_item_ids": [item]}), 422)[
+            "field"
+        ]
         == "k"
     )
     assert (
@@ -300,18 +308,37 @@ def test_time_before_the_server_counts_against_the_budget(client, repo):
 
 
 @pytest.mark.parametrize(
-    "stamp, problem, accepted",
-    [("yesterday", "is not a time", "t=<Unix time>"), ("t=1000000000", "s ago", "check the client's clock")],
+    "stamp, problem, accepted, status",
+    [
+        ("yesterday", "is not a time", "t=<Unix time>", 400),
+        ("t=1000000000", "s ago", "check the client's clock", 422),  # well-formed, but 2001
+    ],
 )
-def test_bad_request_start_header(client, stamp, problem, accepted):
+def test_bad_request_start_header(client, stamp, problem, accepted, status):
     response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Request-Start": stamp})
-    error = error_of(response)
+    error = error_of(response, status)
     assert error["field"] == "X-Request-Start" and problem in error["problem"] and accepted in error["accepted"]
 
 
-def test_strict_overload_is_a_503_with_retry_after(client):
+def test_a_strict_budget_no_variant_meets_even_idle_is_a_422(client):
     response = client.post("/v1/classify_image", json={"images": [IMAGE], "latency_budget_ms": 0.001, "strict": True})
-    assert response.status_code == 503
+    error = error_of(response, 422)
+    assert error["field"] == "latency_budget_ms" and "even idle" in error["problem"] and "strict" in error["accepted"]
+
+
+def test_a_strict_budget_the_load_prevents_is_a_503_with_retry_after(client):
+    from serving import routes
+
+    policy = routes.app.state.gateway.generation.policies["cnn"]
+    fastest = min(row["profiled_p95_ms"] for row in policy.snapshot())
+    held = [policy.route(60_000.0, variant=name) for name in policy.variant_names for _ in range(200)]
+    try:  # 200 requests queued on every variant: a budget any of them meets idle is out of reach now
+        body = {"images": [IMAGE], "latency_budget_ms": fastest * 4 + 2, "strict": True}
+        response = client.post("/v1/classify_image", json=body)
+    finally:
+        for decision in held:
+            policy.finish(decision, None)
+    assert response.status_code == 503, response.text
     assert int(response.headers["Retry-After"]) >= 1 and "strict" in response.json()["error"]["message"]
 
 
@@ -511,5 +538,39 @@ def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
         with pytest.raises(UnknownFamilyError) as error:
             asyncio.run(gateway.infer("rnn", {"texts": ["fine"]}, RequestContext()))
         assert error.value.field == "family" and "flexserve train --family rnn" in error.value.accepted
+    finally:
+        gateway.close()
+
+
+def test_a_strict_request_gives_the_backend_the_time_left_of_its_budget(profiled_repo):
+    """For Triton's per-request `timeout`: the time left of a strict request's budget reaches the
+    backend; a best-effort request carries none. A backend that drops it for time (Triton's
+    `TritonTimeoutError`, an overload) refuses the request: nothing is benched, nothing rerouted."""
+    import asyncio
+
+    from serving.backends.triton import TritonTimeoutError
+    from serving.errors import OverloadError
+    from serving.gateway import RequestContext
+
+    gateway = Gateway(GatewayConfig(repo=profiled_repo, workers=1, watch_s=0))
+    backend = gateway.generation.backend
+    real, seen, drop = backend.run, [], []
+
+    def run(variant, feeds, timeout_ms=None):
+        seen.append(timeout_ms)
+        if drop:
+            raise TritonTimeoutError("Request timeout expired", retry_after_s=0.1)
+        return real(variant, feeds)
+
+    backend.run = run
+    try:
+        asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, RequestContext(5_000.0, strict=True, elapsed_ms=1_000)))
+        asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, RequestContext(5_000.0)))
+        assert 3_900 < seen[0] <= 4_000 and seen[1] is None  # 5 s less the 1 s before the server
+        drop.append(True)
+        with pytest.raises(OverloadError):
+            asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, RequestContext(5_000.0, strict=True)))
+        assert len(seen) == 3  # not routed again
+        assert all(v["benched_s"] == 0 for v in gateway.variants()["families"]["cnn"]["variants"])
     finally:
         gateway.close()

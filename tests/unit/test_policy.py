@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from contract.manifest import FamilySection
-from serving.errors import InvalidRequestError, OverloadError
+from serving.errors import InvalidRequestError, OverloadError, UnprocessableRequestError
 from serving.policy import Policy, PolicyConfig, ServiceProfile, VariantProfile, policy_from_manifest
 
 
@@ -125,9 +125,21 @@ def test_nothing_fits_serves_the_fastest_and_says_so():
     assert "no variant fits" in d.reason
 
 
-def test_nothing_fits_in_strict_mode_is_an_overload_error():
-    with pytest.raises(OverloadError) as error:
+def test_strict_budget_no_variant_meets_even_idle_is_the_requests_to_change():
+    with pytest.raises(UnprocessableRequestError) as error:
         make().route(0.5, strict=True)
+    assert error.value.field == "latency_budget_ms" and "even idle" in error.value.problem
+    assert "strict: false" in error.value.accepted
+
+
+def test_strict_budget_the_load_prevents_is_an_overload_error():
+    policy = make()
+    budget = 10.0  # every variant meets it idle
+    for name in policy.variant_names:  # 20 requests in flight on every variant
+        for _ in range(20):
+            policy.route(1000.0, variant=name)
+    with pytest.raises(OverloadError) as error:
+        policy.route(budget, strict=True)
     assert error.value.retry_after_s > 0 and "strict" in str(error.value)
 
 
@@ -135,12 +147,12 @@ def test_pinned_variant_is_served_even_when_it_does_not_fit():
     policy = make()
     d = policy.route(1.0, variant="m_full")
     assert d.variant == "m_full" and not d.predicted_to_meet and d.reason.startswith("pinned")
-    with pytest.raises(OverloadError):
+    with pytest.raises(UnprocessableRequestError):  # m_full takes longer than 1 ms even idle
         make().route(1.0, variant="m_full", strict=True)
-    with pytest.raises(InvalidRequestError) as error:
+    with pytest.raises(UnprocessableRequestError) as error:
         make().route(10.0, variant="m_nope")
     assert error.value.field == "variant" and "m_full" in error.value.accepted
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(UnprocessableRequestError):
         make().route(100.0, variant="m_student", min_quality=0.91)
 
 
