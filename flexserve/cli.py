@@ -21,6 +21,7 @@ COMMANDS = (
     build.add_report,
     build.add_import,
     serve.add_serve,
+    serve.add_bento,
     serve.add_triton,
     measure.add_profile,
     measure.add_simulate,

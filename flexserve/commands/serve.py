@@ -1,4 +1,5 @@
-"""Serve: `flexserve serve` (the BentoML gateway), `flexserve triton repo|up`."""
+"""Serve: `flexserve serve` (the BentoML gateway), `flexserve bento` (a self-contained bento),
+`flexserve triton repo|up`."""
 
 from __future__ import annotations
 
@@ -60,6 +61,51 @@ def add_serve(commands) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves other machines too)")
     p.add_argument("--port", type=int, default=3000, help="HTTP port")
+
+
+def _bento(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import serving
+    from contract.manifest import read_manifest
+    from serving.policy import policy_from_manifest
+    from serving.repository import load_repository
+    from training.repository import register_in_bentoml
+
+    repo = load_repository(args.repo)  # checked against its sha256s, as the bento will serve it
+    for family in repo.families:
+        policy_from_manifest(family, repo.family(family))  # profiled on this machine: a missing profile, a hint
+    tag = register_in_bentoml(args.repo, read_manifest(args.repo))
+    print(f"[bento] the model repository is in the BentoML model store as {tag}", file=sys.stderr, flush=True)
+    root = Path(serving.__file__).resolve().parents[1]
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    built = subprocess.run(
+        [bentoml, "build", ".", "--output", "tag"], cwd=root, env=env, capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        print(built.stdout[-3000:] + built.stderr[-3000:], file=sys.stderr)
+        return built.returncode
+    bento = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    print(bento)
+    print(
+        f"[bento] built {bento} with {tag} inside: `bentoml serve {bento}` serves it from any directory, "
+        f"`bentoml containerize {bento}` makes a Docker image",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_bento(commands) -> None:
+    p = command(
+        commands,
+        "serve",
+        "bento",
+        "build a self-contained bento: the gateway with the model repository inside (`bentoml serve flexserve:latest`)",
+        "flexserve bento --repo artifacts/model_repository",
+        _bento,
+    )
+    repo_option(p, "the profiled model repository to put in the bento")
 
 
 def _triton_repo(args: argparse.Namespace) -> int:

@@ -93,33 +93,68 @@ def test_text_and_recommend_with_the_bentoml_client(server, profiled_quick_repo)
 @pytest.mark.slow
 def test_errors_metrics_and_variants_over_http(server):
     bad = httpx.post(f"{server}/v1/classify_image", json={"images": [[[1e6] * 28] * 28]})
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "images[0]"
+    error = bad.json()["error"]  # the schema's refusal, in FlexServe's error body
+    assert bad.status_code == 400 and error["field"].startswith("images[0]") and "255" in error["accepted"]
     assert httpx.post(f"{server}/v1/recommend", json={"user_id": 1, "k": 0}).status_code == 400
-    overload = httpx.post(
+    impossible = httpx.post(
         f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 0.001, "strict": True}
     )
-    assert overload.status_code == 503 and "retry-after" in overload.headers
+    assert impossible.status_code == 422 and impossible.json()["error"]["field"] == "latency_budget_ms"
+    for path in ("/v1/classify_image", "/v1/classify_text", "/v1/recommend", "/v2/models/rnn/infer"):
+        form = httpx.post(f"{server}{path}", content=b"{}", headers={"Content-Type": "multipart/form-data"})
+        assert form.status_code == 415 and form.json()["error"]["field"] == "Content-Type", (path, form.text)
+        broken = httpx.post(f"{server}{path}", content=b"{}", headers={"Content-Type": "json"})
+        assert broken.status_code == 400, (path, broken.text)
+    answered = httpx.post(f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 10_000})
+    assert answered.status_code == 200  # so that this test's scrape holds an answered request too
     variants = httpx.get(f"{server}/v1/variants").json()
     assert set(variants["families"]) == {"cnn", "rnn", "recsys"}
     metrics = httpx.get(f"{server}/metrics").text
     assert 'flexserve_requests_total{family="cnn",outcome="client_error"' in metrics
     assert 'outcome="budget_met"' in metrics and "flexserve_request_latency_seconds_bucket" in metrics
-    assert 'flexserve_requests_total{family="rnn",outcome="overload"' in metrics
+    assert 'flexserve_requests_total{family="rnn",outcome="client_error"' in metrics
+    # SLO attainment per budget class, and the policy's live state per variant (as /v1/variants)
+    assert 'flexserve_slo_requests_total{budget_le_ms="+Inf",family="rnn",met="true"}' in metrics
+    for variant in variants["families"]["rnn"]["variants"]:
+        for gauge in ("flexserve_policy_predicted_latency_ms", "flexserve_policy_slowdown"):
+            assert f'{gauge}{{family="rnn",variant="{variant["name"]}"}}' in metrics
+    assert 'flexserve_policy_overhead_ms{family="recsys"}' in metrics
 
 
 @pytest.mark.slow
-def test_the_built_bento_serves_the_same_api(profiled_quick_repo, tmp_path):
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "FLEXSERVE_REPO": str(profiled_quick_repo),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    built = subprocess.run([BENTOML, "build", "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    with ServerProcess("flexserve:latest", env=env, cwd=tmp_path, log=tmp_path / "bento.log") as bento:
-        answer = httpx.post(f"{bento.url}/v1/classify_text", json={"texts": ["a fine film"], "latency_budget_ms": 50})
-    assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
+def test_the_built_bento_carries_its_models_and_serves_every_family(profiled_quick_repo, cli, tmp_path):
+    store = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    built = cli(["bento", "--repo", str(profiled_quick_repo)], env=store)
+    assert built.returncode == 0, built.stderr[-3000:]
+    tag = built.stdout.strip().splitlines()[-1]
+    assert tag.startswith("flexserve:") and "flexserve-model-repository:" in built.stderr
+    # Moved to another machine's store (`bentoml export` / `import`): the models travel inside it.
+    exported = tmp_path / "flexserve.bento"
+    moved = {**os.environ, "BENTOML_HOME": str(tmp_path / "elsewhere")}
+    for args, env in ((["export", tag, str(exported)], store), (["import", str(exported)], moved)):
+        done = subprocess.run([BENTOML, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # Served from an empty directory with no FLEXSERVE_* variable at all.
+    bare = {k: v for k, v in moved.items() if not k.startswith("FLEXSERVE_")}
+    bare["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with ServerProcess(tag, env=bare, cwd=empty, log=tmp_path / "bento.log") as bento:
+        text = httpx.post(f"{bento.url}/v1/classify_text", json={"texts": ["a fine film"], "latency_budget_ms": 50})
+        image = httpx.post(f"{bento.url}/v1/classify_image", json={"images": [[[0.0] * 28] * 28]})
+        user = httpx.post(f"{bento.url}/v1/recommend", json={"user_id": 1, "k": 3})
+        families = httpx.get(f"{bento.url}/v1/variants").json()["families"]
+    assert text.status_code == 200 and text.json()["variant"].startswith("rnn_")
+    assert image.status_code == 200 and image.json()["variant"].startswith("cnn_")
+    assert user.status_code == 200 and len(user.json()["items"]) == 3
+    assert set(families) == {"cnn", "rnn", "recsys"}
+    # The image `bentoml containerize` would build (Docker is not on this machine): its Dockerfile.
+    dockerfile = tmp_path / "Dockerfile"
+    script = f"import bentoml; bentoml.container.get_containerfile({tag!r}, output_path={str(dockerfile)!r})"
+    made = subprocess.run([sys.executable, "-c", script], env=moved, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    text = dockerfile.read_text()
+    assert "FROM python:3.11" in text and "BENTOML_CONTAINERIZED=true" in text and "EXPOSE 3000" in text
 
 
 @pytest.mark.slow
