@@ -169,3 +169,8 @@ def variant_config(
         parameters=parameters,
         comment=TENSORRT_HINT if native and instance_kind == "KIND_GPU" else "",
     )
+
+
+# What Triton answers (HTTP, gRPC and BLS alike) when it drops a request whose per-request `timeout`
+# ran out in a queue (`default_queue_policy { allow_timeout_override: true }` above).
+TIMEOUT_EXPIRED = "Request timeout expired"

@@ -38,14 +38,6 @@ def request_context(
     return RequestContext(budget, floor, variant, strict, elapsed, arrival.perf_s if arrival else None, budget_field)
 
 
-def error_body(error: FlexServeError) -> dict:
-    if isinstance(error, InvalidRequestError):
-        return {
-            "error": {"field": error.field, "problem": error.problem, "accepted": error.accepted, "message": str(error)}
-        }
-    return {"error": {"message": str(error)}}
-
-
 def metric_family(family: str, error: FlexServeError) -> str:
     """The `family` label a refusal is counted under: a family the repository lacks is "unknown" (a
     client choosing label values would grow the metrics without bound)."""

@@ -6,6 +6,10 @@ from __future__ import annotations
 class FlexServeError(Exception):
     """Base class: every message says what was wrong and what is accepted."""
 
+    def body(self) -> dict:
+        """FlexServe's one error body (`serving.schemas.ErrorBody`), for every refusal."""
+        return {"error": {"message": str(self)}}
+
 
 class RepositoryError(FlexServeError):
     """The model repository is missing, malformed, or does not match its manifest."""
@@ -21,6 +25,11 @@ class InvalidRequestError(FlexServeError):
     def __init__(self, field: str, problem: str, accepted: str):
         self.field, self.problem, self.accepted = field, problem, accepted
         super().__init__(f"{field}: {problem}; accepted: {accepted}")
+
+    def body(self) -> dict:
+        return {
+            "error": {"field": self.field, "problem": self.problem, "accepted": self.accepted, "message": str(self)}
+        }
 
 
 class UnprocessableRequestError(InvalidRequestError):

@@ -448,11 +448,10 @@ class Gateway:
                 raise
             self.observer.started(family, decision.variant)
             try:
-                timeout_ms = None
-                if request.strict:  # the time left of its budget: Triton drops it from a queue past that
-                    spent_ms = (time.perf_counter() - arrived_at) * 1e3 + request.elapsed_ms
-                    timeout_ms = decision.budget_ms - spent_ms
-                outputs, service_ms, served_by = await self._execute(generation, decision, decoded.feeds, timeout_ms)
+                deadline = None  # strict: Triton drops it from a queue once its budget has run out
+                if request.strict:
+                    deadline = arrived_at + (decision.budget_ms - request.elapsed_ms) / 1e3
+                outputs, service_ms, served_by = await self._execute(generation, decision, decoded.feeds, deadline)
                 break
             except VariantFailed as error:
                 policy.finish(decision, None)
@@ -506,17 +505,22 @@ class Gateway:
             )
         except InvalidRequestError as error:
             if error.field == "latency_budget_ms" and request.budget_field != error.field:
-                raise InvalidRequestError(request.budget_field, error.problem, error.accepted) from None
+                raise type(error)(request.budget_field, error.problem, error.accepted) from None
             raise
 
     async def _execute(
-        self, generation: Generation, decision: Decision, feeds: dict[str, np.ndarray], timeout_ms: float | None
+        self, generation: Generation, decision: Decision, feeds: dict[str, np.ndarray], deadline: float | None
     ) -> tuple[list[np.ndarray], float, str]:
+        """Run the decision's variant on a worker thread. `deadline` (time.perf_counter()): the backend
+        gets the time left to it as it starts the run (after any wait for a thread)."""
         loop = asyncio.get_running_loop()
+
+        def run() -> tuple[list[np.ndarray], float, str]:
+            timeout_ms = None if deadline is None else (deadline - time.perf_counter()) * 1e3
+            return generation.backend.run(decision.variant, feeds, timeout_ms)
+
         try:
-            outputs, service_ms, served_by = await loop.run_in_executor(
-                self._pool, generation.backend.run, decision.variant, feeds, timeout_ms
-            )
+            outputs, service_ms, served_by = await loop.run_in_executor(self._pool, run)
         except (asyncio.CancelledError, KeyboardInterrupt, OverloadError):
             raise  # OverloadError: Triton dropped a strict request whose time ran out (503), not a variant's fault
         except Exception as error:

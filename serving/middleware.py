@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 
-from serving.errors import InvalidRequestError
+from serving.errors import FlexServeError, InvalidRequestError, OverloadError
 
 ARRIVAL = "flexserve_arrival"  # the key in the ASGI scope's `state` (Starlette's `request.state`)
 
@@ -98,18 +98,16 @@ class BodyLimit:
         await refuse(413, error)(scope, receive, send)
 
 
-def refuse(status: int, error: Exception, headers: dict | None = None) -> JSONResponse:
+def refuse(status: int, error: FlexServeError, headers: dict | None = None) -> JSONResponse:
     """FlexServe's one error body, from a middleware."""
-    if isinstance(error, InvalidRequestError):
-        detail = {"field": error.field, "problem": error.problem, "accepted": error.accepted, "message": str(error)}
-    else:
-        detail = {"message": str(error)}
-    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+    return JSONResponse(error.body(), status_code=status, headers=headers)
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
-_MEDIA_TYPE = re.compile(rf"\s*({_TOKEN})/({_TOKEN})\s*(?:;\s*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?\s*)*")
+# The parameters' loop is atomic and possessive: a header of spaces and semicolons cannot make it
+# backtrack (it runs on the event loop, before anything else).
+_MEDIA_TYPE = re.compile(rf"\s*({_TOKEN})/({_TOKEN})\s*(?>;\s*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?\s*)*+")
 JSON_TYPES = ("application/json",)
 BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
@@ -162,7 +160,7 @@ class ConcurrencyLimit:
             return await self.app(scope, receive, send)
         if self._slots.locked():
             message = f"more than {self.max_requests} requests at once in this gateway process: retry shortly"
-            return await refuse(429, RuntimeError(message), {"Retry-After": "1"})(scope, receive, send)
+            return await refuse(429, OverloadError(message, 1.0), {"Retry-After": "1"})(scope, receive, send)
         async with self._slots:
             await self.app(scope, receive, send)
 

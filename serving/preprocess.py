@@ -1,8 +1,10 @@
 """Raw requests -> model tensors, from the manifest's contract and artifacts alone.
 
-Every check raises `InvalidRequestError(field, problem, accepted)`: the front end turns it
-into HTTP 400 / gRPC INVALID_ARGUMENT. Nothing here imports `training/`; an integration test
-checks that these tensors equal the ones training built.
+Every check raises `InvalidRequestError(field, problem, accepted)` (the front end's 400 / gRPC
+INVALID_ARGUMENT), or `UnprocessableRequestError` for a well-formed value the catalogue does not
+hold (HTTP 422): the HTTP endpoints' schemas catch most malformed bodies before these checks run.
+Nothing here imports `training/`; an integration test checks that these tensors equal the ones
+training built.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from contract.dtypes import dtype
 from contract.triton_config import TensorConfig
 from serving.edge import (
     beyond_schema,
-    error_body,
     invalid,
     metric_family,
     refusal,
@@ -41,7 +40,7 @@ from serving.gateway import Completion, Gateway
 from serving.schemas import RoutingFields
 from serving.tensors import to_json
 
-ROUTING_FIELDS = ("latency_budget_ms", "variant", "strict")
+ROUTING_FIELDS = tuple(RoutingFields.model_fields)  # latency_budget_ms, variant, strict
 LOOPBACK = ("127.0.0.1", "::1")
 
 
@@ -70,7 +69,7 @@ def _refuse(request: Request, family: str, error: InvalidRequestError | Overload
     observer = request.app.state.observer
     if observer is not None:
         observer.rejected(metric_family(family, error), outcome)
-    return JSONResponse(error_body(error), status_code=status, headers=headers)
+    return JSONResponse(error.body(), status_code=status, headers=headers)
 
 
 def _answer(body: dict, meta: dict, completion: Completion) -> Response:
@@ -83,7 +82,9 @@ def _answer(body: dict, meta: dict, completion: Completion) -> Response:
 
 
 def _starting() -> JSONResponse:
-    return JSONResponse({"error": {"message": "the gateway is starting"}}, status_code=503)
+    return JSONResponse(
+        {"error": {"message": "the gateway is starting"}}, status_code=503, headers={"Retry-After": "1"}
+    )
 
 
 async def variants(request: Request) -> JSONResponse:
@@ -105,6 +106,10 @@ async def predict(request: Request) -> Response:
             raise invalid(error) from None
         with beyond_schema():  # the family's own fields: its adapter checks them
             floor = adapter.floor(body)
+            known = {*adapter.fields, *ROUTING_FIELDS, adapter.floor_field}
+            unknown = sorted(set(body) - known)
+            if unknown:  # a typo (`latency_budget`) must not silently mean the default
+                raise InvalidRequestError(unknown[0], f"is not a field of {family}", ", ".join(sorted(known)))
         context = request_context(request, routing.latency_budget_ms, floor, routing.variant, routing.strict)
         with beyond_schema():
             answer, completion = await gateway.infer(family, body, context)
@@ -176,7 +181,11 @@ async def model_ready(request: Request) -> JSONResponse:
     except InvalidRequestError as error:
         return _refuse(request, family, error)
     ready = gateway.ready()
-    return JSONResponse({"name": family, "ready": ready}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"name": family, "ready": ready},
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": "1"},
+    )
 
 
 def v2_answer(family: str, request_id: str | None, outputs: dict[str, np.ndarray], meta: dict) -> dict:

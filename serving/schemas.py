@@ -19,7 +19,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from contract.dtypes import DTYPES
 from serving.policy.config import MAX_LATENCY_BUDGET_MS
 from serving.preprocess import MAX_BATCH, MAX_CANDIDATES, MAX_K, MAX_TEXT_CHARS
+from serving.tensors import MAX_DIMS
 
+MAX_TENSORS = 64  # input tensors (and requested outputs) per v2 request
 IMAGE_SIDE = 28  # the built-in image family's input: 28x28 grayscale (Fashion-MNIST)
 PIXEL_MAX = 255.0
 
@@ -38,7 +40,7 @@ def integer(**constraints) -> object:
 
 # An optional field is typed without None and defaults to None: leaving it out means the default, and
 # a JSON null is refused, as the schema (which has no null) says.
-Pixel = Annotated[float, Field(ge=0, le=PIXEL_MAX, strict=True)]
+Pixel = Annotated[float, Field(ge=0, le=PIXEL_MAX, strict=True, allow_inf_nan=False)]
 ImageRow = Annotated[list[Pixel], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
 Image = Annotated[list[ImageRow], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
 Images = Annotated[
@@ -87,17 +89,29 @@ Budget = Annotated[
         gt=0,
         le=MAX_LATENCY_BUDGET_MS,
         strict=True,
+        allow_inf_nan=False,
         description=f"the latency budget in ms, more than 0 and at most {MAX_LATENCY_BUDGET_MS:,.0f} (default: the "
         "X-Latency-Budget-Ms header, else the gateway's FLEXSERVE_DEFAULT_BUDGET_MS)",
     ),
 ]
 MinAccuracy = Annotated[
     float,
-    Field(ge=0, le=1, strict=True, description="serve only variants at least this accurate (422 if none is)"),
+    Field(
+        ge=0,
+        le=1,
+        strict=True,
+        allow_inf_nan=False,
+        description="serve only variants at least this accurate (422 if none is)",
+    ),
 ]
 MaxRmse = Annotated[
     float,
-    Field(ge=0, strict=True, description="serve only variants with at most this test RMSE (422 if none has)"),
+    Field(
+        ge=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="serve only variants with at most this test RMSE (422 if none has)",
+    ),
 ]
 Variant = Annotated[
     str,
@@ -221,7 +235,7 @@ Datatype = Literal[tuple(sorted({d.triton for d in DTYPES.values()}))]  # type: 
 
 class InferInput(BaseModel):
     name: str = Field(min_length=1, description="a model input (GET /v2/models/{family}), or a raw input")
-    shape: list[integer(ge=0)] = Field(description="the tensor's shape")
+    shape: list[integer(ge=0)] = Field(max_length=MAX_DIMS, description="the tensor's shape")
     datatype: Datatype
     data: list[Any] = Field(description="the values, row-major, flat or nested; BYTES as strings")
 
@@ -257,7 +271,11 @@ class InferResponse(BaseModel):
 
 InferInputs = Annotated[
     list[InferInput],
-    Field(min_length=1, max_length=64, description='1 to 64 tensors, each {"name", "shape", "datatype", "data"}'),
+    Field(
+        min_length=1,
+        max_length=MAX_TENSORS,
+        description=f'1 to {MAX_TENSORS} tensors, each {{"name", "shape", "datatype", "data"}}',
+    ),
 ]
 RequestId = Annotated[str, Field(max_length=256, strict=True, description="echoed in the answer")]
 
@@ -306,5 +324,6 @@ class RequestedOutput(BaseModel):
 
 
 RequestedOutputs = Annotated[
-    list[RequestedOutput], Field(max_length=64, description="accepted as the protocol has it; every output is answered")
+    list[RequestedOutput],
+    Field(max_length=MAX_TENSORS, description="accepted as the protocol has it; every output is answered"),
 ]

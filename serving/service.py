@@ -30,7 +30,6 @@ from contract.manifest import BENTOML_MODEL_NAME
 from serving import routes, schemas
 from serving.edge import (
     beyond_schema,
-    error_body,
     metric_family,
     refusal,
     request_context,
@@ -46,6 +45,7 @@ from serving.middleware import ArrivalTime, BodyLimit, ConcurrencyLimit, ErrorBo
 from serving.openapi import OpenAPIDocument
 from serving.tensors import parse_inputs
 
+log = logging.getLogger("flexserve.service")
 MAX_CONCURRENCY = 256  # requests in the process at once; past it, 429 + Retry-After
 FAMILIES = {"/v1/classify_image": "cnn", "/v1/classify_text": "rnn", "/v1/recommend": "recsys"}  # built-in endpoints
 
@@ -110,6 +110,7 @@ class FlexServe:
             packed = bentoml.models.get(f"{BENTOML_MODEL_NAME}:latest")  # in a bento: its own model store
         except bentoml.exceptions.NotFound:
             return config  # the gateway's missing-repository message says how to build one
+        log.info("no repository at %s and no FLEXSERVE_REPO: serving %s from the model store", config.repo, packed.tag)
         return dataclasses.replace(config, model_tag=str(packed.tag))
 
     def __is_ready__(self) -> bool:
@@ -228,7 +229,7 @@ class FlexServe:
         ctx.response.status_code = status
         ctx.response.headers.update(headers)
         self.observer.rejected(metric_family(family, error), outcome)
-        return JSONResponse(error_body(error), status_code=status)
+        return JSONResponse(error.body(), status_code=status)
 
 
 # A field an endpoint does not take is refused (400), not ignored: a typo such as `latency_budget`

@@ -19,6 +19,7 @@ from contract.manifest import TensorSpec
 from serving.errors import InvalidRequestError
 
 MAX_ELEMENTS = 1 << 22  # per tensor: bounded, whatever the body limit lets through
+MAX_DIMS = 32  # numpy's limit (1.x) on an array's dimensions
 _BY_TRITON = {d.triton: d for d in DTYPES.values()}
 DATATYPES = ", ".join(sorted(_BY_TRITON))
 
@@ -49,6 +50,8 @@ def _array(tensor: Mapping, where: str) -> np.ndarray:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidRequestError(f"{where}.shape", f"got {shape!r}", "a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise InvalidRequestError(f"{where}.shape", f"has {len(shape)} dimensions", f"at most {MAX_DIMS}")
     size = math.prod(shape)
     if size > MAX_ELEMENTS:
         raise InvalidRequestError(f"{where}.shape", f"{size} elements is too many", f"at most {MAX_ELEMENTS}")

@@ -27,13 +27,13 @@ import numpy as np
 
 from contract.dtypes import dtype
 from contract.manifest import TensorSpec
+from contract.triton_config import TIMEOUT_EXPIRED
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.errors import OverloadError
 
 log = logging.getLogger("flexserve.triton")
 PROTOCOLS = ("grpc", "http")
 # Triton's words (gRPC UNAVAILABLE, HTTP 503) for a request its queue dropped past its `timeout`.
-TIMEOUT_EXPIRED = "Request timeout expired"
 
 
 class TritonTimeoutError(OverloadError):

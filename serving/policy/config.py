@@ -54,12 +54,12 @@ class PolicyConfig:
             raise ValueError(f"overhead_deviations must be >= 0, got {self.overhead_deviations}")
 
 
-def check_budget(value: object) -> float:
-    """A request's latency budget in ms, or `InvalidRequestError` naming `latency_budget_ms`."""
+def check_budget(value: object, field: str = "latency_budget_ms") -> float:
+    """A request's latency budget in ms, or `InvalidRequestError` naming `field`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequestError("latency_budget_ms", f"got {value!r}", BUDGET_ACCEPTED)
+        raise InvalidRequestError(field, f"got {value!r}", BUDGET_ACCEPTED)
     if not 0 < value <= MAX_LATENCY_BUDGET_MS:
-        raise InvalidRequestError("latency_budget_ms", f"{value:g} is out of range", BUDGET_ACCEPTED)
+        raise InvalidRequestError(field, f"{value:g} is out of range", BUDGET_ACCEPTED)
     return float(value)
 
 

@@ -416,12 +416,13 @@ class Policy:
             states = [
                 s for s in self._states if (floor is None or self._meets(s, floor)) and (skip is None or s not in skip)
             ]
-        service = min(s.service(request.batch_size)[1] for s in states)
-        idle = service + self._overhead.planned_ms + request.elapsed_ms
+        # Idle: the profiled service time alone. The learned overhead and the time before the server
+        # grow with load, and what load causes is a 503 (retry), not a 422 (change the request).
+        idle = min(s.service(request.batch_size)[1] for s in states)
         if idle > request.limit_ms:
             return UnprocessableRequestError(
                 "latency_budget_ms",
-                f"{request.budget_ms:g} ms is less than {what} takes even idle ({idle:.2f} ms, its margin included)",
+                f"{request.budget_ms:g} ms is less than {what} takes even idle ({idle:.2f} ms, with the safety margin)",
                 f"a budget of at least {idle / (1.0 - self.config.safety_margin):.2f} ms, or strict: false",
             )
         return _overload(self.family, predicted, request.budget_ms, what)

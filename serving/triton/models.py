@@ -47,10 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.triton_config import TIMEOUT_EXPIRED
 from serving.errors import FlexServeError, InferenceFailedError, InvalidRequestError, OverloadError
 
-# Triton's words for a request its queue dropped once its `timeout` had passed.
-TIMEOUT_EXPIRED = "Request timeout expired"
 DECISIONS_METRIC = "flexserve_router_decisions_total"
 PREDICTED_METRIC = "flexserve_router_predicted_latency_ms"
 

@@ -288,9 +288,21 @@ def test_k_above_the_candidates_and_duplicate_candidates(client, repo):
     )
 
 
-def test_bad_budget_header(client):
-    response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Latency-Budget-Ms": "soon"})
+@pytest.mark.parametrize("value", ["soon", "0", "1e9", "nan"])
+def test_bad_budget_header(client, value):  # the header's schema says (0, 60000]: a 400
+    response = client.post("/v1/classify_image", json={"images": [IMAGE]}, headers={"X-Latency-Budget-Ms": value})
     assert error_of(response)["field"] == "X-Latency-Budget-Ms"
+
+
+def test_a_tensor_with_more_dimensions_than_numpy_holds_is_a_400(client):
+    tensor = {"name": "IMAGES", "shape": [1] * 33, "datatype": "FP32", "data": [0.0]}
+    error = error_of(client.post("/v2/models/cnn/infer", json={"inputs": [tensor]}))
+    assert error["field"] == "inputs[0].shape"
+
+
+def test_predict_refuses_a_field_the_family_does_not_take(client):
+    error = error_of(client.post("/v1/predict/rnn", json={"texts": ["fine"], "latency_budget": 20}), 422)
+    assert error["field"] == "latency_budget" and "latency_budget_ms" in error["accepted"]
 
 
 def test_time_before_the_server_counts_against_the_budget(client, repo):
@@ -311,6 +323,7 @@ def test_time_before_the_server_counts_against_the_budget(client, repo):
     "stamp, problem, accepted, status",
     [
         ("yesterday", "is not a time", "t=<Unix time>", 400),
+        ("-1", "is not a time", "t=<Unix time>", 400),
         ("t=1000000000", "s ago", "check the client's clock", 422),  # well-formed, but 2001
     ],
 )
