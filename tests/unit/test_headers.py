@@ -1,6 +1,5 @@
 """The request headers the edge parses: X-Latency-Budget-Ms and X-Request-Start."""
 
-
 import pytest
 
 from serving.errors import InvalidRequestError
