@@ -4,8 +4,9 @@
   before anything reads its body (BentoML would try a form parser, and answer 500 to a multipart
   type without a boundary).
 - `ConcurrencyLimit`: past a number of requests in the process at once, 429 + Retry-After.
-- `ErrorBody`: BentoML's own 400 for a request its endpoint's schema refuses, rewritten into
-  FlexServe's one error body (`serving.schemas.ErrorBody`).
+- `ErrorBody`: BentoML's own 400 for a request its endpoint's schema refuses, and the router's
+  plain-text 404 for a path no route takes, rewritten into FlexServe's one error body
+  (`serving.schemas.ErrorBody`).
 - `BodyLimit`: refuses bodies over a limit with 413 before reading them all.
 - `ArrivalTime`: notes when a request reached the app, on the monotonic and the wall clock, so
   the latency the gateway reports (and the policy learns) includes the time before the handler
@@ -167,8 +168,9 @@ class ConcurrencyLimit:
 
 class ErrorBody:
     """BentoML answers a request its endpoint's schema refuses with its own 400 (`{"error": "1
-    validation error for ...", "detail": [pydantic's errors]}`): rewritten here into FlexServe's one
-    error body, naming the first field, its problem and what it accepts. Other answers pass as they are."""
+    validation error for ...", "detail": [pydantic's errors]}`), and a path no route takes with a
+    plain-text 404: both rewritten here into FlexServe's one error body (the first names the first
+    field, its problem and what it accepts). Other answers pass as they are."""
 
     def __init__(
         self,
@@ -188,7 +190,7 @@ class ErrorBody:
 
         async def intercept(message):
             nonlocal start
-            if message["type"] == "http.response.start" and message["status"] == 400:
+            if message["type"] == "http.response.start" and message["status"] in (400, 404):
                 start = message
                 return None
             if start is None or message["type"] != "http.response.body":
@@ -196,17 +198,29 @@ class ErrorBody:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return None
-            body = self._rewritten(b"".join(chunks), scope["path"])
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            original = b"".join(chunks)
+            body = self._rewritten(start["status"], original, scope["path"])
+            drop = (b"content-length", b"content-type") if body is not original else (b"content-length",)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in drop]
+            headers.append((b"content-length", str(len(body)).encode()))
+            if body is not original:
+                headers.append((b"content-type", b"application/json"))
+            await send({**start, "headers": headers})
             return await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, intercept)
 
-    def _rewritten(self, body: bytes, path: str) -> bytes:
+    def _rewritten(self, status: int, body: bytes, path: str) -> bytes:
         try:
             answer = json.loads(body)
         except ValueError:
+            answer = None
+        if status == 404:
+            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                return body  # already FlexServe's
+            error = InvalidRequestError("path", f"{path!r} is not a route of this gateway", "the routes at /docs.json")
+            return refuse(404, error).body
+        if answer is None:
             return body
         if not (isinstance(answer, dict) and isinstance(answer.get("error"), str) and "detail" in answer):
             return body  # already FlexServe's

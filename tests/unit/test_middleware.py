@@ -123,3 +123,46 @@ def test_json_only_refuses_other_content_types_before_the_app_reads_them():
     status, body = call(only, [b"{}"], [(b"content-type", b"garbage")])
     assert status == 400 and "malformed" in json.loads(body)["error"]["problem"]
     assert app.calls == 2  # the refused ones never reached it
+
+
+def answering(status: int, body: bytes, content_type: bytes = b"application/json"):
+    async def app(scope, receive, send):
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def headers_and_body(app) -> tuple[dict, dict]:
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/v1/x", "headers": []}, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    headers = dict(start["headers"])
+    assert int(headers[b"content-length"]) == len(body)
+    return headers, json.loads(body)
+
+
+def test_error_body_rewrites_bentomls_schema_refusal_and_plain_404s_only():
+    from serving.edge import schema_error
+    from serving.middleware import ErrorBody
+
+    seen = []
+    bentoml_400 = json.dumps(
+        {"error": "1 validation error for Input", "detail": [{"type": "missing", "loc": ["user_id"], "msg": "x"}]}
+    ).encode()
+    headers, body = headers_and_body(ErrorBody(answering(400, bentoml_400), schema_error, seen.append))
+    assert body["error"]["field"] == "user_id" and body["error"]["problem"] == "is missing" and seen == ["/v1/x"]
+    headers, body = headers_and_body(ErrorBody(answering(404, b"Not Found", b"text/plain"), schema_error))
+    assert headers[b"content-type"] == b"application/json" and body["error"]["field"] == "path"
+    ours = json.dumps({"error": {"field": "k", "problem": "p", "accepted": "a", "message": "m"}}).encode()
+    for status in (400, 404):  # FlexServe's own refusals pass as they are
+        assert headers_and_body(ErrorBody(answering(status, ours), schema_error))[1]["error"]["field"] == "k"
