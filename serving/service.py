@@ -2,10 +2,12 @@
 bentofile.yaml).
 
 A thin adapter: `serving/gateway.py` does the work. This module is the edge for the built-in
-families' friendly endpoints (`serving/routes.py` for everything else: the Open Inference Protocol,
-any family's friendly JSON, reload, variants): it builds each request's `RequestContext` once
-(`serving/edge.py`), maps errors to HTTP status codes, hands the gateway's `Completion` to BentoML to
-call once the response has been sent, and turns what happens into Prometheus metrics.
+families' friendly endpoints and the Open Inference Protocol's inference, typed with
+`serving/schemas.py` (BentoML validates requests against the types; `serving/openapi.py` documents
+them), and `serving/routes.py` for the rest (any family's friendly JSON, v2 metadata, reload,
+variants): it builds each request's `RequestContext` once (`serving/edge.py`), maps errors to HTTP
+status codes, hands the gateway's `Completion` to BentoML to call once the response has been sent,
+and turns what happens into Prometheus metrics.
 
     POST /v1/classify_image   {"images": [[[0..255] x 28] x 28, ...]}
     POST /v1/classify_text    {"texts": ["...", ...]}
