@@ -234,7 +234,7 @@ class OpenAPIDocument:
         gateway = self._gateway()
         version = getattr(gateway, "version", None)
         if self._cached is None or self._cached[0] != version:
-            families = sorted(gateway.variants()["families"]) if gateway is not None else []
+            families = sorted(gateway.generation.policies) if gateway is not None else []
             original = await self._original(scope, receive)
             self._cached = (version, json.dumps(document(original, families)).encode())
         body = self._cached[1]

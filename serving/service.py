@@ -49,7 +49,8 @@ from serving.tensors import parse_inputs
 
 log = logging.getLogger("flexserve.service")
 MAX_CONCURRENCY = 256  # requests in the process at once; past it, 429 + Retry-After
-FAMILIES = {"/v1/classify_image": "cnn", "/v1/classify_text": "rnn", "/v1/recommend": "recsys"}  # built-in endpoints
+CLASSIFY_IMAGE, CLASSIFY_TEXT, RECOMMEND = "/v1/classify_image", "/v1/classify_text", "/v1/recommend"
+FAMILIES = {CLASSIFY_IMAGE: "cnn", CLASSIFY_TEXT: "rnn", RECOMMEND: "recsys"}  # the built-in endpoints' families
 
 
 class _NoSchemaTracebacks(logging.Filter):
@@ -122,7 +123,7 @@ class FlexServe:
     def _close(self) -> None:
         self.gateway.close()
 
-    @bentoml.api(route="/v1/classify_image")
+    @bentoml.api(route=CLASSIFY_IMAGE)
     async def classify_image(
         self,
         ctx: bentoml.Context,
@@ -134,10 +135,10 @@ class FlexServe:
     ) -> schemas.Classification:
         """Classify 28x28 grayscale images (pixel values 0-255) as Fashion-MNIST classes."""
         return await self._answer(
-            ctx, FAMILIES["/v1/classify_image"], {"images": images}, latency_budget_ms, min_accuracy, variant, strict
+            ctx, FAMILIES[CLASSIFY_IMAGE], {"images": images}, latency_budget_ms, min_accuracy, variant, strict
         )
 
-    @bentoml.api(route="/v1/classify_text")
+    @bentoml.api(route=CLASSIFY_TEXT)
     async def classify_text(
         self,
         ctx: bentoml.Context,
@@ -149,10 +150,10 @@ class FlexServe:
     ) -> schemas.Classification:
         """Classify movie-review snippets as fresh or rotten."""
         return await self._answer(
-            ctx, FAMILIES["/v1/classify_text"], {"texts": texts}, latency_budget_ms, min_accuracy, variant, strict
+            ctx, FAMILIES[CLASSIFY_TEXT], {"texts": texts}, latency_budget_ms, min_accuracy, variant, strict
         )
 
-    @bentoml.api(route="/v1/recommend")
+    @bentoml.api(route=RECOMMEND)
     async def recommend(
         self,
         ctx: bentoml.Context,
@@ -166,7 +167,7 @@ class FlexServe:
     ) -> schemas.Recommendation:
         """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10)."""
         body = {"user_id": user_id, "k": k, "candidate_item_ids": candidate_item_ids}
-        return await self._answer(ctx, FAMILIES["/v1/recommend"], body, latency_budget_ms, max_rmse, variant, strict)
+        return await self._answer(ctx, FAMILIES[RECOMMEND], body, latency_budget_ms, max_rmse, variant, strict)
 
     @bentoml.api(route="/v2/models/{family}/infer")
     async def infer(
