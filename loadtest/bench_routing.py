@@ -28,6 +28,7 @@ from loadtest.payloads import typical_requests
 from loadtest.servers import ServerProcess
 from loadtest.simulator import holds_up_to, sweep
 from loadtest.sla import DEFAULT_CLASSES, SlaClass, parse_classes
+from serving.gateway import usable_cores
 from serving.policy import policy_from_manifest
 from serving.repository import load_repository
 from training.progress import Progress
@@ -211,14 +212,15 @@ def run(
     rows = []
     env = {**os.environ, "FLEXSERVE_REPO": str(repo.resolve())}
     with ServerProcess("serving.service:FlexServe", env=env, cwd=ROOT, log=out / "gateway.log") as server:
-        workers = httpx.get(f"{server.url}/v1/variants").json()["workers"]
+        state = httpx.get(f"{server.url}/v1/variants").json()
+        workers, parallelism = state["workers"], state["parallelism"]
         policy = policy_from_manifest(family, repository.family(family))
         metric, metric_of = policy.metric, {name: policy.quality(name) for name in policy.variant_names}
         rows_per_request = repository.family(family).rows_per_request
         pins = {"adaptive": None, "full": policy.most_accurate, "fastest": policy.fastest(rows_per_request)}
         if rates is None:  # 0.1x-1.2x what the most accurate variant plus HTTP can sustain here
             per_request_ms = policy.profile_of(policy.most_accurate).at(rows_per_request) + HTTP_CPU_MS
-            capacity = workers * 1e3 / per_request_ms
+            capacity = workers * parallelism * 1e3 / per_request_ms
             rates = [round(capacity * f, 1) for f in (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)]
         with Progress(len(rates) * repeats * len(ROUTINGS), f"bench-routing {family}", unit="step") as progress:
             for rate in rates:
@@ -229,7 +231,10 @@ def run(
     sim = sweep(
         family,
         repository.family(family),
-        workers=workers,
+        replicas=workers,
+        parallelism=parallelism,
+        http_cpu_ms=HTTP_CPU_MS,
+        cores=usable_cores(),
         loads=rates,
         budgets=[(c.budget_ms, c.weight) for c in classes],
         policies=["adaptive", "full", "fastest"],

@@ -116,7 +116,7 @@ def failover(models: Path, repo_path: Path, log_dir: Path, load_seconds: float =
 
     server = TritonServer(models, log=log_dir / "triton-failover.log").start()
     gateway = Gateway(
-        GatewayConfig(repo=repo_path, workers=2, backend="triton", triton_url=f"127.0.0.1:{server.ports.grpc}")
+        GatewayConfig(repo=repo_path, parallelism=2, backend="triton", triton_url=f"127.0.0.1:{server.ports.grpc}")
     )
     served: list[tuple[float, str]] = []
     failures: list[str] = []

@@ -80,8 +80,13 @@ def routing_fields(model: BaseModel | None) -> dict:
 
 
 def routing_headers(meta: dict) -> dict[str, str]:
-    """The headers every answer carries: which variant answered, and whether within the budget."""
-    return {"X-FlexServe-Variant": meta["variant"], "X-FlexServe-Budget-Met": json.dumps(meta["budget_met"])}
+    """The headers every answer carries: which variant answered, whether within the budget, and which
+    gateway worker process."""
+    return {
+        "X-FlexServe-Variant": meta["variant"],
+        "X-FlexServe-Budget-Met": json.dumps(meta["budget_met"]),
+        "X-FlexServe-Worker": str(meta["worker"]),
+    }
 
 
 def schema_error(errors: list[dict]) -> InvalidRequestError:

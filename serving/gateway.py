@@ -17,10 +17,15 @@ when it was routed.
 **A failing variant is not a failed request.** A run that raises, or answers NaN, benches the
 variant for `bench_s` (a log line, a metric) and the request is routed again without it.
 
-All variants of all families (of every generation) share one executor: `workers` threads (one per
-core by default), each running one request on one intra-op thread, as profiled, and the policies
-share its in-flight accounting, so a recommender request queued in front of an image request counts
-in the image request's prediction.
+All variants of all families (of every generation) share one executor: `parallelism` threads, each
+running one request on one intra-op thread, as profiled, and the policies share its in-flight
+accounting, so a recommender request queued in front of an image request counts in the image
+request's prediction.
+
+**Worker processes.** The HTTP edge runs `workers` gateway processes (BentoML workers sharing one
+socket; by default one per core with the in-process backend). Each holds its own `Gateway`: its own
+sessions, policies and in-flight accounting, and `parallelism` defaults to cores // workers, so that
+workers x model threads never exceed the cores the policies' profiles were measured on.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -53,14 +58,21 @@ from serving.policy import (
     policy_from_manifest,
 )
 from serving.repository import Repository, load_repository
+from serving.triton.statistics import STATS_INTERVAL_S
 
 log = logging.getLogger("flexserve.gateway")
 BACKENDS = ("onnxruntime", "triton")
 MAX_BODY_BYTES = 1 << 20  # 64 images of 28x28 as JSON is ~300 KB: room to spare, bounded
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(backend: str) -> int:
+    """Gateway processes when none are asked for: one per core with the in-process backend (the model
+    runs are there); one with Triton, whose server runs the models on the same cores."""
+    return usable_cores() if backend == "onnxruntime" else 1
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,18 @@ class GatewayConfig:
     # A BentoML model store tag (e.g. flexserve-model-repository:latest); wins over `repo`.
     model_tag: str | None = None
     device: str = "auto"  # ONNX Runtime: cuda when onnxruntime-gpu and a GPU are present
-    # Concurrent model runs: one per core, one intra-op thread each (as profiled).
-    workers: int = field(default_factory=_usable_cores)
+    # Gateway processes (BentoML workers), each with its own policies: default `default_workers`.
+    workers: int | None = None
+    # Concurrent model runs per process, one intra-op thread each (as profiled): default cores // workers.
+    parallelism: int | None = None
+    worker: int = 1  # which of the `workers` processes this is (1-based; BentoML's worker index)
     # The budget of a request that names none.
     default_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
     backend: str = "onnxruntime"  # or "triton": remote, failing over to in-process ONNX Runtime
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: str = "grpc"  # or "http" (then triton_url is the HTTP port, e.g. 127.0.0.1:8000)
+    # How often to read Triton's per-model statistics (seconds; 0: never): the shared queue at Triton.
+    triton_stats_s: float = STATS_INTERVAL_S
     max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before they are read
     # How often to look for a new live repository version (seconds); 0: only on reload().
     watch_s: float = 1.0
@@ -89,7 +106,9 @@ class GatewayConfig:
         "backend": ("FLEXSERVE_BACKEND", str),
         "triton_url": ("FLEXSERVE_TRITON_URL", str),
         "triton_protocol": ("FLEXSERVE_TRITON_PROTOCOL", str),
+        "triton_stats_s": ("FLEXSERVE_TRITON_STATS_S", float),
         "workers": ("FLEXSERVE_WORKERS", int),
+        "parallelism": ("FLEXSERVE_PARALLELISM", int),
         "default_budget_ms": ("FLEXSERVE_DEFAULT_BUDGET_MS", float),
         "max_body_bytes": ("FLEXSERVE_MAX_BODY_BYTES", int),
         "watch_s": ("FLEXSERVE_WATCH_S", float),
@@ -97,7 +116,8 @@ class GatewayConfig:
     }
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> GatewayConfig:
+        """The configuration the FLEXSERVE_* environment sets; `overrides` (fields) win over it."""
         env = os.environ if environ is None else environ
         kwargs: dict = {}
         for key, (name, kind) in cls.ENVIRONMENT.items():
@@ -106,19 +126,29 @@ class GatewayConfig:
                     kwargs[key] = kind(env[name])
                 except ValueError:
                     raise ValueError(f"{name}={env[name]!r} is not a valid {kind.__name__}") from None
-        return cls(**kwargs)
+        return cls(**(kwargs | overrides))
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        workers = default_workers(self.backend) if self.workers is None else self.workers
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        parallelism = max(1, usable_cores() // workers) if self.parallelism is None else self.parallelism
+        if parallelism < 1:
+            raise ValueError(f"parallelism must be >= 1, got {parallelism}")
+        if not 1 <= self.worker <= workers:
+            raise ValueError(f"worker must be in [1, {workers}], got {self.worker}")
+        object.__setattr__(self, "workers", workers)
+        object.__setattr__(self, "parallelism", parallelism)
         if not 0 < self.default_budget_ms <= MAX_LATENCY_BUDGET_MS:
             raise ValueError(
                 f"default_budget_ms must be in (0, {MAX_LATENCY_BUDGET_MS:g}], got {self.default_budget_ms}"
             )
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.triton_stats_s < 0:
+            raise ValueError(f"triton_stats_s must be >= 0 (0: off), got {self.triton_stats_s}")
         if self.watch_s < 0 or self.bench_s < 0:
             raise ValueError(f"watch_s and bench_s must be >= 0, got {self.watch_s} and {self.bench_s}")
 
@@ -225,9 +255,17 @@ class Generation:
             from serving.backends.triton import FailoverBackend, TritonBackend
 
             outputs = {v.name: repo.family(f).outputs for f in repo.families for v in repo.variants(f)}
-            self.backend = FailoverBackend(
-                TritonBackend(config.triton_url, outputs, protocol=config.triton_protocol), local
+            # Triton's statistics, read every `triton_stats_s`, add the other gateway processes' work at
+            # Triton to `executor`, weighed by this process's share of the capacity they all plan on.
+            triton = TritonBackend(
+                config.triton_url,
+                outputs,
+                protocol=config.triton_protocol,
+                executor=executor,
+                stats_interval_s=config.triton_stats_s,
+                stats_share=1.0 / config.workers,
             )
+            self.backend = FailoverBackend(triton, local)
         else:
             self.backend = local
         self.policies: dict[str, Policy] = {
@@ -296,13 +334,13 @@ class Gateway:
         self.config = config
         self.observer = observer or Observer()
         self.source = resolve_repository(config)
-        self.executor = Executor(parallelism=config.workers)
+        self.executor = Executor(parallelism=config.parallelism)
         self._policy_lock = threading.Lock()
         self._clock = clock
         self._swap = threading.Lock()  # one reload at a time
         self._failed_dir: Path | None = None  # a version that failed to load: not retried until another goes live
         self._live = self._load()
-        self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="flexserve-model")
+        self._pool = ThreadPoolExecutor(config.parallelism, thread_name_prefix="flexserve-model")
         self._closed = False
         self._stop = threading.Event()
         self._watcher = None
@@ -480,6 +518,7 @@ class Gateway:
             "variant": decision.variant,
             "backend": served_by,
             "version": generation.version,
+            "worker": self.config.worker,
             "latency_ms": round(latency_ms, 3),
             "budget_ms": decision.budget_ms,
             "budget_met": met,
@@ -559,7 +598,9 @@ class Gateway:
             "backend": generation.backend.name,
             "configured_backend": self.config.backend,
             "device": generation.backend.device,
+            "worker": self.config.worker,
             "workers": self.config.workers,
+            "parallelism": self.config.parallelism,
             "executor_in_flight": self.executor.in_flight,
             "families": out,
         }

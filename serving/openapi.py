@@ -42,6 +42,10 @@ ANSWER_HEADERS = {
         "description": "whether the answer came within the request's latency budget",
         "schema": {"type": "string", "enum": ["true", "false"]},
     },
+    "X-FlexServe-Worker": {
+        "description": "the gateway worker process that answered (1-based)",
+        "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+    },
 }
 REQUEST_HEADERS = [
     {

@@ -188,6 +188,9 @@ async def model_ready(request: Request) -> JSONResponse:
     )
 
 
+V2_PARAMETERS = ("variant", "budget_ms", "budget_met", "latency_ms", "backend", "worker")
+
+
 def v2_answer(family: str, request_id: str | None, outputs: dict[str, np.ndarray], meta: dict) -> dict:
     """The Open Inference Protocol's answer (`schemas.InferResponse`): a per-row scalar travels as
     [n, 1], as on Triton."""
@@ -198,7 +201,7 @@ def v2_answer(family: str, request_id: str | None, outputs: dict[str, np.ndarray
         "outputs": [
             to_json(name, value.reshape(-1, 1) if value.ndim == 1 else value) for name, value in outputs.items()
         ],
-        "parameters": {key: meta[key] for key in ("variant", "budget_ms", "budget_met", "latency_ms", "backend")}
+        "parameters": {key: meta[key] for key in V2_PARAMETERS}
         | {key: meta[key] for key in ("reason", "failed_variants") if key in meta},
     }
 

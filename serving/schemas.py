@@ -148,6 +148,7 @@ class Routed(BaseModel):
     variant: str = Field(description="the variant that answered")
     backend: str = Field(description="what ran it: onnxruntime, or triton-http / triton-grpc")
     version: str = Field(description="the model repository version it belongs to")
+    worker: int = Field(description="the gateway worker process that answered (1-based; also X-FlexServe-Worker)")
     latency_ms: float = Field(description="time in the gateway, from arrival to the answer")
     budget_ms: float = Field(description="the budget the request was routed with")
     budget_met: bool = Field(description="whether the answer came within the budget, as the client sees it")
@@ -220,7 +221,9 @@ class Variants(BaseModel):
     backend: str
     configured_backend: str
     device: str
-    workers: int
+    worker: int = Field(description="the gateway worker process that answered this (1-based)")
+    workers: int = Field(description="gateway worker processes, each with its own policies")
+    parallelism: int = Field(description="concurrent model runs per worker process")
     executor_in_flight: int
     families: dict[str, FamilyState]
 
@@ -257,6 +260,7 @@ class InferResponseParameters(BaseModel):
     budget_met: bool
     latency_ms: float
     backend: str
+    worker: int
     reason: str
     failed_variants: list[str] | None = None
 

@@ -41,7 +41,7 @@ from serving.edge import (
 )
 from serving.errors import InvalidRequestError, OverloadError
 from serving.families.recommender import DEFAULT_K
-from serving.gateway import Completion, Gateway, GatewayConfig
+from serving.gateway import Completion, Gateway, GatewayConfig, usable_cores
 from serving.metrics import PrometheusObserver
 from serving.middleware import ArrivalTime, BodyLimit, ConcurrencyLimit, ErrorBody, JsonOnly
 from serving.openapi import OpenAPIDocument
@@ -62,6 +62,24 @@ class _NoSchemaTracebacks(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_NoSchemaTracebacks())
+# Gateway processes: FLEXSERVE_WORKERS (`flexserve serve --workers`), by default one per core with the
+# in-process backend (`serving.gateway.default_workers`); BENTOML_CONFIG_OPTIONS='services.flexserve.workers=N'
+# overrides it as for any BentoML service.
+WORKERS = GatewayConfig.from_env().workers
+
+
+def _served_workers() -> int:
+    """The number of worker processes BentoML started for this service (its configuration, with any
+    override applied); outside `bentoml serve` (tests, `to_asgi()`), FLEXSERVE_WORKERS's."""
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        workers = BentoMLContainer.config.services[FlexServe.name].get().get("workers")
+    except Exception:  # not configured: not started by `bentoml serve`
+        workers = None
+    if workers == "cpu_count":
+        return usable_cores()
+    return workers if isinstance(workers, int) and workers >= 1 else WORKERS
 
 
 class ConfiguredBodyLimit(BodyLimit):
@@ -87,7 +105,8 @@ class ConfiguredBodyLimit(BodyLimit):
     # A request is never held past its own budget by the policy, and never past the timeout (504)
     # by BentoML. The concurrency limit (429) is FlexServe's `ConcurrencyLimit`, in its error body.
     traffic={"timeout": 30},
-    workers=1,  # one process: the variants, the policy state and the threads live here
+    # Each worker process holds its own sessions and policies (`serving.gateway`, "Worker processes").
+    workers=WORKERS,
 )
 class FlexServe:
     def __init__(self) -> None:
@@ -106,7 +125,9 @@ class FlexServe:
         """FLEXSERVE_* as set; with neither FLEXSERVE_REPO nor FLEXSERVE_MODEL_TAG and no repository in
         the default directory, the one a built bento carries (bentofile.yaml's `models`: `flexserve
         bento` puts the live version in the model store, `bentoml build` packs it)."""
-        config = GatewayConfig.from_env()
+        workers = _served_workers()
+        worker = min(max(bentoml.server_context.worker_index or 1, 1), workers)
+        config = GatewayConfig.from_env(workers=workers, worker=worker)
         if os.environ.get("FLEXSERVE_REPO") or config.model_tag or config.repo.exists():
             return config
         try:

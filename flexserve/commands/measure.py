@@ -78,11 +78,14 @@ def _simulate(args: argparse.Namespace) -> int:
             family,
             repo.family(family),
             replicas=args.replicas,
-            workers=args.workers,
+            parallelism=args.parallelism,
             loads=args.loads,
             budgets=args.budgets,
             policies=args.policies,
             arrivals=args.arrivals,
+            balancers=args.balancer,
+            http_cpu_ms=args.http_cpu_ms,
+            cores=args.cores,
             duration_s=args.duration,
             seed=args.seed,
         )
@@ -104,13 +107,55 @@ def add_simulate(commands) -> None:
         "measure",
         "simulate",
         "discrete-event simulation of the routing policies on the measured profiles",
-        "flexserve simulate --family cnn --replicas 64 --loads 50000 --duration 60",
+        "flexserve simulate --family cnn --replicas 64 --arrivals bursty --balancer random p2c least-latency "
+        "--loads 32000 64000 --duration 20",
         _simulate,
     )
     repo_option(p)
+    import math
+
+    def positive(kind: type, zero: bool = False):
+        """An argparse type: a finite number > 0 (>= 0 with `zero`)."""
+
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+                raise argparse.ArgumentTypeError(f"{text}: expected a finite number {'>= 0' if zero else '> 0'}")
+            return value
+
+        return parse
+
     p.add_argument("--family", default="all", help="one family of the repository, or all")
-    p.add_argument("--replicas", type=int, default=1, help="gateway replicas behind a random load balancer")
-    p.add_argument("--workers", type=int, default=2, help="concurrent requests per replica (one thread each)")
+    p.add_argument(
+        "--replicas", type=int, default=1, help="gateway replicas (one gateway process each, with its own policy)"
+    )
+    p.add_argument(
+        "--parallelism",
+        type=positive(int),
+        default=2,
+        help="concurrent model runs per replica, one thread each",
+    )
+    p.add_argument(
+        "--balancer",
+        nargs="+",
+        choices=["random", "p2c", "least-latency"],
+        default=["random"],
+        help="how requests are spread over the replicas; several are compared on the same arrivals",
+    )
+    p.add_argument(
+        "--http-cpu-ms",
+        type=positive(float, zero=True),
+        default=0.0,
+        help="CPU ms each replica's event loop spends per request before the model (0: no HTTP stage)",
+    )
+    p.add_argument(
+        "--cores",
+        type=positive(float),
+        help="the machine's cores, shared by all replicas' loops and model threads (default: no CPU contention)",
+    )
     p.add_argument(
         "--loads",
         type=float,

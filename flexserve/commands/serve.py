@@ -21,6 +21,11 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.repository import load_repository
 
     env = dict(os.environ)
+    for name, value in (("FLEXSERVE_WORKERS", args.workers), ("FLEXSERVE_PARALLELISM", args.parallelism)):
+        if value is not None:
+            env[name] = str(value)
+    if args.engine == "ray":
+        return _serve_ray(args, env)
     if args.model_tag:
         env["FLEXSERVE_MODEL_TAG"] = args.model_tag
     else:
@@ -61,6 +66,113 @@ def add_serve(commands) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves other machines too)")
     p.add_argument("--port", type=int, default=3000, help="HTTP port")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        help="gateway processes, each with its own policies (FLEXSERVE_WORKERS; default: one per core with "
+        "the in-process backend, one with Triton)",
+    )
+    p.add_argument(
+        "--parallelism",
+        type=_positive,
+        help="concurrent model runs per process (FLEXSERVE_PARALLELISM; default: cores // workers)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["bentoml", "ray"],
+        default="bentoml",
+        help="bentoml: one machine, --workers processes; ray: Ray Serve replicas on one machine or a cluster",
+    )
+    ray = p.add_argument_group("Ray Serve (--engine ray)")
+    ray.add_argument("--replicas", type=_positive, help="a fixed number of replicas (default: one per core)")
+    ray.add_argument(
+        "--autoscale", metavar="MIN:MAX", help="scale replicas between MIN and MAX on ongoing requests instead"
+    )
+    ray.add_argument(
+        "--address",
+        help="join this Ray cluster (`ray start --head` prints it, e.g. 10.0.0.1:6379); default: a local Ray",
+    )
+    ray.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve gRPC (serving/proto/flexserve.proto) through Ray Serve's gRPC proxy on this port; "
+        "Ray binds it on every interface",
+    )
+    ray.add_argument(
+        "--router",
+        choices=["least-latency", "p2c"],
+        default="least-latency",
+        help="least-latency: the replica whose policy predicts the lowest latency; p2c: Ray's power of two choices",
+    )
+
+
+def _serve_ray(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Start (or join, with --address) Ray, run the FlexServe application on Ray Serve with its HTTP proxy
+    on --host:--port (and gRPC on --grpc-port), stop on Ctrl-C or SIGTERM."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print("the Ray engine needs Ray Serve: pip install -e '.[ray]'", file=sys.stderr)
+        return 2
+    from serving.policy import policy_from_manifest
+    from serving.rayserve import APP_NAME, GRPC_SERVICER, LOGGING, deployment, parse_autoscale
+    from serving.repository import load_repository
+
+    if args.replicas and args.autoscale:
+        print("--replicas and --autoscale: give one of them", file=sys.stderr)
+        return 2
+    try:
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if not args.model_tag:
+        repo = load_repository(args.repo, verify=False)  # a missing repository or profile: a hint here
+        for family in repo.families:
+            policy_from_manifest(family, repo.family(family))
+    os.environ.update(env)
+    ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        grpc = {"port": args.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]} if args.grpc_port else None
+        serve.start(
+            http_options={"host": args.host, "port": args.port},
+            grpc_options=grpc,
+            logging_config=LOGGING,  # no access log line per request (as `bentoml serve`'s default)
+        )
+        application = deployment(
+            repo=None if args.model_tag else args.repo,
+            model_tag=args.model_tag,
+            replicas=args.replicas,
+            autoscale=autoscale,
+            parallelism=args.parallelism or 1,
+            router=args.router,
+            env=env,
+        )
+        serve.run(application, name=APP_NAME, route_prefix="/")
+        grpc_line = f"  gRPC 0.0.0.0:{args.grpc_port}" if args.grpc_port else ""
+        print(
+            f"FlexServe on Ray Serve is ready: HTTP http://{args.host}:{args.port}{grpc_line}; "
+            f"router {args.router}; Ctrl-C stops it",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        if args.address:  # a cluster outlives this command: take the application off it
+            serve.shutdown()
+        ray.shutdown()  # a local Ray (and Serve in it) stops with it
+        print("[serve] stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
 
 
 def _bento(args: argparse.Namespace) -> int:

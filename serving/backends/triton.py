@@ -14,6 +14,11 @@ contract/triton_config.py) makes Triton drop the request if it is still queued w
 then, so it is not marked down, and the request is not run in-process: it could not make it there
 either. Triton rejects an expired request when its scheduler next looks at the queue (when an
 instance frees up), not at the deadline itself; one already running is never stopped.
+
+The shared queue: several gateway processes may send to one Triton, and each one's policy sees only
+its own requests in flight. Every `stats_interval_s` a poller thread (not a request's path) reads
+Triton's per-model statistics and sets the other clients' load on the variants' `executor` as its
+`ExternalLoad`, which the policy counts when it predicts the wait (serving/triton/statistics.py).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +35,14 @@ from contract.manifest import TensorSpec
 from contract.triton_config import TIMEOUT_EXPIRED
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.errors import OverloadError
+from serving.policy import Executor
+from serving.triton.statistics import (
+    STATS_INTERVAL_S,
+    STATS_SHARE,
+    STATS_TIMEOUT_S,
+    StatisticsPoller,
+    own_traffic,
+)
 
 log = logging.getLogger("flexserve.triton")
 PROTOCOLS = ("grpc", "http")
@@ -45,22 +58,88 @@ def timeout_us(timeout_ms: float) -> int:
     return max(1, int(timeout_ms * 1e3))
 
 
+def _new_client(protocol: str, url: str, timeout_s: float):
+    """(a tritonclient InferenceServerClient, its module)."""
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+
+        return module.InferenceServerClient(url), module
+    import tritonclient.http as module
+
+    return module.InferenceServerClient(url, network_timeout=timeout_s, connection_timeout=timeout_s), module
+
+
 class TritonBackend:
-    """Runs a variant model by name on a Triton server."""
+    """Runs a variant model by name on a Triton server.
+
+    `executor`: where the variants' requests are counted by the routing policy (one `Executor` for
+    all of them, or variant -> `Executor`); the statistics poller sets the other clients' load at
+    Triton there. `stats_interval_s`: how often it reads Triton's statistics (0: never; then no
+    poller, and nothing recorded on the request path). `stats_share`: the share of the other
+    clients' load that competes for the executor's slots (see serving/triton/statistics.py)."""
 
     name = "triton"
 
     def __init__(
-        self, url: str, outputs: dict[str, Sequence[TensorSpec]], protocol: str = "grpc", timeout_s: float = 5.0
+        self,
+        url: str,
+        outputs: dict[str, Sequence[TensorSpec]],
+        protocol: str = "grpc",
+        timeout_s: float = 5.0,
+        *,
+        executor: Executor | Mapping[str, Executor] | None = None,
+        stats_interval_s: float = STATS_INTERVAL_S,
+        stats_share: float = STATS_SHARE,
     ):
         self.outputs = outputs  # variant -> its output tensors (the manifest's specs)
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if not stats_interval_s >= 0:
+            raise ValueError(f"stats_interval_s must be >= 0 (0: off), got {stats_interval_s}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         # The HTTP client (geventhttpclient) must stay on the thread that made it: one per thread.
         self._local = threading.local()
         self._generation = 0
         self._shared = self._connect() if protocol == "grpc" else None
+        self.statistics: StatisticsPoller | None = None
+        self._own = None
+        if stats_interval_s > 0:
+            self._own = own_traffic(url)
+            targets = dict(executor) if isinstance(executor, Mapping) else dict.fromkeys(outputs, executor)
+            fetch, close = self._statistics_client()
+            self.statistics = StatisticsPoller(
+                fetch, targets, self._own, interval_s=stats_interval_s, share=stats_share, on_stop=close
+            )
+
+    def _statistics_client(self):
+        """(fetch, close) for the poller's thread: its own client, with a deadline on every call, made
+        again after a failure (a gRPC channel that saw the server die backs off for seconds)."""
+        held: list = []
+
+        def close() -> None:
+            while held:
+                try:
+                    held.pop().close()
+                except Exception:
+                    pass
+
+        def fetch() -> Mapping:
+            if not held:
+                held.append(_new_client(self.protocol, self.url, STATS_TIMEOUT_S)[0])
+            try:
+                if self.protocol == "grpc":
+                    return held[0].get_inference_statistics(as_json=True, client_timeout=STATS_TIMEOUT_S)
+                return held[0].get_inference_statistics()
+            except Exception:
+                close()
+                raise
+
+        return fetch, close
+
+    def start(self) -> None:
+        """Start the statistics poller, if there is one."""
+        if self.statistics is not None:
+            self.statistics.start()
 
     @property
     def _client(self):
@@ -71,17 +150,7 @@ class TritonBackend:
         return self._local.client
 
     def _connect(self):
-        if self.protocol == "grpc":
-            import tritonclient.grpc as module
-
-            client = module.InferenceServerClient(self.url)
-        else:
-            import tritonclient.http as module
-
-            client = module.InferenceServerClient(
-                self.url, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
-            )
-        self._module = module
+        client, self._module = _new_client(self.protocol, self.url, self.timeout_s)
         return client
 
     def reconnect(self) -> None:
@@ -133,6 +202,8 @@ class TritonBackend:
                 ) from None
             raise
         elapsed_ms = (time.perf_counter() - start) * 1e3
+        if self._own is not None:
+            self._own.record(variant, elapsed_ms)  # this process's own share of the statistics
         # Per-row scalars travel as [n, 1]; the model (and in-process ONNX Runtime) says [n].
         outputs = [result.as_numpy(spec.name) for spec in self.outputs[variant]]
         return (
@@ -142,6 +213,8 @@ class TritonBackend:
         )
 
     def close(self) -> None:
+        if self.statistics is not None:
+            self.statistics.stop()  # and takes back the load it set on the executor
         try:
             (self._shared or getattr(self._local, "client", None) or _Nothing()).close()
         except Exception:
@@ -172,6 +245,9 @@ class FailoverBackend:
 
     def start(self) -> None:
         self.fallback.start()
+        start = getattr(self.primary, "start", None)  # TritonBackend's statistics poller
+        if start is not None:
+            start()
         self._up = self.primary.ready()
         if not self._up:
             log.warning("Triton at %s is not ready: serving in-process until it is", self.primary.url)

@@ -18,14 +18,16 @@ from serving.policy.config import (
 )
 from serving.policy.estimators import queue_delay
 from serving.policy.profiles import ServiceProfile, VariantProfile
-from serving.policy.router import Decision, Executor, Policy, policy_from_manifest
+from serving.policy.router import NO_EXTERNAL_LOAD, Decision, Executor, ExternalLoad, Policy, policy_from_manifest
 
 __all__ = [
     "DEFAULT_BENCH_S",
     "DEFAULT_LATENCY_BUDGET_MS",
     "MAX_LATENCY_BUDGET_MS",
+    "NO_EXTERNAL_LOAD",
     "Decision",
     "Executor",
+    "ExternalLoad",
     "Policy",
     "PolicyConfig",
     "ServiceProfile",

@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass
 
 
-def queue_delay(work_ms: float, in_flight: int, parallelism: int) -> float:
+def queue_delay(work_ms: float, in_flight: float, parallelism: int) -> float:
     """The wait of a request that finds `in_flight` requests carrying `work_ms` of predicted service
     on an executor running `parallelism` at once: nothing while a slot is free, else the work per
     slot less half of one request's share (the running ones are assumed half done). The work is a
-    sum of p95s, which overstates the p95 of the sum: the safe side."""
+    sum of p95s, which overstates the p95 of the sum: the safe side. `in_flight` may be fractional
+    when it includes other clients' load (a mean: `ExternalLoad`)."""
     if in_flight < parallelism:
         return 0.0
     return max(0.0, work_ms / parallelism - 0.5 * work_ms / in_flight)

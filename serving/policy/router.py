@@ -9,7 +9,8 @@ Per request (`route`):
    downgrade.
 2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
    profiled sizes) x its `Slowdown` + the `queue_delay` behind the work in flight on its
-   executor + the `LearnedOverhead` + the time the request spent before reaching the server.
+   executor (its own, and the `ExternalLoad` other clients put on the same capacity, when a
+   backend measures one) + the `LearnedOverhead` + the time the request spent before reaching the server.
 3. The first candidate whose prediction fits `budget x (1 - safety_margin)` wins, provided it
    leaves headroom for tight requests: executors serve first come, first served, so a loose
    request on a slow variant makes every request behind it wait. A candidate other than the
@@ -98,14 +99,31 @@ class Decision:
         )
 
 
+class ExternalLoad(NamedTuple):
+    """Load on an executor's capacity from clients its policies do not see (other gateway processes
+    sharing one Triton server): their requests in flight there (a mean over a recent interval, so
+    fractional) and the service those carry (ms)."""
+
+    in_flight: float = 0.0
+    work_ms: float = 0.0
+
+
+NO_EXTERNAL_LOAD = ExternalLoad()
+
+
 @dataclass(slots=True)
 class Executor:
     """What the policy knows of one executor: how many requests it runs at once, and what is in
-    flight on it. Policies of several families may share one (pass the same `lock` too)."""
+    flight on it. Policies of several families may share one (pass the same `lock` too).
+
+    `external`: other clients' load on the same capacity, measured elsewhere (the Triton backend's
+    statistics poller) and replaced whole, without the policy's lock (one assignment: a reader sees
+    the old pair or the new one). Queueing predictions count it like the executor's own work."""
 
     parallelism: int
     in_flight: int = 0
     work_ms: float = 0.0  # predicted (p95) service of everything in flight
+    external: ExternalLoad = NO_EXTERNAL_LOAD
 
 
 class _Request(NamedTuple):
@@ -436,7 +454,10 @@ class Policy:
     def _wait(self, executor: Executor) -> float:
         if not self.config.queue_aware:
             return 0.0
-        return queue_delay(executor.work_ms, executor.in_flight, executor.parallelism)
+        external = executor.external
+        return queue_delay(
+            executor.work_ms + external.work_ms, executor.in_flight + external.in_flight, executor.parallelism
+        )
 
     def _predict(self, state: _VariantState, batch_size: int, now: float) -> float:
         return (
@@ -456,8 +477,12 @@ class Policy:
 
     def _queue_after(self, state: _VariantState, service_ms: float) -> float:
         """The queueing delay the next request would meet if this one (`service_ms`) went to `state`."""
-        executor = state.executor
-        return queue_delay(executor.work_ms + service_ms, executor.in_flight + 1, executor.parallelism)
+        executor, external = state.executor, state.executor.external
+        return queue_delay(
+            executor.work_ms + external.work_ms + service_ms,
+            executor.in_flight + external.in_flight + 1,
+            executor.parallelism,
+        )
 
     def _start(
         self, state: _VariantState, request: _Request, predicted: float, fits: bool, why: str, skipped: int

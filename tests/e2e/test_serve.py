@@ -336,8 +336,33 @@ def test_sla_checks_run_on_the_master_in_distributed_mode(server, tmp_path):
 
 
 @pytest.mark.slow
+def _two_workers_answer_and_their_metrics_add_up(url: str) -> None:
+    """Each worker process answers with its own policy and says so; /metrics sums them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def scrape() -> float:
+        lines = httpx.get(f"{url}/metrics").text.splitlines()
+        answered = [line for line in lines if line.startswith('flexserve_requests_total{family="rnn"')]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in answered if 'outcome="budget_m' in line)
+
+    before = scrape()
+
+    def post(_):  # a new connection each: the kernel hands connections to either worker
+        return httpx.post(f"{url}/v1/classify_text", json={"texts": ["a fine film"]}, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(96)))
+    assert all(a.status_code == 200 for a in answers)
+    workers = {a.headers["X-FlexServe-Worker"] for a in answers}
+    assert workers == {"1", "2"} and {str(a.json()["worker"]) for a in answers} == workers
+    assert scrape() - before == len(answers)  # every worker's count, in one scrape
+    state = httpx.get(f"{url}/v1/variants").json()
+    assert (state["workers"], state["parallelism"]) == (2, 1) and state["worker"] in (1, 2)
+
+
 def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_repo, tmp_path):
-    """What `make run` runs last: the CLI hands its process to `bentoml serve` on the given port."""
+    """What `make run` runs last: the CLI hands its process to `bentoml serve` on the given port, here
+    with two worker processes."""
     import signal
     import time
 
@@ -347,7 +372,18 @@ def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
     env.pop("FLEXSERVE_REPO", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "flexserve", "serve", "--repo", str(profiled_quick_repo), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "flexserve",
+            "serve",
+            "--repo",
+            str(profiled_quick_repo),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
         cwd=tmp_path,  # not the checkout: the command finds the service itself
         env=env,
         stdout=subprocess.DEVNULL,
@@ -366,6 +402,7 @@ def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_
                 time.sleep(0.25)
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify_text", json={"texts": ["a fine film"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
+        _two_workers_answer_and_their_metrics_add_up(f"http://127.0.0.1:{port}")
         os.killpg(process.pid, signal.SIGTERM)
         assert process.wait(timeout=30) is not None
     finally:

@@ -368,9 +368,9 @@ def test_the_gateway_runs_variants_on_triton(triton, profiled_repo, protocol):
 
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
     remote = Gateway(
-        GatewayConfig(repo=profiled_repo, workers=1, backend="triton", triton_url=url, triton_protocol=protocol)
+        GatewayConfig(repo=profiled_repo, parallelism=1, backend="triton", triton_url=url, triton_protocol=protocol)
     )
-    local = Gateway(GatewayConfig(repo=profiled_repo, workers=1))
+    local = Gateway(GatewayConfig(repo=profiled_repo, parallelism=1))
     try:
         texts = ["a great, moving film", "dull and long"]
         pinned = RequestContext(variant="rnn_full_fp32")
@@ -424,3 +424,58 @@ def test_the_triton_grpc_locust_user_checks_slas(triton, tmp_path):
     verdict = json.loads((tmp_path / "sla.json").read_text())["classes"][0]
     assert verdict["ok"] and verdict["requests"] > 10
     assert "rnn:relaxed" in {r["name"] for r in json.loads((tmp_path / "sla.json").read_text())["requests"]}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_statistics_poller_sees_the_queue_other_clients_put_in_triton(triton, repo, protocol):
+    """Several gateway processes may share one Triton (issue 14). The Triton backend's poller reads the
+    server's per-model statistics: this process's own requests show in them but are not counted as
+    another client's; other clients' (bare tritonclients here, as other gateway processes would be)
+    are, on the executor the policy predicts with, and are gone once those clients stop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.backends.triton import TritonBackend
+    from serving.policy import NO_EXTERNAL_LOAD, Executor
+
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    feeds, variant = feeds_for(repo, "cnn"), repo.variants("cnn")[0].name
+    executor = Executor(parallelism=1)
+    outputs = {variant: repo.family("cnn").outputs}
+    backend = TritonBackend(url, outputs, protocol=protocol, executor=executor, stats_interval_s=0.1)
+    backend.start()
+    try:
+        loads, own_only = [], []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # this process alone
+            backend.run(variant, feeds)
+            load = backend.statistics.loads.get(variant)
+            if load is not None and load.rate_per_s > 0:
+                loads.append(load)
+            own_only.append(executor.external.in_flight)
+        assert loads and all(x.compute_ms > 0 and x.in_system > 0 for x in loads), loads
+        assert max(own_only) < 0.5, max(own_only)  # Triton's view of our own requests: not another client's
+
+        def other_client(seconds: float) -> None:
+            client = module.InferenceServerClient(url)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                infer(module, client, variant, feeds, ["LOGITS"])
+
+        seen = []
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(other_client, 1.5) for _ in range(4)]
+            while not all(r.done() for r in running):
+                seen.append(executor.external)
+                time.sleep(0.02)
+            for r in running:
+                r.result()
+        busiest = max(seen, key=lambda x: x.in_flight)
+        assert busiest.in_flight > 0.3 and busiest.work_ms > 0, busiest
+        deadline = time.monotonic() + 5.0
+        while executor.external is not NO_EXTERNAL_LOAD:  # a quiet interval: nobody queues any more
+            assert time.monotonic() < deadline, executor.external
+            time.sleep(0.02)
+    finally:
+        backend.close()
+    assert executor.external is NO_EXTERNAL_LOAD and backend.statistics.failures == 0

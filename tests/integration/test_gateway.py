@@ -412,7 +412,7 @@ def test_a_new_repository_version_is_served_without_a_restart(profiled_repo, tmp
 
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy, symlinks=True)
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=copy, parallelism=1, watch_s=0))
     try:
         old, before = gateway.generation, gateway.version
         pinned = RequestContext(variant="cnn_distilled_fp16", latency_budget_ms=5000)
@@ -433,7 +433,7 @@ def test_a_new_repository_version_is_served_without_a_restart(profiled_repo, tmp
 def test_a_retired_version_closes_with_its_last_request_and_takes_no_new_one(profiled_repo, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy, symlinks=True)
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=copy, parallelism=1, watch_s=0))
     try:
         old = gateway._enter()  # a request in flight on the live version
         _without(copy, "cnn", "cnn_distilled_fp16")
@@ -455,7 +455,7 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(profiled_
 
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy, symlinks=True)
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=copy, parallelism=1, watch_s=0))
     served, routes.app.state.gateway = routes.app.state.gateway, gateway  # the module's app, for this test
     try:
         before = gateway.version
@@ -481,7 +481,7 @@ def test_a_closed_gateway_refuses_with_a_503_error(profiled_repo):
     from serving.errors import OverloadError
     from serving.gateway import RequestContext
 
-    gateway = Gateway(GatewayConfig(repo=profiled_repo, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=profiled_repo, parallelism=1, watch_s=0))
     gateway.close()
     with pytest.raises(OverloadError, match="shutting down"):
         asyncio.run(gateway.infer("cnn", {"images": [IMAGE]}, RequestContext()))
@@ -502,7 +502,7 @@ def test_the_watcher_picks_up_a_new_version_by_itself(profiled_repo, tmp_path):
 
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy, symlinks=True)
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1, watch_s=0.05))
+    gateway = Gateway(GatewayConfig(repo=copy, parallelism=1, watch_s=0.05))
     try:
         before = gateway.version
         _without(copy, "rnn", "rnn_full_fp16")
@@ -523,13 +523,31 @@ def test_config_from_the_environment():
         GatewayConfig.from_env({"FLEXSERVE_WORKERS": "many"})
 
 
+def test_workers_times_model_threads_never_exceed_the_cores(monkeypatch):
+    from serving import gateway
+
+    monkeypatch.setattr(gateway, "usable_cores", lambda: 8)
+    assert (GatewayConfig().workers, GatewayConfig().parallelism) == (8, 1)  # one process per core
+    assert GatewayConfig(workers=2).parallelism == 4 and GatewayConfig(workers=3).parallelism == 2
+    assert GatewayConfig(workers=16).parallelism == 1  # never below one
+    assert GatewayConfig(workers=2, parallelism=3).parallelism == 3  # asked for: as asked
+    triton = GatewayConfig(backend="triton")  # Triton runs the models on these cores: one gateway process
+    assert (triton.workers, triton.parallelism) == (1, 8)
+    from_env = GatewayConfig.from_env({"FLEXSERVE_WORKERS": "4", "FLEXSERVE_PARALLELISM": "1"}, worker=4)
+    assert (from_env.workers, from_env.parallelism, from_env.worker) == (4, 1, 4)
+    with pytest.raises(ValueError, match=r"worker must be in \[1, 2\], got 3"):
+        GatewayConfig(workers=2, worker=3)
+    with pytest.raises(ValueError, match="parallelism must be >= 1"):
+        GatewayConfig(parallelism=0)
+
+
 def test_a_bentoml_model_store_tag_serves_the_profiled_repository(profiled_repo, tmp_path):
     from loadtest.profile import ProfileSettings, profile
 
     copy = tmp_path / "repo"
     shutil.copytree(profiled_repo, copy, symlinks=True)
     profile(copy, ProfileSettings(warmup_runs=1, min_runs=3, seconds_per_point=0.0), families=["rnn"], register=True)
-    gateway = Gateway(GatewayConfig(model_tag="flexserve-model-repository:latest", workers=1))
+    gateway = Gateway(GatewayConfig(model_tag="flexserve-model-repository:latest", parallelism=1))
     try:
         assert gateway.ready() and gateway.repo.root != copy  # the store's own copy
         assert gateway.repo.family("rnn").variants[0].latency_ms
@@ -549,7 +567,7 @@ def test_a_family_the_repository_lacks_is_a_404(profiled_repo, tmp_path):
     manifest = json.loads((live_dir(copy) / "manifest.json").read_text())
     del manifest["families"]["rnn"]
     (live_dir(copy) / "manifest.json").write_text(json.dumps(manifest))
-    gateway = Gateway(GatewayConfig(repo=copy, workers=1))
+    gateway = Gateway(GatewayConfig(repo=copy, parallelism=1))
     try:
         with pytest.raises(UnknownFamilyError) as error:
             asyncio.run(gateway.infer("rnn", {"texts": ["fine"]}, RequestContext()))
@@ -568,7 +586,7 @@ def test_a_strict_request_gives_the_backend_the_time_left_of_its_budget(profiled
     from serving.errors import OverloadError
     from serving.gateway import RequestContext
 
-    gateway = Gateway(GatewayConfig(repo=profiled_repo, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=profiled_repo, parallelism=1, watch_s=0))
     backend = gateway.generation.backend
     real, seen, drop = backend.run, [], []
 

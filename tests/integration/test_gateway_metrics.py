@@ -16,7 +16,7 @@ IMAGE = [[float((r * 28 + c) % 256) for c in range(28)] for r in range(28)]
 def test_a_real_gateway_feeds_the_slo_counters_and_the_policy_gauges(profiled_repo):
     registry = CollectorRegistry()
     observer = PrometheusObserver(make_metrics(registry), refresh_s=3600)  # one refresh at start; then by hand
-    gateway = Gateway(GatewayConfig(repo=profiled_repo, workers=1, watch_s=0), observer=observer)
+    gateway = Gateway(GatewayConfig(repo=profiled_repo, parallelism=1, watch_s=0), observer=observer)
     try:
         met = 0
         for budget in (15, 20, 5000):

@@ -173,7 +173,7 @@ def test_a_regressor_is_measured_by_rmse_and_answers_values(tmp_path):
     assert section.metric == "rmse" and not section.higher_is_better and section.task == "regression"
     rmse = {v.name: v.metrics["rmse"] for v in section.variants}
     assert left_out == [] and rmse["scores_big_fp32"] < rmse["scores_small_fp32"] < 1.0  # targets have std 1
-    gateway = Gateway(GatewayConfig(repo=repo, workers=1, watch_s=0))
+    gateway = Gateway(GatewayConfig(repo=repo, parallelism=1, watch_s=0))
     try:
         body = {"inputs": {"FEATURES": rows(2).tolist()}}
         floor = (rmse["scores_big_fp32"] + rmse["scores_small_fp32"]) / 2  # met by the big model only

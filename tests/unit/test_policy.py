@@ -471,3 +471,67 @@ def test_a_reload_keeps_what_was_learned_for_unchanged_variants_only():
     fresh = Policy("m", changed, executors={"local": 1}, config=PolicyConfig(safety_margin=0.0), clock=clock)
     assert fresh.route(40.0).variant == "m_full"  # a fresh policy trusts the profile ...
     assert new.route(40.0).variant == "m_student"  # ... the reloaded one knows full is slow and int8 benched
+
+
+# -- other clients' load on a shared executor (several gateway processes on one Triton) ----------------
+
+
+def shared_policy(parallelism: int = 1, **config):
+    from serving.policy import Executor
+
+    executor = Executor(parallelism=parallelism)
+    policy = Policy("m", VARIANTS, executors={"local": executor}, config=PolicyConfig(**config), clock=FakeClock())
+    return policy, executor
+
+
+def test_other_clients_load_lengthens_the_wait_and_moves_a_tight_budget_to_a_faster_variant():
+    from serving.policy import NO_EXTERNAL_LOAD, ExternalLoad
+
+    policy, executor = shared_policy(safety_margin=0.1)
+    assert executor.external is NO_EXTERNAL_LOAD  # nobody measured any: routing as before
+    assert policy.route(12.0).variant == "m_full"  # idle: 10 ms fits 12 x 0.9 = 10.8 ms
+    policy, executor = shared_policy(safety_margin=0.1)
+    # Another process has one request (6 ms of work) at the shared server: full's wait is
+    # 6 - 0.5 x 6 / 1 = 3 ms, 13 ms in all, over 10.8; int8's 3 + 4 = 7 ms fits.
+    executor.external = ExternalLoad(in_flight=1.0, work_ms=6.0)
+    predicted = {row["name"]: row["predicted_ms"] for row in policy.snapshot()}
+    assert predicted == {"m_full": 13.0, "m_int8": 7.0, "m_student": 4.0}
+    decision = policy.route(12.0)
+    assert decision.variant == "m_int8" and decision.predicted_ms == 7.0 and decision.predicted_to_meet
+    # Its own work adds to the other clients' on the executor; finishing it leaves theirs alone.
+    assert executor.in_flight == 1 and executor.work_ms == 4.0
+    policy.finish(decision, 4.0)
+    assert executor.in_flight == 0 and executor.work_ms == 0.0 and executor.external.work_ms == 6.0
+    executor.external = NO_EXTERNAL_LOAD  # the measurement went stale: back to the profile
+    assert policy.route(12.0).variant == "m_full"
+
+
+def test_other_clients_load_below_the_executors_parallelism_adds_no_wait():
+    from serving.policy import ExternalLoad
+
+    policy, executor = shared_policy(parallelism=4, safety_margin=0.0)
+    executor.external = ExternalLoad(2.5, 25.0)  # 2.5 requests (a mean) of 4 slots: one and a half left
+    assert [policy.route(11.0).variant for _ in range(2)] == ["m_full"] * 2
+    # 2 own + 2.5 others' on 4 slots, 45 ms of work: full would wait 45 / 4 - 0.5 x 45 / 4.5 = 6.25 ms.
+    assert policy.route(11.0).variant != "m_full"
+
+
+def test_other_clients_load_counts_in_the_headroom_kept_for_tight_budgets():
+    from serving.policy import ExternalLoad
+
+    for external, expected in ((None, "m_full"), (ExternalLoad(0.5, 1.0), "m_int8")):
+        policy, executor = shared_policy(safety_margin=0.0)
+        policy.finish(policy.route(7.0), None)  # a tight budget seen: the student needs the queue under 6 ms
+        if external is not None:
+            executor.external = external
+        # Behind full (10 ms), the next request would wait 10 - 5 = 5 ms; with the others' 1 ms too,
+        # 11 - 0.5 x 11 / 1.5 = 7.3 ms: over the headroom, so int8 (3.3 ms) is chosen instead.
+        assert policy.route(1000.0).variant == expected
+
+
+def test_the_static_policy_ignores_other_clients_load():
+    from serving.policy import ExternalLoad
+
+    policy, executor = shared_policy(queue_aware=False, online=False)
+    executor.external = ExternalLoad(10.0, 100.0)
+    assert policy.route(12.0).variant == "m_full"
