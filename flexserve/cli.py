@@ -28,6 +28,7 @@ COMMANDS = (
     measure.add_bench_policy,
     measure.add_server_benches,
     measure.add_bench_routing,
+    measure.add_bench_scale,
     measure.add_bench_byom,
     loadtest.add_loadtest,
 )

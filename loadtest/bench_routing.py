@@ -4,12 +4,13 @@ The same open-loop traffic (Poisson arrivals at a fixed rate, budgets drawn from
 is stepped up past saturation against one `bentoml serve`. At each load the three routings run
 side by side: `adaptive`, pinned to the most accurate variant (`full`), pinned to the fastest
 (`fastest`), each `repeats` times in rotating order; every number is the median over the
-repeats (the SLO attainment's range is kept), and a step sends at least `min_requests`
-requests. Per step: SLO attainment (client-measured latency within the request's own budget;
-a request unanswered 2 s after the step stops sending is cancelled and missed), mean accuracy
-of the variants that answered, throughput, p50/p95/p99, the variant mix, and the CPU used by
-the load generator (it shares the cores) and by the server. Requests carry X-Request-Start.
-The simulator is run on the same profiles, budgets and loads for comparison.
+repeats (the SLO attainment's range is kept; a routing "holds" a load only when every repeat
+does), and a step sends at least `min_requests` requests. The server runs the default number of
+gateway workers (`serving.gateway.default_workers`). Per step: SLO attainment (client-measured
+latency within the request's own budget; a request unanswered 2 s after the step stops sending is
+cancelled and missed), mean accuracy of the variants that answered, throughput, p50/p95/p99, the
+variant mix, and the CPU used by the load generator (it shares the cores) and by the server.
+Requests carry X-Request-Start. The simulator is run on the same profiles, budgets and loads for comparison.
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ GRACE_S = 2.0  # after a step stops sending, how long its requests in flight may
 
 
 async def _step(
-    url: str, path: str, body: dict, classes, rate: float, seconds: float, pin: str | None, rng: np.random.Generator
+    url: str,
+    path: str,
+    body: dict,
+    classes,
+    rate: float,
+    seconds: float,
+    pin: str | None,
+    rng: np.random.Generator,
+    send_budget: bool = True,
 ) -> list[tuple[float, float, str, bool]]:
     """Open-loop Poisson arrivals at `rate` for `seconds`: (latency ms, budget ms, variant, ok) each.
 
     A request still unanswered `GRACE_S` after the step stops sending is cancelled and counted as a
     failure (past saturation a queue only grows; waiting it out would measure nothing new). Each
-    request carries X-Request-Start, so the gateway counts the time before it against the budget."""
+    request carries X-Request-Start, so the gateway counts the time before it against the budget.
+    `send_budget=False`: the budget is only the client's yardstick (for servers that take no budget)."""
     import aiohttp  # a BentoML dependency; ~2.5 ms less client-side latency per request than httpx here
 
     budgets = np.array([c.budget_ms for c in classes])
@@ -57,13 +67,17 @@ async def _step(
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as client:
 
         async def one(budget: float) -> None:
-            payload = {**body, "latency_budget_ms": budget, **({"variant": pin} if pin else {})}
+            payload = {
+                **body,
+                **({"latency_budget_ms": budget} if send_budget else {}),
+                **({"variant": pin} if pin else {}),
+            }
             started = time.perf_counter()
             ok, variant = False, "error"
             try:
                 async with client.post(path, json=payload, headers={"X-Request-Start": f"t={time.time():.6f}"}) as r:
                     if r.status == 200:
-                        ok, variant = True, (await r.json())["variant"]
+                        ok, variant = True, (await r.json()).get("variant", "-")
             except (TimeoutError, aiohttp.ClientError):
                 pass
             except asyncio.CancelledError:  # given up on: it waited this long, and failed
@@ -241,7 +255,10 @@ def run(
         arrivals=["poisson"],
         duration_s=20.0,
     )
-    as_sim = [{**r, "policy": r["routing"], "arrivals": "poisson"} for r in rows]  # the simulator's row keys
+    # Held means held in every repeat: the worst repeat's attainment, not the median's.
+    as_sim = [
+        {**r, "policy": r["routing"], "arrivals": "poisson", "slo_attainment": min(r["slo_runs"])} for r in rows
+    ]  # the simulator's row keys
     held = {r: holds_up_to(as_sim, r, "poisson") for r in ROUTINGS}
     sim_held = {r: holds_up_to(sim, r, "poisson") for r in ROUTINGS}
     text = _markdown(family, metric, rows, sim, held, sim_held)
@@ -286,7 +303,8 @@ def _markdown(family, metric, rows, sim, held, sim_held) -> str:
         "",
         "| target | measured | simulated | |",
         "|---|---|---|---|",
-        f"| adaptive holds >= 99% SLO to >= 2x the load pinned full does | full {full:g}, adaptive {adaptive:g} "
+        "| adaptive holds >= 99% SLO in every repeat to >= 2x the load pinned full first drops below | "
+        f"full {full:g}, adaptive {adaptive:g} "
         f"req/s ({adaptive / full if full else float('inf'):.1f}x) | full {sim_held['full']:g}, adaptive "
         f"{sim_held['adaptive']:g} | {verdict} |",
         f"| adaptive within 1 point of full at low load ({low:g} req/s) | {gap:.4f} | | "

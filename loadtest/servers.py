@@ -1,10 +1,12 @@
-"""`bentoml serve` in a subprocess for the benchmarks and the end-to-end tests: wait until it is
-ready, stop it cleanly (its whole process group)."""
+"""`bentoml serve` and Ray's `serve run` in a subprocess for the benchmarks and the end-to-end tests:
+wait until it is ready, stop it cleanly (its whole process group)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +15,7 @@ from pathlib import Path
 from serving.process import free_port, stop_group
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
+RAY_SERVE = str(Path(sys.executable).parent / "serve")
 
 
 class ServerProcess:
@@ -84,3 +87,53 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RayServeProcess(ServerProcess):
+    """Ray's `serve run` of a Serve config with one application (`import_path`, e.g.
+    `serving.rayserve:app`, built with `args`) behind Ray's HTTP proxy on 127.0.0.1, on a local Ray
+    that it starts and stops. `cpu_seconds()` covers Ray's own processes too (they are its children)."""
+
+    def __init__(
+        self,
+        import_path: str,
+        args: dict,
+        env: dict | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+        ready_path: str = "/",
+        timeout_s: float = 180.0,
+    ):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="flexserve-serve-")
+        arguments = ", ".join(f"{key}: {value!r}" for key, value in args.items())
+        self._config.write(
+            f"http_options: {{host: 127.0.0.1, port: {self.port}}}\n"
+            "logging_config: {enable_access_log: false, log_level: WARNING}\n"
+            f"applications:\n  - name: app\n    route_prefix: /\n    import_path: {import_path}\n"
+            f"    args: {{{arguments}}}\n"
+        )
+        self._config.flush()
+        self._log_file = log.open("w") if log else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [RAY_SERVE, "run", self._config.name],
+            cwd=cwd,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait(ready_path, timeout_s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # as Ctrl-C: `serve run` shuts Serve and its Ray down
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()
+        self._config.close()

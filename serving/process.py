@@ -9,15 +9,23 @@ import subprocess
 
 
 def stop_group(process: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
-    """SIGTERM a process group (started with `start_new_session=True`), SIGKILL it if it lingers."""
-    if process is None or process.poll() is not None:
+    """SIGTERM a process group (started with `start_new_session=True`), SIGKILL it if it lingers. The
+    group is signalled even when its leader has exited: what it started (Ray's processes) may not have."""
+    if process is None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the whole group is gone
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def free_port() -> int:

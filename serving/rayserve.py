@@ -35,6 +35,8 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from serving.endpoints import FAMILIES
+
 log = logging.getLogger("flexserve.rayserve")
 
 APP_NAME = "flexserve"
@@ -135,6 +137,8 @@ class FlexServeReplica:
         pixels = np.asarray(request.pixels, dtype=np.float64)
         count = int(request.count)
         if count < 1 or pixels.size != count * 28 * 28:
+            if self._gateway is not None:
+                self._gateway.observer.rejected("cnn", "client_error")
             _abort(
                 grpc_context,
                 "INVALID_ARGUMENT",
@@ -202,6 +206,8 @@ class FlexServeReplica:
         except (InvalidRequestError, OverloadError) as error:
             status, _, outcome = refusal(error)
             gateway.observer.rejected(family, outcome)
+            if isinstance(error, OverloadError):
+                return _abort(grpc_context, GRPC_STATUS[status], None, str(error), None)
             return _abort(grpc_context, GRPC_STATUS[status], error.field, error.problem, error.accepted)
         asyncio.get_running_loop().call_soon(completion)  # once the answer is on its way
         return answer
@@ -263,6 +269,9 @@ class LeastPredictedLatencyRouter(RequestRouter):
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # When every ranked replica is full, Ray backs off before asking again (no busy loop of probes).
+            pending_request.routing_context.should_backoff = True
         if not candidate_replicas:
             return []
         family = _family_of(pending_request)
@@ -290,11 +299,7 @@ def _family_of(pending_request: PendingRequest | None) -> str | None:
         return None
     metadata = pending_request.metadata
     method = METHOD_FAMILIES.get(metadata.call_method)
-    if method is not None:
-        return method
-    from serving.service import FAMILIES
-
-    return FAMILIES.get(metadata.route)
+    return method if method is not None else FAMILIES.get(metadata.route)
 
 
 def deployment(
@@ -312,11 +317,15 @@ def deployment(
 
     from serving.gateway import GatewayConfig
 
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
+
     settings = {k: v for k, v in (env or os.environ).items() if k.startswith("FLEXSERVE_")}
     if model_tag:
         settings["FLEXSERVE_MODEL_TAG"] = model_tag
     elif repo is not None:
         settings["FLEXSERVE_REPO"] = str(Path(repo).resolve())
+        settings.pop("FLEXSERVE_MODEL_TAG", None)  # the repository asked for, not a tag in the environment
     config = GatewayConfig.from_env(settings)
     if replicas is None and autoscale is None:
         cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
@@ -329,7 +338,9 @@ def deployment(
         "ray_actor_options": {"num_cpus": parallelism},
         "logging_config": LOGGING,
         "request_router_config": RequestRouterConfig(
-            request_router_class=ROUTERS[router], request_routing_stats_period_s=STATS_PERIOD_S
+            request_router_class=ROUTERS[router],
+            # Only the least-latency router reads the replicas' reports: the others keep Ray's period.
+            **({"request_routing_stats_period_s": STATS_PERIOD_S} if router == "least-latency" else {}),
         ),
     }
     if limits is not None:

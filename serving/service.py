@@ -39,6 +39,7 @@ from serving.edge import (
     routing_headers,
     schema_error,
 )
+from serving.endpoints import CLASSIFY_IMAGE, CLASSIFY_TEXT, FAMILIES, RECOMMEND
 from serving.errors import InvalidRequestError, OverloadError
 from serving.families.recommender import DEFAULT_K
 from serving.gateway import Completion, Gateway, GatewayConfig, usable_cores
@@ -49,8 +50,6 @@ from serving.tensors import parse_inputs
 
 log = logging.getLogger("flexserve.service")
 MAX_CONCURRENCY = 256  # requests in the process at once; past it, 429 + Retry-After
-CLASSIFY_IMAGE, CLASSIFY_TEXT, RECOMMEND = "/v1/classify_image", "/v1/classify_text", "/v1/recommend"
-FAMILIES = {CLASSIFY_IMAGE: "cnn", CLASSIFY_TEXT: "rnn", RECOMMEND: "recsys"}  # the built-in endpoints' families
 
 
 class _NoSchemaTracebacks(logging.Filter):

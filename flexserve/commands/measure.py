@@ -292,6 +292,45 @@ def add_bench_routing(commands) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/bench_routing"), help="report.md, rows.json and the plot")
 
 
+def _bench_scale(args: argparse.Namespace) -> int:
+    from loadtest.bench_scale import run
+
+    return run(
+        args.repo,
+        families=args.family,
+        servers=args.servers,
+        repeats=args.repeats,
+        seconds=args.seconds,
+        classes=args.sla,
+        out=args.out,
+    )
+
+
+def add_bench_scale(commands) -> None:
+    p = command(
+        commands,
+        "measure",
+        "bench-scale",
+        "goodput at >= 99% SLO: 1 vs 2 gateway workers, Ray Serve replicas, their echo floors, Triton",
+        "flexserve bench-scale --family rnn cnn --repeats 2",
+        _bench_scale,
+    )
+    repo_option(p)
+    p.add_argument("--family", nargs="+", choices=BUILT_IN_FAMILIES, help="default: rnn (every server) and cnn")
+    p.add_argument(
+        "--servers",
+        nargs="+",
+        metavar="SERVER",
+        help="a subset of loadtest/bench_scale.py's SERVERS, e.g. 'gateway x1' 'gateway x2' 'ray x2'",
+    )
+    p.add_argument("--repeats", type=int, default=2, help="goodput searches per server; the median is reported")
+    p.add_argument("--seconds", type=float, default=3.0, help="per load step, at least")
+    p.add_argument("--sla", help="SLA classes as name=budget_ms:weight,... (default: standard=50:0.7,batch=200:0.3)")
+    p.add_argument(
+        "--out", type=Path, default=Path("reports/bench_scale"), help="report.md, bench_scale.json, the plot"
+    )
+
+
 def _bench_byom(args: argparse.Namespace) -> int:
     from loadtest.bench_byom import run
 

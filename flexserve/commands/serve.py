@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from flexserve.commands import Formatter, command, repo_option
@@ -132,10 +133,10 @@ def _serve_ray(args: argparse.Namespace, env: dict[str, str]) -> int:
         for family in repo.families:
             policy_from_manifest(family, repo.family(family))
     os.environ.update(env)
-    ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
-        signal.signal(sig, lambda *_: stop.set())
+    # "local": a Ray of its own, even where RAY_ADDRESS or a `ray start` on this machine would attach it
+    ray.init(address=args.address or "local", include_dashboard=False, logging_level="WARNING")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own; Ctrl-C also stops start-up
+        signal.signal(sig, signal.default_int_handler)
     try:
         grpc = {"port": args.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]} if args.grpc_port else None
         serve.start(
@@ -153,16 +154,19 @@ def _serve_ray(args: argparse.Namespace, env: dict[str, str]) -> int:
             env=env,
         )
         serve.run(application, name=APP_NAME, route_prefix="/")
-        grpc_line = f"  gRPC 0.0.0.0:{args.grpc_port}" if args.grpc_port else ""
+        grpc_line = f"  gRPC [::]:{args.grpc_port} (every interface)" if args.grpc_port else ""
         print(
             f"FlexServe on Ray Serve is ready: HTTP http://{args.host}:{args.port}{grpc_line}; "
             f"router {args.router}; Ctrl-C stops it",
             flush=True,
         )
-        stop.wait()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
-        if args.address:  # a cluster outlives this command: take the application off it
-            serve.shutdown()
+        if args.address:  # the cluster outlives this command: take this application off it
+            serve.delete(APP_NAME)
         ray.shutdown()  # a local Ray (and Serve in it) stops with it
         print("[serve] stopped", file=sys.stderr, flush=True)
     return 0

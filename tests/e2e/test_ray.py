@@ -25,32 +25,35 @@ ROOT = Path(__file__).resolve().parents[2]
 APPLICATION = (("application", "flexserve"),)
 
 
-def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-4000:]
+def _wait_ready(process: subprocess.Popen, url: str, log: Path, replicas: int = 2, timeout_s: float = 180) -> None:
+    """Until every replica has answered (the first one up makes the proxy answer)."""
+    deadline, seen = time.monotonic() + timeout_s, set()
+    while len(seen) < replicas and time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-4000:]
         try:
-            if httpx.get(f"{url}/v1/variants", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_group(process)
-    raise AssertionError(f"Ray Serve was not ready within {timeout_s:.0f} s:\n{process.stdout.read()[-4000:]}")
+            seen.add(httpx.get(f"{url}/v1/variants", timeout=2).json()["worker"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            time.sleep(0.5)
+    if len(seen) < replicas:
+        stop_group(process)
+        raise AssertionError(f"Ray Serve was not ready within {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
 def ray_server(profiled_quick_repo, tmp_path_factory):
     port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-ray")), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-ray"))}
     env.pop("FLEXSERVE_REPO", None)
+    env.pop("RAY_ADDRESS", None)  # a Ray of its own, never someone else's cluster
     command = [sys.executable, "-m", "flexserve", "serve", "--engine", "ray", "--replicas", "2"]
     command += ["--repo", str(profiled_quick_repo), "--port", str(port), "--grpc-port", str(grpc_port)]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    log = tmp_path_factory.mktemp("ray-logs") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(process, url)
+    _wait_ready(process, url, log)
     try:
         yield url, f"127.0.0.1:{grpc_port}"
     finally:
@@ -163,19 +166,21 @@ def test_serve_run_with_a_serve_config_file(profiled_quick_repo, tmp_path):
         "    import_path: serving.rayserve:app\n"
         f"    args: {{repo: '{profiled_quick_repo}', replicas: 1, router: p2c}}\n"
     )
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "RAY_AUTH_MODE": "disabled"}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "serve"), "run", str(config)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "serve-run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(process, url)
+        _wait_ready(process, url, log, replicas=1)
         answer = httpx.post(f"{url}/v1/classify_image", json={"images": [[[0] * 28] * 28]})
         assert answer.status_code == 200 and answer.json()["variant"].startswith("cnn_"), answer.text
         assert httpx.get(f"{url}/v1/variants").json()["workers"] == 1

@@ -335,7 +335,6 @@ def test_sla_checks_run_on_the_master_in_distributed_mode(server, tmp_path):
     assert verdict["requests"] > 0 and verdict["budget_met"] > 0  # counted on the worker, checked on the master
 
 
-@pytest.mark.slow
 def _two_workers_answer_and_their_metrics_add_up(url: str) -> None:
     """Each worker process answers with its own policy and says so; /metrics sums them."""
     from concurrent.futures import ThreadPoolExecutor
@@ -360,6 +359,7 @@ def _two_workers_answer_and_their_metrics_add_up(url: str) -> None:
     assert (state["workers"], state["parallelism"]) == (2, 1) and state["worker"] in (1, 2)
 
 
+@pytest.mark.slow
 def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_repo, tmp_path):
     """What `make run` runs last: the CLI hands its process to `bentoml serve` on the given port, here
     with two worker processes."""
