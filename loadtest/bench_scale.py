@@ -4,9 +4,9 @@ Each server below is started alone on this machine and driven by the same open-l
 traffic (`loadtest.bench_routing._step`: budgets drawn from the SLA classes, a request counts when
 answered within its own budget, as the client measures it). Its **goodput** is the highest offered
 load at which >= 99% of requests meet their budget: the load is raised 1.5x a step until a step
-misses, then bisected twice (a ~10% resolution), `repeats` times per server (the median and the
-range are reported). Every server also gets a **CPU probe**: `PROBE_RPS` for `PROBE_S`, its CPU
-(all its processes) per request answered.
+misses (or lowered 1.5x a step until one holds), then bisected twice (a ~10% resolution), `repeats`
+times per server (the median and the range are reported). Every server also gets a **CPU probe**:
+`PROBE_RPS` for `PROBE_S`, its CPU (all its processes) per request answered.
 
 Servers, per family (the text and the image family by default):
 - `gateway x1`, `gateway x2`: `bentoml serve` of the gateway with 1 and 2 worker processes
@@ -32,6 +32,7 @@ import math
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from training.progress import Progress
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.99
 START_RPS = 40.0
+MIN_RPS = 5.0
 STEP = 1.5
 BISECTIONS = 2
 MAX_RPS = 5000.0
@@ -165,6 +167,7 @@ def _measure(server, name, url_path, body, classes, seconds, rng, send_budget, r
     results = asyncio.run(_step(server.url, url_path, body, classes, rate, seconds, None, rng, send_budget))
     wall, usage1 = time.perf_counter() - wall0, resource.getrusage(resource.RUSAGE_SELF)
     answered = sum(r[3] for r in results)
+    mix = Counter(r[2] for r in results if r[3])
     _drain(server, name)
     return {
         "load_rps": round(rate, 1),
@@ -173,27 +176,42 @@ def _measure(server, name, url_path, body, classes, seconds, rng, send_budget, r
         "p99_ms": round(float(np.percentile([r[0] for r in results], 99)), 2) if results else math.nan,
         "server_cpu_ms_per_request": round((server.cpu_seconds() - cpu0) * 1e3 / max(answered, 1), 3),
         "client_cpu_cores": round((usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime) / wall, 3),
+        "variant_mix": {variant: round(count / max(answered, 1), 4) for variant, count in mix.most_common()},
     }
 
 
 def goodput(measure, log=print) -> tuple[float, list[dict]]:
-    """The highest load with >= 99% SLO attainment: `measure(rate)` (one step's row) at START_RPS, x1.5
-    until a step misses, then bisected `BISECTIONS` times (geometrically) between the last load that
-    held and the first that did not. Returns (that load, 0 if even the first missed; the steps)."""
-    steps, passed, failed, rate = [], 0.0, None, START_RPS
-    while rate <= MAX_RPS:
+    """The highest load with >= 99% SLO attainment: `measure(rate)` (one step's row) from START_RPS, x1.5
+    a step until one misses (or /1.5 a step until one holds, down to MIN_RPS, when even START_RPS
+    misses), then bisected `BISECTIONS` times (geometrically) between the last load that held and the
+    first that did not. Returns (that load, or 0 when not even MIN_RPS held; the steps)."""
+    steps: list[dict] = []
+
+    def holds(rate: float) -> bool:
         steps.append(measure(rate))
         log(f"{rate:.0f} req/s -> SLO {steps[-1]['slo_attainment']:.1%} ({steps[-1].get('requests', '?')} requests)")
-        if steps[-1]["slo_attainment"] >= THRESHOLD:
-            passed, rate = rate, rate * STEP
-        else:
-            failed = rate
-            break
-    for _ in range(BISECTIONS if failed else 0):
-        rate = math.sqrt(max(passed, START_RPS / STEP) * failed)
-        steps.append(measure(rate))
-        log(f"{rate:.0f} req/s -> SLO {steps[-1]['slo_attainment']:.1%} ({steps[-1].get('requests', '?')} requests)")
-        if steps[-1]["slo_attainment"] >= THRESHOLD:
+        return steps[-1]["slo_attainment"] >= THRESHOLD
+
+    passed, failed, rate = 0.0, None, START_RPS
+    if holds(rate):
+        passed = rate
+        while failed is None and rate * STEP <= MAX_RPS:
+            rate *= STEP
+            if holds(rate):
+                passed = rate
+            else:
+                failed = rate
+    else:
+        failed = rate
+        while not passed and rate / STEP >= MIN_RPS:
+            rate /= STEP
+            if holds(rate):
+                passed = rate
+            else:
+                failed = rate
+    for _ in range(BISECTIONS if passed and failed else 0):
+        rate = math.sqrt(passed * failed)
+        if holds(rate):
             passed = rate
         else:
             failed = rate
@@ -271,6 +289,7 @@ def run(
     seconds: float = 3.0,
     classes: tuple[SlaClass, ...] | str | None = None,
     out: Path = Path("reports/bench_scale"),
+    saved: Path | None = None,
 ) -> int:
     import httpx
 
@@ -281,6 +300,8 @@ def run(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     repository = load_repository(repo)
+    if saved is not None:  # the report again from a run's saved measurements (e.g. after a simulator change)
+        return _report(json.loads(saved.read_text())["runs"], repository, classes, out)
     families = families or list(DEFAULT_SERVERS)
     requests = typical_requests(repository, np.random.default_rng(0))
     out.mkdir(parents=True, exist_ok=True)
@@ -334,6 +355,11 @@ def run(
                     progress.update(1, note=f"{family} {name}: goodput {best:.0f} req/s")
             finally:
                 server.stop()
+    return _report(rows, repository, classes, out)
+
+
+def _report(rows: list[dict], repository, classes, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows, repository, classes)
     (out / "bench_scale.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=1))
     text = markdown(summary)
@@ -352,14 +378,21 @@ def summarise(rows: list[dict], repository, classes) -> dict:
         runs = [r for r in rows if (r["family"], r["server"]) == (family, name)]
         goodputs = [r["goodput_rps"] for r in runs]
         cpu = [r["probe"]["server_cpu_ms_per_request"] for r in runs]
+        at = [_step_at(r) for r in runs]
         entry = {
             "family": family,
             "server": name,
             "goodput_rps": float(np.median(goodputs)),
+            "at_goodput": {
+                "cpu_ms_per_request": float(np.median([a["server_cpu_ms_per_request"] for a in at])),
+                "client_cpu_cores": float(np.median([a["client_cpu_cores"] for a in at])),
+                "model_ms": float(np.median([_model_ms(repository, family, a) for a in at])),
+            }
+            if all(at)
+            else None,
             "goodput_runs": goodputs,
             "cpu_ms_per_request": round(float(np.median(cpu)), 3),
             "cpu_runs": cpu,
-            "client_cpu_cores_at_probe": float(np.median([r["probe"]["client_cpu_cores"] for r in runs])),
             "workers": runs[0]["workers"],
             "parallelism": runs[0]["parallelism"],
         }
@@ -390,7 +423,7 @@ def summarise(rows: list[dict], repository, classes) -> dict:
             )
         for name in ("gateway x1", "gateway x2"):
             measured = by.get((family, name))
-            if measured:
+            if measured and measured["at_goodput"]:
                 out["simulated"].append(simulated(repository, family, measured, classes))
     out["triton_statistics"] = _attainment_by_load(rows, ("triton gateway x2", "triton gateway x2 blind"))
     for sim in out["simulated"]:
@@ -421,18 +454,33 @@ def _attainment_by_load(rows: list[dict], servers: tuple[str, ...]) -> list[dict
     ]
 
 
+def _step_at(run: dict) -> dict | None:
+    """The step a run's goodput was measured at (None when nothing held)."""
+    return next((step for step in run["steps"] if abs(step["load_rps"] - run["goodput_rps"]) < 0.11), None)
+
+
+def _model_ms(repository, family: str, step: dict) -> float:
+    """The profiled p50 of what the step served, weighed by its variant mix (the most accurate variant
+    where a step did not record its mix)."""
+    section = repository.family(family)
+    policy = policy_from_manifest(family, section)
+    mix = step.get("variant_mix") or {policy.most_accurate: 1.0}
+    rows = section.rows_per_request
+    return sum(share * policy.profile_of(v).at(rows) for v, share in mix.items() if v in policy.variant_names)
+
+
 def simulated(repository, family: str, measured: dict, classes) -> dict:
     """The simulator's 99%-SLO load for the measured gateway: its workers as replicas (the kernel hands
-    connections out at random), its model threads, the HTTP path's CPU per request (the probe's CPU
-    per request less the most accurate variant's profiled time, what the probe's load mostly ran),
-    the machine's cores less what the load generator used."""
+    connections out at random), its model threads, and, from the step at the measured goodput (the
+    same load, so that idle work is not charged to requests), the HTTP path's CPU per request (the
+    server's CPU per request less the profiled time of the variants it served) and the machine's
+    cores less what the load generator used."""
     from loadtest.simulator import Scenario, slo_load
 
     section = repository.family(family)
-    policy = policy_from_manifest(family, section)
-    model_ms = policy.profile_of(policy.most_accurate).at(section.rows_per_request)
-    http_cpu_ms = max(0.0, measured["cpu_ms_per_request"] - model_ms)
-    cores = max(1.0, usable_cores() - measured["client_cpu_cores_at_probe"] * measured["goodput_rps"] / PROBE_RPS)
+    at = measured["at_goodput"]
+    http_cpu_ms = max(0.0, at["cpu_ms_per_request"] - at["model_ms"])
+    cores = max(1.0, usable_cores() - at["client_cpu_cores"])
     template = Scenario(
         family,
         section,

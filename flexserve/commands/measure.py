@@ -303,6 +303,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         classes=args.sla,
         out=args.out,
+        saved=args.from_json,
     )
 
 
@@ -329,6 +330,7 @@ def add_bench_scale(commands) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("reports/bench_scale"), help="report.md, bench_scale.json, the plot"
     )
+    p.add_argument("--from-json", type=Path, help="no measuring: the report again from a saved bench_scale.json's runs")
 
 
 def _bench_byom(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ def _server(capacity: float):
     return measure, seen
 
 
-@pytest.mark.parametrize("capacity", [45.0, 100.0, 333.0, 1234.0])
+@pytest.mark.parametrize("capacity", [7.0, 21.0, 45.0, 100.0, 333.0, 1234.0])
 def test_goodput_is_within_the_search_resolution_below_the_capacity(capacity):
     measure, seen = _server(capacity)
     found, steps = bench_scale.goodput(measure, log=lambda _: None)
@@ -28,8 +28,9 @@ def test_goodput_is_within_the_search_resolution_below_the_capacity(capacity):
 
 
 def test_no_load_holds_or_every_load_holds():
-    measure, _ = _server(1.0)
+    measure, seen = _server(1.0)
     assert bench_scale.goodput(measure, log=lambda _: None)[0] == 0.0
+    assert min(seen) >= bench_scale.MIN_RPS
     measure, seen = _server(1e9)
     found, _ = bench_scale.goodput(measure, log=lambda _: None)
     assert found == max(seen) and found <= bench_scale.MAX_RPS
