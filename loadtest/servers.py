@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.process import free_port, stop_group
+from serving.process import free_port, interruptible, stop_group
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 RAY_SERVE = str(Path(sys.executable).parent / "serve")
@@ -125,6 +125,7 @@ class RayServeProcess(ServerProcess):
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=interruptible,  # so that SIGINT stops it, even from a background job
         )
         self._wait(ready_path, timeout_s)
 

@@ -28,6 +28,13 @@ def stop_group(process: subprocess.Popen | None, timeout_s: float = 20.0) -> Non
     process.wait()
 
 
+def interruptible() -> None:
+    """A `preexec_fn` that gives the child SIGINT's default action back: a process started from a
+    background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt (so Ray's
+    `serve run` would not stop on Ctrl-C's signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the caller binds it soon after)."""
     with socket.socket() as s:

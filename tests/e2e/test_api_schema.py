@@ -27,6 +27,7 @@ def server(profiled_quick_repo, tmp_path_factory):
     env = {
         **os.environ,
         "FLEXSERVE_REPO": str(profiled_quick_repo),
+        "FLEXSERVE_WORKERS": "1",  # one process is enough here (two: test_serve.py's CLI test)
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-schema")),
     }
     log = tmp_path_factory.mktemp("logs") / "serve.log"
@@ -51,7 +52,11 @@ def test_the_document_types_every_endpoint_and_error(server):
             assert operation["responses"][status]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorBody"
             }, (path, status)
-        assert set(operation["responses"]["200"]["headers"]) == {"X-FlexServe-Variant", "X-FlexServe-Budget-Met"}
+        assert set(operation["responses"]["200"]["headers"]) == {
+            "X-FlexServe-Variant",
+            "X-FlexServe-Budget-Met",
+            "X-FlexServe-Worker",
+        }
         assert {p["name"] for p in operation["parameters"]} >= {"X-Latency-Budget-Ms", "X-Request-Start"}
     image = paths["/v1/classify_image"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     pixels = image["properties"]["images"]

@@ -41,6 +41,7 @@ def server(repo, tmp_path_factory):
         **os.environ,
         "FLEXSERVE_REPO": str(repo),
         "FLEXSERVE_WATCH_S": "0.2",
+        "FLEXSERVE_WORKERS": "1",  # one process is enough here (two: test_serve.py's CLI test)
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve")),
     }
     log = tmp_path_factory.mktemp("logs") / "serve.log"

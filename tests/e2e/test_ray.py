@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from serving.process import free_port, stop_group
+from serving.process import free_port, interruptible, stop_group
 from serving.proto import flexserve_pb2 as pb
 from serving.proto.flexserve_pb2_grpc import FlexServeStub
 from serving.rayserve import replica_limits
@@ -177,6 +177,7 @@ def test_serve_run_with_a_serve_config_file(profiled_quick_repo, tmp_path):
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=interruptible,  # SIGINT stops it even when the tests run in a background job
         )
     url = f"http://127.0.0.1:{port}"
     try:

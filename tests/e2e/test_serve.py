@@ -27,6 +27,7 @@ def server(profiled_quick_repo, tmp_path_factory):
     env = {
         **os.environ,
         "FLEXSERVE_REPO": str(profiled_quick_repo),
+        "FLEXSERVE_WORKERS": "1",  # one process is enough here (two: test_serve.py's CLI test)
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-serve")),
     }
     with ServerProcess(
