@@ -101,12 +101,19 @@ async def _step(
     return results
 
 
-def _drain(url: str, limit_s: float = 60.0) -> None:
-    """Wait until the gateway has nothing in flight, so one step's backlog does not spill into the next."""
+def drain(url: str, limit_s: float = 60.0) -> None:
+    """Wait until the gateway (the worker that answers) has nothing in flight, so one step's backlog does
+    not spill into the next; a refused or failed poll (a 429 right after a step, say) is polled again."""
     import httpx
 
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and httpx.get(f"{url}/v1/variants", timeout=10).json()["executor_in_flight"]:
+    while time.monotonic() < deadline:
+        try:
+            state = httpx.get(f"{url}/v1/variants", timeout=10)
+            if state.status_code == 200 and state.json()["executor_in_flight"] == 0:
+                return
+        except httpx.HTTPError:
+            pass
         time.sleep(0.2)
 
 
@@ -173,7 +180,7 @@ def _steps_at(
     steps: dict[str, list[dict]] = {r: [] for r in ROUTINGS}
     for rep in range(repeats):
         for routing in ROUTINGS[rep % 3 :] + ROUTINGS[: rep % 3]:
-            _drain(server.url)
+            drain(server.url)
             asyncio.run(
                 _step(server.url, path, body, classes, rate, 1.0, pins[routing], np.random.default_rng(1))
             )  # warm up (and let the policy learn) at this load

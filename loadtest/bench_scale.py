@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench_routing import _step
+from loadtest.bench_routing import _step, drain
 from loadtest.payloads import model_inputs, typical_requests
-from loadtest.servers import RayServeProcess, ServerProcess
+from loadtest.servers import RayServeProcess, ServerProcess, tree_cpu_seconds
 from loadtest.sla import SlaClass, parse_classes
 from serving.gateway import usable_cores
 from serving.policy import policy_from_manifest
@@ -128,17 +128,7 @@ def _routed(name: str) -> bool:
 def _drain(server, name: str) -> None:
     """Until the worker that answers has nothing in flight (at most 30 s), then half a second for the rest."""
     if _routed(name):
-        import httpx
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                state = httpx.get(f"{server.url}/v1/variants", timeout=10)
-                if state.status_code == 200 and state.json()["executor_in_flight"] == 0:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        drain(server.url, limit_s=30.0)
     time.sleep(0.5)
 
 
@@ -231,7 +221,7 @@ def _triton(repo, family: str, log_dir: Path):
     write_triton_repository(repo.root, models, "portable")
     server = TritonServer(models, log=log_dir / "triton.log").start()
     server.url = f"http://{server.http_url}"
-    server.cpu_seconds = lambda: _process_cpu(server.process.pid)
+    server.cpu_seconds = lambda: tree_cpu_seconds(server.process.pid)
     return server
 
 
@@ -265,20 +255,6 @@ def _triton_gateway(repo: Path, repository, log_dir: Path, blind: bool) -> _Pair
         triton.stop()
         raise
     return _Pair(triton, gateway)
-
-
-def _process_cpu(pid: int) -> float:
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            cpu = process.cpu_times()
-            total += cpu.user + cpu.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def run(

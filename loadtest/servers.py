@@ -18,6 +18,21 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 RAY_SERVE = str(Path(sys.executable).parent / "serve")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by a process and all its descendants."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            cpu = process.cpu_times()
+            total += cpu.user + cpu.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 class ServerProcess:
     """`bentoml serve TARGET` on 127.0.0.1 (a free port by default), in its own process group."""
 
@@ -65,17 +80,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by `bentoml serve` and its worker processes."""
-        import psutil
-
-        total = 0.0
-        root = psutil.Process(self.process.pid)
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                cpu = process.cpu_times()
-                total += cpu.user + cpu.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         stop_group(self.process)

@@ -73,9 +73,8 @@ def replica_limits(repo: Path, parallelism: int, budget_ms: float | None = None)
     for family in loaded.families:
         section = loaded.family(family)
         policy = policy_from_manifest(family, section)
-        fastest = policy.fastest(section.rows_per_request)
-        p50 = next(v["profiled_p50_ms"] for v in policy.snapshot() if v["name"] == fastest)
-        slowest = max(slowest, p50)
+        rows = section.rows_per_request
+        slowest = max(slowest, policy.profile_of(policy.fastest(rows)).at(rows))
     per_thread = max(1, math.floor(budget_ms / max(slowest, 1e-3)))
     return ReplicaLimits(
         max_ongoing_requests=max(parallelism, min(parallelism * per_thread, 1000)),
