@@ -25,6 +25,7 @@ import logging
 import os
 
 import bentoml
+from bentoml._internal.server.http import traffic as _bentoml_traffic
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -44,9 +45,13 @@ from serving.errors import InvalidRequestError, OverloadError
 from serving.families.recommender import DEFAULT_K
 from serving.gateway import Completion, Gateway, GatewayConfig, usable_cores
 from serving.metrics import PrometheusObserver
-from serving.middleware import ArrivalTime, BodyLimit, ConcurrencyLimit, ErrorBody, JsonOnly
+from serving.middleware import ArrivalTime, BodyLimit, ConcurrencyLimit, ErrorBody, JsonOnly, RequestTimeout
 from serving.openapi import OpenAPIDocument
 from serving.tensors import parse_inputs
+
+# BentoML builds each worker's app with its `TimeoutMiddleware` for `traffic={"timeout": ...}` (looked
+# up in this module when the app is built): FlexServe's, whose timer does not outlive the request.
+_bentoml_traffic.TimeoutMiddleware = RequestTimeout
 
 log = logging.getLogger("flexserve.service")
 MAX_CONCURRENCY = 256  # requests in the process at once; past it, 429 + Retry-After

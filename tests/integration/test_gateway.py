@@ -608,3 +608,14 @@ def test_a_strict_request_gives_the_backend_the_time_left_of_its_budget(profiled
         assert all(v["benched_s"] == 0 for v in gateway.variants()["families"]["cnn"]["variants"])
     finally:
         gateway.close()
+
+
+def test_the_app_bentoml_builds_times_requests_out_with_flexserves_middleware_in_bentomls_place(client):
+    """BentoML puts its `TimeoutMiddleware` in every worker's app for `traffic={"timeout": ...}`; the
+    gateway's app must carry FlexServe's instead (its timer does not outlive the request), once."""
+    from serving.middleware import RequestTimeout
+
+    names = [m.cls.__name__ for m in client.app.user_middleware]
+    assert names.count("RequestTimeout") == 1 and "TimeoutMiddleware" not in names
+    timeout = next(m for m in client.app.user_middleware if m.cls is RequestTimeout)
+    assert timeout.kwargs["timeout"] == 30

@@ -166,3 +166,93 @@ def test_error_body_rewrites_bentomls_schema_refusal_and_plain_404s_only():
     ours = json.dumps({"error": {"field": "k", "problem": "p", "accepted": "a", "message": "m"}}).encode()
     for status in (400, 404):  # FlexServe's own refusals pass as they are
         assert headers_and_body(ErrorBody(answering(status, ours), schema_error))[1]["error"]["field"] == "k"
+
+
+def _request_with_timeout(app, timeout: float) -> tuple[list[dict], bool]:
+    """`app` behind `RequestTimeout`, called on uvloop (BentoML's loop) from a task whose context holds
+    an object (as BentoML's tracing span is when its timeout middleware runs): the messages sent, and
+    whether that object could be freed once the request was over, with the loop still running."""
+    import contextvars
+    import gc
+    import weakref
+
+    import uvloop
+
+    from serving.middleware import RequestTimeout
+
+    class Span:
+        pass
+
+    span = contextvars.ContextVar("span")
+    sent: list[dict] = []
+    alive: list[weakref.ref] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def request():  # in a task of its own: its own copy of the context, as a server's request has
+        thing = Span()
+        alive.append(weakref.ref(thing))
+        span.set(thing)
+        del thing
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        await asyncio.wait_for(RequestTimeout(app, timeout=timeout)(scope, receive, send), 5)
+
+    async def serve():
+        await asyncio.create_task(request())
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            runner.run(serve())
+        finally:
+            gc.collect()
+            freed = alive[0]() is None  # only a timer still scheduled could hold the request's context now
+    return sent, freed
+
+
+async def _answer(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_request_timeout_lets_an_answered_requests_context_go_at_once():
+    """BentoML's own middleware keeps every request's timer (and the context it captured) for the whole
+    timeout; FlexServe's cancels it when the answer starts, so the request's objects can be freed."""
+    sent, freed = _request_with_timeout(_answer, timeout=30.0)
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200]
+    assert freed
+
+
+def test_request_timeout_answers_504_in_flexserves_error_body_when_nothing_started_in_time():
+    cancelled = []
+
+    async def stuck(scope, receive, send):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    started = time.perf_counter()
+    sent, _ = _request_with_timeout(stuck, timeout=0.05)
+    assert time.perf_counter() - started < 2
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [504]
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    assert "0.05 s request timeout" in body["error"]["message"]
+    assert cancelled == [True]
+
+
+def test_request_timeout_lets_an_app_that_fails_before_answering_fail_at_once():
+    """BentoML's waits out the whole timeout when the app raises before answering; this one does not."""
+    import pytest
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("the app failed")
+
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="the app failed"):
+        _request_with_timeout(broken, timeout=30.0)
+    assert time.perf_counter() - started < 2
