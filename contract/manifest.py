@@ -21,6 +21,7 @@ from pathlib import Path
 
 from contract.files import write_replacing
 from contract.layout import MANIFEST_FILE, live_dir
+from contract.statistics import binomial_se
 
 DEFAULT_REPOSITORY = Path("artifacts/model_repository")  # relative to where a command runs
 SCHEMA_VERSION = 1
@@ -85,6 +86,8 @@ class VariantEntry:
     size_bytes: int
     params: int
     metrics: Mapping[str, float]  # the test metric, measured in ONNX Runtime
+    # Each metric's standard error on the test split (contract.statistics); None: not measured.
+    standard_errors: Mapping[str, float] | None = None
     # After `flexserve profile`: {"<batch rows>": {"p50", "p95", "p99", "mean", "min", "max", "runs"}} (ms).
     latency_ms: Mapping[str, Mapping[str, float]] | None = None
     parity: Mapping[str, float] | None = None  # the export's agreement with its source
@@ -93,10 +96,12 @@ class VariantEntry:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for key in ("latency_ms", "parity", "source"):
+        for key in ("latency_ms", "parity", "source", "standard_errors"):
             if out[key] is None:
                 del out[key]
         out["metrics"] = dict(self.metrics)
+        if self.standard_errors is not None:
+            out["standard_errors"] = dict(self.standard_errors)
         return {**out, **self.extra}
 
     @classmethod
@@ -126,6 +131,18 @@ class FamilySection:
     def __post_init__(self):
         if self.task not in PROBLEM_TYPES:
             raise ManifestError(f"task must be one of {', '.join(PROBLEM_TYPES)}, got {self.task!r}")
+
+    def standard_error(self, variant: VariantEntry) -> float | None:
+        """The standard error of `variant`'s test metric: as the build measured it, else, for an
+        accuracy measured on a known number of test rows, the binomial one; None when unknown."""
+        stored = (variant.standard_errors or {}).get(self.metric)
+        if stored is not None:
+            return float(stored)
+        rows = (self.dataset.get("rows") or {}).get("test") if isinstance(self.dataset, Mapping) else None
+        value = variant.metrics.get(self.metric)
+        if self.metric == "accuracy" and isinstance(rows, int) and rows > 0 and value is not None and 0 <= value <= 1:
+            return binomial_se(float(value), rows)
+        return None
 
     def variant(self, name: str) -> VariantEntry:
         for v in self.variants:

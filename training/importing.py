@@ -33,6 +33,7 @@ from contract.dtypes import DTYPES
 from contract.layout import new_version
 from contract.manifest import FamilySection, TensorSpec, VariantEntry, read_manifest, variant_name
 from contract.sessions import open_session
+from contract.statistics import binomial_se, rmse_se
 from training import repository
 from training.progress import Progress
 from training.variants import to_fp16, to_int8_dynamic, to_int8_static
@@ -200,12 +201,13 @@ def close_enough(
     return rmse <= limit, figures, f"RMSE to the source {rmse:.4g} (<= {limit:.4g})"
 
 
-def metric_of(outputs: np.ndarray, task: str, truth: np.ndarray) -> float:
+def metric_of(outputs: np.ndarray, task: str, truth: np.ndarray) -> tuple[float, float]:
+    """(the metric on the evaluation set, its standard error)."""
     if task == "classification":
-        return float((outputs.argmax(axis=1) == truth.reshape(-1)).mean())
-    return float(
-        np.sqrt(np.mean((outputs.reshape(len(truth), -1).astype(np.float64) - truth.reshape(len(truth), -1)) ** 2))
-    )
+        value = float((outputs.argmax(axis=1) == truth.reshape(-1)).mean())
+        return value, binomial_se(value, len(truth))
+    squared = (outputs.reshape(len(truth), -1).astype(np.float64) - truth.reshape(len(truth), -1)) ** 2
+    return float(np.sqrt(np.mean(squared))), rmse_se(squared) if squared.size > 1 else 0.0
 
 
 def _infer_task(outputs: tuple[TensorSpec, ...], kind: str | None) -> str:
@@ -339,7 +341,7 @@ def import_models(request: ImportRequest) -> tuple[FamilySection, list[str]]:
                     progress.log(f"[import] {name} left out: {error}")
                     progress.update(1)
                     continue
-                value = metric_of(produced, task, truth)
+                value, se = metric_of(produced, task, truth)
                 stored = repository.add_variant(stage, name, path, inputs, outputs, rows_per_request=1)
                 variants.append(
                     VariantEntry(
@@ -349,11 +351,12 @@ def import_models(request: ImportRequest) -> tuple[FamilySection, list[str]]:
                         **stored,
                         params=_params(stage / stored["onnx"]),
                         metrics={metric: value},
+                        standard_errors={metric: se},
                         parity=parity,
                         source="imported",
                     )
                 )
-                progress.log(f"[import] {name}: {metric} {value:.4f}{'; ' + note if note else ''}")
+                progress.log(f"[import] {name}: {metric} {value:.4f} ± {se:.4f}{'; ' + note if note else ''}")
                 progress.update(1, note=name)
         contract = {
             **({"labels": labels} if labels else {}),

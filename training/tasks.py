@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.manifest import TensorSpec
+from contract.statistics import binomial_se, rmse_se
 from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
@@ -78,6 +79,12 @@ class Task:
         if self.problem == "classification":
             return float((outputs.argmax(axis=1) == targets).mean())
         return float(np.sqrt(np.mean((np.clip(outputs, 1.0, 5.0) - targets) ** 2)))
+
+    def metric_se(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        """The standard error of `metric` on this split (contract.statistics)."""
+        if self.problem == "classification":
+            return binomial_se(self.metric(outputs, targets), len(targets))
+        return rmse_se((np.clip(outputs, 1.0, 5.0) - targets) ** 2)
 
     # ---- what serving needs; the preprocessing files are written by the repository
     def serving_contract(self, data: Dataset) -> dict:
