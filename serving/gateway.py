@@ -55,6 +55,7 @@ from serving.policy import (
     Decision,
     Executor,
     Policy,
+    PolicyConfig,
     policy_from_manifest,
 )
 from serving.repository import Repository, load_repository
@@ -98,6 +99,9 @@ class GatewayConfig:
     watch_s: float = 1.0
     # How long a variant that failed is left out of routing (seconds).
     bench_s: float = DEFAULT_BENCH_S
+    # Variants within this many standard errors of the best metric are tied for best (0: rank the
+    # point estimates as they are). See `PolicyConfig.tie_z`.
+    tie_z: float = PolicyConfig.tie_z
 
     ENVIRONMENT: ClassVar[dict[str, tuple[str, type]]] = {  # field -> (variable, type)
         "repo": ("FLEXSERVE_REPO", Path),
@@ -113,6 +117,7 @@ class GatewayConfig:
         "max_body_bytes": ("FLEXSERVE_MAX_BODY_BYTES", int),
         "watch_s": ("FLEXSERVE_WATCH_S", float),
         "bench_s": ("FLEXSERVE_BENCH_S", float),
+        "tie_z": ("FLEXSERVE_TIE_Z", float),
     }
 
     @classmethod
@@ -151,6 +156,10 @@ class GatewayConfig:
             raise ValueError(f"triton_stats_s must be >= 0 (0: off), got {self.triton_stats_s}")
         if self.watch_s < 0 or self.bench_s < 0:
             raise ValueError(f"watch_s and bench_s must be >= 0, got {self.watch_s} and {self.bench_s}")
+        try:
+            PolicyConfig(tie_z=self.tie_z)  # checked at start, not at the first request
+        except ValueError as error:
+            raise ValueError(f"{error} (FLEXSERVE_TIE_Z)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +279,12 @@ class Generation:
             self.backend = local
         self.policies: dict[str, Policy] = {
             family: policy_from_manifest(
-                family, repo.family(family), executors={"local": executor}, clock=clock, lock=lock
+                family,
+                repo.family(family),
+                executors={"local": executor},
+                config=PolicyConfig(tie_z=config.tie_z),
+                clock=clock,
+                lock=lock,
             )
             for family in repo.families
         }
@@ -578,8 +592,10 @@ class Gateway:
 
     # -- what it serves ---------------------------------------------------------------------
     def variants(self) -> dict:
-        """Per family: the metric, the most accurate and the fastest variant for a typical request, the
-        learned overhead, and each variant's metric, profiled and live latency estimates, in-flight count."""
+        """Per family: the metric, the most accurate variant, the tolerance within which others tie with
+        it and those tied for best, the fastest variant for a typical request, the learned overhead, and
+        each variant's metric (with its standard error), profiled and live latency estimates, in-flight
+        count."""
         generation = self._live
         out = {}
         for family, policy in generation.policies.items():
@@ -589,6 +605,8 @@ class Gateway:
                 "higher_is_better": section.higher_is_better,
                 "adapter": generation.families[family].adapter,
                 "most_accurate": policy.most_accurate,
+                "tolerance": policy.tolerance,
+                "tied_for_best": policy.tied_for_best(),
                 "fastest": policy.fastest(section.rows_per_request),
                 "overhead_ms": round(policy.overhead_ms, 4),
                 "variants": policy.snapshot(),

@@ -193,6 +193,8 @@ class VariantState(BaseModel):
     model_config = ConfigDict(extra="allow")  # plus the family's metric, e.g. "accuracy": 0.91
 
     name: str
+    standard_error: float = Field(description="of the metric on the test split (0: unknown, taken as exact)")
+    tied_for_best: bool = Field(description="its metric is within the family's tolerance of the best one's")
     profiled_p50_ms: float
     profiled_p95_ms: float
     slowdown: float
@@ -208,10 +210,15 @@ class FamilyState(BaseModel):
     metric: str
     higher_is_better: bool
     adapter: str
-    most_accurate: str
+    most_accurate: str = Field(description="the best metric's point estimate")
+    tolerance: float = Field(
+        description="metrics within this of the best one's count as tied for best (1.96 standard errors: the "
+        "95% interval's half-width); then the fastest of them serves"
+    )
+    tied_for_best: list[str] = Field(description="the variants statistically tied for best, fastest first")
     fastest: str
     overhead_ms: float
-    variants: list[VariantState] = Field(description="most accurate first")
+    variants: list[VariantState] = Field(description="in routing order: best tier first, fastest first in a tier")
 
 
 class Variants(BaseModel):

@@ -32,7 +32,11 @@ class PolicyConfig:
     # Overhead planned for = mean + this many mean deviations, so budgets hold at the tail, not on
     # average. Wider than TCP's 4 because server latency here has a heavy tail (README, "How routing works").
     overhead_deviations: float = 8.0
-    # Qualities closer than this count as equal (then the faster variant wins); 0 = exact.
+    # Variants whose metric is within tie_z standard errors (of the better one's test-split metric)
+    # of a better one count as equally accurate: the faster of them wins. 1.96: the 95% interval's
+    # half-width. 0: the metrics' point estimates are ranked as they are.
+    tie_z: float = 1.96
+    # The smallest tolerance, in the metric's units, for variants whose metric has no standard error.
     quality_tolerance: float = 0.0
     # False: ignore the work in flight (the static budget-threshold policy).
     queue_aware: bool = True
@@ -50,6 +54,10 @@ class PolicyConfig:
             raise ValueError(f"correction_weight must be in (0, 1], got {self.correction_weight}")
         if self.correction_half_life_s <= 0:
             raise ValueError(f"correction_half_life_s must be > 0, got {self.correction_half_life_s}")
+        if not (math.isfinite(self.tie_z) and self.tie_z >= 0):
+            raise ValueError(f"tie_z must be a finite number >= 0, got {self.tie_z}")
+        if not (math.isfinite(self.quality_tolerance) and self.quality_tolerance >= 0):
+            raise ValueError(f"quality_tolerance must be a finite number >= 0, got {self.quality_tolerance}")
         if self.overhead_deviations < 0:
             raise ValueError(f"overhead_deviations must be >= 0, got {self.overhead_deviations}")
 

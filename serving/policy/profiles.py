@@ -54,3 +54,4 @@ class VariantProfile:
     quality: float  # the family's test metric (accuracy, or RMSE for the recommender)
     profile: ServiceProfile
     executor: str = "local"  # variants that share an executor queue behind each other
+    quality_se: float = 0.0  # the metric's standard error on the test split (0: taken as exact)

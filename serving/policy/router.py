@@ -3,10 +3,13 @@ latency budget under the load of the moment. `Policy` composes the profiles and 
 
 Per request (`route`):
 
-1. Candidates are the family's variants, most accurate first (equal accuracy: the lower profiled
-   p95 at one row first), minus any below the request's quality floor (`min_accuracy`, or `max_rmse`
-   when lower is better). A floor no variant meets is an `UnprocessableRequestError`, never a silent
-   downgrade.
+1. Candidates are the family's variants, most accurate first, minus any below the request's
+   quality floor (`min_accuracy`, or `max_rmse` when lower is better; compared with the point
+   estimate). A floor no variant meets is an `UnprocessableRequestError`, never a silent downgrade.
+   "Most accurate" ignores the test split's noise: the variants whose metric is within the
+   tolerance of the best one's (`tie_z` x its standard error, the 95% interval's half-width by
+   default) are tied for best and tried fastest first (lower profiled p95 at one row); then the
+   same among the rest, tier by tier.
 2. A candidate's predicted latency = its profiled p95 at this batch size (interpolated between
    profiled sizes) x its `Slowdown` + the `queue_delay` behind the work in flight on its
    executor (its own, and the `ExternalLoad` other clients put on the same capacity, when a
@@ -77,6 +80,8 @@ class Decision:
     why: str  # "pinned", "best", "skipped" or "none_fits"
     skipped: int = 0  # more accurate variants passed over
     margin: float = 0.0
+    tied: int = 1  # the variants in the chosen one's tier (tied within `tolerance`), itself included
+    tolerance: float = 0.0  # the tier's tolerance, in the metric's units
     _work_ms: float = 0.0
     _base_ms: float = 0.0  # the prediction without the learned overhead and the time before the server
     _finished: bool = False
@@ -86,12 +91,13 @@ class Decision:
         """One line for logs and answers (formatted on demand: routing must stay in microseconds)."""
         if self.why == "pinned":
             return f"pinned to {self.variant}; predicted {self.predicted_ms:.2f} ms of {self.budget_ms:g} ms"
+        tied = f" (fastest of {self.tied} tied within ±{self.tolerance:.4g})" if self.tied > 1 else ""
         if self.why == "best":
-            return f"most accurate; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
+            return f"most accurate{tied}; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
         if self.why == "skipped":
             return (
-                f"{self.skipped} more accurate variant(s) predicted over budget or would crowd out tight "
-                f"requests; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
+                f"{self.skipped} variant(s) ranked before it predicted over budget or would crowd out tight "
+                f"requests{tied}; predicted {self.predicted_ms:.2f} ms fits {self.budget_ms:g} ms"
             )
         return (
             f"no variant fits {self.budget_ms:g} ms (with {self.margin:.0%} margin); serving the fastest, "
@@ -147,6 +153,9 @@ class _VariantState:
     in_flight: int = 0
     served: int = 0
     benched_until: float = -math.inf  # after a failure: not a candidate until then (see `bench`)
+    tier: int = 0  # 0: tied for best (see `_tiers`)
+    tied: int = 1  # variants in its tier
+    tolerance: float = 0.0  # its tier's
     cache: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (p50, p95)
 
     def service(self, batch_size: int) -> tuple[float, float]:
@@ -190,13 +199,7 @@ class Policy:
         if bad:
             raise ValueError(f"executor parallelism must be >= 1, got {bad}")
         self._sign = 1.0 if higher_is_better else -1.0
-        tol = config.quality_tolerance
-        # Best first; equal (within tolerance) quality: the faster first (profiled p95 at one row).
-        ordered = sorted(
-            variants,
-            key=lambda v: (-self._sign * (round(v.quality / tol) * tol if tol else v.quality), v.profile.at(1, "p95")),
-        )
-        self._states = [_VariantState(v, self._executors[v.executor]) for v in ordered]
+        self._states = self._tiers(variants)
         self._by_name = {s.spec.name: s for s in self._states}
         if len(self._by_name) != len(self._states):
             raise ValueError(f"family {family!r} lists a variant name twice")
@@ -206,15 +209,43 @@ class Policy:
         self._overhead = LearnedOverhead()
         self._protect = config.protect_tight_budgets and config.queue_aware
 
+    def _tiers(self, variants: list[VariantProfile]) -> list[_VariantState]:
+        """The routing order: tiers of variants tied within the tolerance of their tier's best (by the
+        point estimate), best tier first, fastest first inside a tier (profiled p95 at one row)."""
+        by_quality = sorted(variants, key=lambda v: (-self._sign * v.quality, v.profile.at(1, "p95")))
+        self._top = by_quality[0]
+        states, tier = [], 0
+        while by_quality:
+            best = by_quality[0]
+            tolerance = max(self.config.quality_tolerance, self.config.tie_z * best.quality_se)
+            size = next(
+                (i for i, v in enumerate(by_quality) if self._sign * (best.quality - v.quality) > tolerance + 1e-12),
+                len(by_quality),
+            )
+            for v in sorted(by_quality[:size], key=lambda v: v.profile.at(1, "p95")):
+                states.append(_VariantState(v, self._executors[v.executor], tier=tier, tied=size, tolerance=tolerance))
+            by_quality, tier = by_quality[size:], tier + 1
+        return states
+
     # -- queries ---------------------------------------------------------------------------
     @property
     def variant_names(self) -> list[str]:
-        """Most accurate first: the order in which `route` considers them."""
+        """The order in which `route` considers them: best tier first, fastest first in a tier."""
         return [s.spec.name for s in self._states]
 
     @property
     def most_accurate(self) -> str:
-        return self._states[0].spec.name
+        """The best metric's point estimate (equal ones: the faster)."""
+        return self._top.name
+
+    @property
+    def tolerance(self) -> float:
+        """How close to the best metric a variant must be to count as tied for best."""
+        return self._states[0].tolerance
+
+    def tied_for_best(self) -> list[str]:
+        """The variants statistically tied for the best metric, fastest first."""
+        return [s.spec.name for s in self._states if s.tier == 0]
 
     def fastest(self, batch_size: int = 1) -> str:
         """The variant with the lowest profiled p95 at this batch size."""
@@ -239,6 +270,8 @@ class Policy:
                 {
                     "name": s.spec.name,
                     self.metric: s.spec.quality,
+                    "standard_error": s.spec.quality_se,
+                    "tied_for_best": s.tier == 0,
                     "profiled_p50_ms": round(s.service(1)[0], 4),
                     "profiled_p95_ms": round(s.service(1)[1], 4),
                     "slowdown": round(self._slowdown(s, now), 4),
@@ -326,7 +359,7 @@ class Policy:
             if predicted < best_ms:
                 best, best_ms = state, predicted
         if best is None:
-            top = self._states[0].spec
+            top = self._top
             raise UnprocessableRequestError(
                 self.floor_field,
                 f"{floor} is not met by any {self.family} variant (best: {top.name}, {self.metric} {top.quality:.4f})",
@@ -504,6 +537,8 @@ class Policy:
             why,
             skipped,
             self.config.safety_margin,
+            state.tied,
+            state.tolerance,
             work,
             base,
         )
@@ -546,6 +581,7 @@ def policy_from_manifest(
                 float(v.metrics[section.metric]),
                 ServiceProfile.from_manifest(v.latency_ms),
                 executor_of(v.name),
+                section.standard_error(v) or 0.0,
             )
         )
     return Policy(

@@ -55,7 +55,7 @@ def test_budget_boundaries_with_the_safety_margin():
     assert policy.route(11.2).variant == "m_full"
     fresh = make(safety_margin=0.1)
     d = fresh.route(11.0)
-    assert d.variant == "m_int8" and d.predicted_to_meet and "1 more accurate variant" in d.reason
+    assert d.variant == "m_int8" and d.predicted_to_meet and "1 variant(s) ranked before it" in d.reason
     assert make(safety_margin=0.1).route(4.0 / 0.9 + 0.01).variant == "m_int8"
     assert make(safety_margin=0.1).route(4.0 / 0.9 - 0.01).variant == "m_student"
 
@@ -77,8 +77,114 @@ def test_equal_accuracy_prefers_the_cheaper():
 
 
 def test_quality_tolerance_treats_near_equals_as_equal():
-    policy = make(quality_tolerance=0.01)  # 0.92 and 0.915 round to the same 0.92
-    assert policy.variant_names[0] == "m_int8"
+    policy = make(quality_tolerance=0.01)  # 0.915 is within 0.01 of 0.92; 0.90 is not
+    assert policy.variant_names == ["m_int8", "m_full", "m_student"]
+    assert policy.most_accurate == "m_full" and policy.tied_for_best() == ["m_int8", "m_full"]
+
+
+# The text family of issue 15's build: int8's 0.7773 beats fp32's 0.7750 by 3 snippets in 1,280.
+NOISY = [
+    VariantProfile("t_full_fp32", 0.7750, flat(3.0, 4.0), quality_se=0.01167),
+    VariantProfile("t_full_int8", 0.7773, flat(1.0, 1.4), quality_se=0.01164),
+    VariantProfile("t_distilled_fp32", 0.7750, flat(0.2, 0.3), quality_se=0.01167),
+    VariantProfile("t_small", 0.70, flat(0.1, 0.15), quality_se=0.0128),
+]
+
+
+def test_variants_within_the_best_ones_noise_are_tied_and_the_fastest_of_them_serves():
+    policy = Policy("t", NOISY)
+    tolerance = 1.96 * 0.01164
+    assert policy.tolerance == pytest.approx(tolerance)
+    assert policy.most_accurate == "t_full_int8"  # the point estimate still names the best
+    assert policy.tied_for_best() == ["t_distilled_fp32", "t_full_int8", "t_full_fp32"]
+    decision = policy.route(200.0)  # a loose budget: the fastest of the tied
+    assert decision.variant == "t_distilled_fp32" and decision.why == "best"
+    assert decision.tied == 3 and decision.tolerance == pytest.approx(tolerance)
+    assert f"fastest of 3 tied within ±{tolerance:.4g}" in decision.reason
+    # 0.70 is 7.7 points below: not tied, routed only after the whole top tier.
+    assert policy.variant_names[-1] == "t_small"
+
+
+def test_without_standard_errors_the_point_estimates_rank_as_before():
+    plain = [VariantProfile(v.name, v.quality, v.profile) for v in NOISY]
+    policy = Policy("t", plain)
+    assert policy.tolerance == 0.0 and policy.tied_for_best() == ["t_full_int8"]
+    assert policy.route(200.0).variant == "t_full_int8"
+    assert Policy("t", NOISY, config=PolicyConfig(tie_z=0)).route(200.0).variant == "t_full_int8"
+
+
+def test_ties_are_tiered_below_the_best_too():
+    variants = [
+        VariantProfile("a", 0.95, flat(10.0), quality_se=0.001),
+        VariantProfile("b", 0.90, flat(5.0), quality_se=0.01),
+        VariantProfile("c", 0.89, flat(1.0), quality_se=0.01),  # within 1.96 x 0.01 of b
+        VariantProfile("d", 0.80, flat(0.5), quality_se=0.01),
+    ]
+    policy = Policy("m", variants, config=PolicyConfig(safety_margin=0.0))
+    assert policy.tied_for_best() == ["a"] and policy.variant_names == ["a", "c", "b", "d"]
+    decision = policy.route(11.0)  # a's p95 is 12 ms: the next tier, whose fastest is c
+    assert decision.variant == "c" and decision.why == "skipped" and decision.tied == 2
+
+
+def test_a_floor_is_still_compared_with_the_point_estimate():
+    policy = Policy("t", NOISY)
+    assert policy.route(200.0, min_quality=0.776).variant == "t_full_int8"  # tied ones below 0.776 are out
+    with pytest.raises(UnprocessableRequestError, match="best: t_full_int8"):
+        policy.route(200.0, min_quality=0.78)
+
+
+def test_lower_is_better_ties_use_the_same_tolerance():
+    variants = [
+        VariantProfile("r_full", 0.930, flat(10.0), quality_se=0.004),
+        VariantProfile("r_int8", 0.936, flat(4.0), quality_se=0.004),  # 0.006 worse: within 1.96 x 0.004
+        VariantProfile("r_student", 0.960, flat(1.0), quality_se=0.004),
+    ]
+    policy = Policy("r", variants, metric="rmse", higher_is_better=False)
+    assert policy.tied_for_best() == ["r_int8", "r_full"] and policy.route(100.0).variant == "r_int8"
+
+
+def test_the_manifest_gives_the_policy_its_standard_errors():
+    section = FamilySection.from_json(
+        {
+            "task": "classification",
+            "metric": "accuracy",
+            "higher_is_better": True,
+            "dataset": {"rows": {"test": 1280}},
+            "inputs": [],
+            "outputs": [],
+            "variants": [
+                {
+                    "name": "t_full_fp32",
+                    "kind": "full",
+                    "precision": "fp32",
+                    "onnx": "a",
+                    "sha256": "0",
+                    "size_bytes": 1,
+                    "params": 1,
+                    "metrics": {"accuracy": 0.7750},
+                    "latency_ms": {"1": {"p50": 3.0, "p95": 4.0, "p99": 5.0}},
+                },
+                {
+                    "name": "t_full_int8",
+                    "kind": "full",
+                    "precision": "int8",
+                    "onnx": "b",
+                    "sha256": "0",
+                    "size_bytes": 1,
+                    "params": 1,
+                    "metrics": {"accuracy": 0.7773},
+                    "standard_errors": {"accuracy": 0.02},  # as measured: wins over the binomial one
+                    "latency_ms": {"1": {"p50": 1.0, "p95": 1.4, "p99": 2.0}},
+                },
+            ],
+        }
+    )
+    fp32, int8 = section.variants
+    assert section.standard_error(fp32) == pytest.approx((0.775 * 0.225 / 1280) ** 0.5)  # binomial, from the rows
+    assert section.standard_error(int8) == 0.02
+    assert int8.to_json()["standard_errors"] == {"accuracy": 0.02} and "standard_errors" not in fp32.to_json()
+    policy = policy_from_manifest("t", section)
+    assert policy.tolerance == pytest.approx(1.96 * 0.02) and policy.route(200.0).variant == "t_full_int8"
 
 
 def test_accuracy_floor_excludes_and_an_unmeetable_floor_is_an_error():
