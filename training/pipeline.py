@@ -31,6 +31,7 @@ FAMILIES = BUILT_IN_FAMILIES
 # --quick: seeded subsets (train, val, test) small enough to build everything in ~2 minutes.
 QUICK_SUBSETS = {"cnn": (3000, 500, 1000), "rnn": (2500, 500, 1000), "recsys": (20000, 4000, 4000)}
 PARITY_ROWS = 256
+DEFAULT_SEEDS = 3  # student seeds of a full build: the fewest that give an interval worth reading
 CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 16, 32
 
 
@@ -41,12 +42,24 @@ class BuildConfig:
     quick: bool = False  # small subsets and few epochs: for tests, CI and a first look
     synthetic: bool = False  # generated data instead of the real datasets (unit tests only)
     seed: int = 0
+    # The students (with and without the teacher) are trained once per seed, seed, seed + 1, ...: the
+    # report's distillation gain is a paired difference over them. None: 1 with `quick`, else 3.
+    seeds: int | None = None
     device: str = "auto"
     register: bool = True  # also put the repository in the BentoML model store
+
+    def __post_init__(self):
+        if self.seeds is not None and (type(self.seeds) is not int or self.seeds < 1):
+            raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.checkpoints or self.out.parent / "checkpoints"
+
+    @property
+    def student_seeds(self) -> tuple[int, ...]:
+        count = self.seeds if self.seeds is not None else (1 if self.quick else DEFAULT_SEEDS)
+        return tuple(self.seed + k for k in range(count))
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -102,9 +115,20 @@ def _training_summary(result: TrainResult) -> dict:
 @dataclass
 class _Trained:
     full: TrainResult
-    distilled: TrainResult
-    # The same student, same initial weights, trained without the teacher: the measured gain.
-    baseline: TrainResult
+    # Per student seed: the student distilled from `full`, and the same student (same initial
+    # weights, same batch order) trained without the teacher. The comparison is paired by seed.
+    distilled_runs: list[TrainResult]
+    baseline_runs: list[TrainResult]
+    seeds: tuple[int, ...]
+    served: int  # the index of the distilled run that becomes the variants: the best on validation
+
+    @property
+    def distilled(self) -> TrainResult:
+        return self.distilled_runs[self.served]
+
+    @property
+    def baseline(self) -> TrainResult:
+        return self.baseline_runs[self.served]
 
 
 def load_family_data(family: str, config: BuildConfig) -> Dataset:
@@ -114,8 +138,10 @@ def load_family_data(family: str, config: BuildConfig) -> Dataset:
     return data
 
 
-def _settings(task: Task, kind: str, config: BuildConfig) -> TrainConfig:
-    return TrainConfig(**task.train_settings(kind, config.quick), seed=config.seed, device=config.device)
+def _settings(task: Task, kind: str, config: BuildConfig, seed: int | None = None) -> TrainConfig:
+    return TrainConfig(
+        **task.train_settings(kind, config.quick), seed=config.seed if seed is None else seed, device=config.device
+    )
 
 
 @dataclass(frozen=True)
@@ -141,7 +167,7 @@ def plan(family: str, data: Dataset, config: BuildConfig) -> _Plan:
         settings = _settings(task, kind, config)
         torch.manual_seed(config.seed)  # a throwaway model: training re-seeds before building its own
         batch_s[kind] = trainer.seconds_per_batch(task.build(kind, data), task, data.train, settings)
-        runs = 2 if kind == "distilled" else 1  # with and without the teacher
+        runs = 2 * len(config.student_seeds) if kind == "distilled" else 1  # with and without the teacher
         train_s += runs * trainer.planned_steps(len(data.train), settings) * batch_s[kind]
     batches = -(-len(data.test) // _settings(task, "full", config).batch_size)
     return _Plan(batch_s, train_s, export_s=1.0 + batches * batch_s["full"] / 3)
@@ -150,13 +176,13 @@ def plan(family: str, data: Dataset, config: BuildConfig) -> _Plan:
 def train_models(family: str, data: Dataset, config: BuildConfig, progress: Progress, plan_: _Plan) -> _Trained:
     task = get_task(family)
 
-    def seeded(kind: str) -> torch.nn.Module:
-        torch.manual_seed(config.seed)  # the initial weights are part of what a seed reproduces
+    def seeded(kind: str, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)  # the initial weights are part of what a seed reproduces
         return task.build(kind, data)
 
     weight = plan_.batch_s
     full = train(
-        seeded("full"),
+        seeded("full", config.seed),
         task,
         data.train,
         data.val,
@@ -165,30 +191,42 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
         progress=progress,
         batch_weight=weight["full"],
     )
-    distilled = distill(
-        seeded("distilled"),
-        full.model,
-        task,
-        data,
-        _settings(task, "distilled", config),
-        DistillConfig(),
-        f"{family}_distilled",
-        progress=progress,
-        batch_weight=weight["distilled"],
-    )
-    baseline = train(
-        seeded("distilled"),
-        task,
-        data.train,
-        data.val,
-        _settings(task, "distilled", config),
-        f"{family}_student_without_distillation",
-        progress=progress,
-        batch_weight=weight["distilled"],
-    )
-    for kind, result in (("full", full), ("distilled", distilled)):
+    seeds = config.student_seeds
+    distilled_runs, baseline_runs = [], []
+    for seed in seeds:
+        suffix = f" (seed {seed})" if len(seeds) > 1 else ""
+        settings = _settings(task, "distilled", config, seed)
+        distilled_runs.append(
+            distill(
+                seeded("distilled", seed),
+                full.model,
+                task,
+                data,
+                settings,
+                DistillConfig(),
+                f"{family}_distilled{suffix}",
+                progress=progress,
+                batch_weight=weight["distilled"],
+            )
+        )
+        baseline_runs.append(
+            train(
+                seeded("distilled", seed),
+                task,
+                data.train,
+                data.val,
+                settings,
+                f"{family}_student_without_distillation{suffix}",
+                progress=progress,
+                batch_weight=weight["distilled"],
+            )
+        )
+    sign = 1.0 if task.higher_is_better else -1.0
+    served = max(range(len(seeds)), key=lambda i: sign * distilled_runs[i].best_metric)  # chosen on validation
+    trained = _Trained(full, distilled_runs, baseline_runs, seeds, served)
+    for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
         save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}")
-    return _Trained(full, distilled, baseline)
+    return trained
 
 
 def export_variants(
@@ -213,7 +251,9 @@ def export_variants(
             for precision, path in files.items():
                 name = variant_name(family, kind, precision)
                 parity = check_parity(model, path, task, parity_split, precision)
-                metric = task.metric(run_onnx(open_session(path, threads=2), data.test, task), data.test.targets)
+                predicted = run_onnx(open_session(path, threads=2), data.test, task)
+                metric = task.metric(predicted, data.test.targets)
+                se = task.metric_se(predicted, data.test.targets)
                 stored = repository.add_variant(repo, name, path, inputs, outputs, task.rows_per_request(data))
                 variants.append(
                     VariantEntry(
@@ -223,11 +263,12 @@ def export_variants(
                         **stored,
                         params=count_params(model),
                         metrics={task.metric_name: metric},
+                        standard_errors={task.metric_name: se},
                         parity=parity,
                     )
                 )
                 progress.log(
-                    f"[{family}] {name}: test {task.metric_name} {metric:.4f} (ONNX Runtime), "
+                    f"[{family}] {name}: test {task.metric_name} {metric:.4f} ± {se:.4f} (ONNX Runtime), "
                     f"parity max |diff| {parity['max_abs_diff']:.2g}, {stored['size_bytes'] / 1e6:.2f} MB"
                 )
                 progress.update(export_s, note=f"exported {name}")
@@ -240,9 +281,11 @@ def family_section(
     """The family's manifest section; writes its preprocessing artifacts beside the variants in `stage`."""
     task, repo = get_task(family), stage
 
+    def test_metric(result: TrainResult) -> float:
+        return task.metric(predict(result.model, data.test, task), data.test.targets)
+
     def summary(result: TrainResult) -> dict:
-        metric = task.metric(predict(result.model, data.test, task), data.test.targets)
-        return {**_training_summary(result), "test_metric_pytorch": metric}
+        return {**_training_summary(result), "test_metric_pytorch": test_metric(result)}
 
     preprocessing = {
         name: repository.write_json_artifact(repo, f"{family}_{name}.json", data.preprocessing[name])
@@ -267,6 +310,13 @@ def family_section(
             "full": summary(trained.full),
             "distilled": summary(trained.distilled),
             "student_without_distillation": summary(trained.baseline),
+            # Every student seed's test metric (PyTorch), paired by seed: the report's distillation gain.
+            "seeds": {
+                "seeds": list(trained.seeds),
+                "served": trained.seeds[trained.served],
+                "distilled": [test_metric(r) for r in trained.distilled_runs],
+                "student_without_distillation": [test_metric(r) for r in trained.baseline_runs],
+            },
         },
         variants=tuple(variants),
     )

@@ -68,6 +68,11 @@ def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path,
     assert (tmp_path / "r.png").stat().st_size > 10_000
     rows = json.loads((tmp_path / "r.json").read_text())
     assert set(rows["latency_p50_ms"]["rnn_full_fp32"]) == {"1", "32"}
+    # The HTTP floor was measured in this run (a real bare BentoML endpoint), for every trained family.
+    floor = rows["http_floor_p50_ms"]
+    assert set(floor) == {"cnn", "rnn", "recsys"} and all(f["echo"] > 0 and f["full_fp32"] > 0 for f in floor.values())
+    assert "full model >= 1x the bare HTTP round trip" in result.stdout
+    assert "distillation gain >= 0.5 points, 95% interval above 0 | 1 seed: no interval" in result.stdout
 
 
 def test_unknown_family_is_a_clear_usage_error(cli):

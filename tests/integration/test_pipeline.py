@@ -105,3 +105,34 @@ def test_parity_check_fails_the_build_when_the_export_is_wrong(tmp_path):
     assert check_parity(exported, tmp_path / "m.onnx", task, data.test, "fp32")["max_abs_diff"] < 1e-4
     with pytest.raises(ParityError, match="disagrees with PyTorch"):
         check_parity(other, tmp_path / "m.onnx", task, data.test, "fp32")
+
+
+def test_every_variant_carries_its_metrics_standard_error(synthetic_repo):
+    repo = load_repository(synthetic_repo, verify=False)
+    for family in repo.families:
+        section = repo.family(family)
+        rows = section.dataset["rows"]["test"]
+        for variant in section.variants:
+            se = variant.standard_errors[section.metric]
+            if section.metric == "accuracy":
+                p = variant.metrics["accuracy"]
+                assert se == pytest.approx((p * (1 - p) / rows) ** 0.5)
+            else:
+                assert 0 < se < variant.metrics[section.metric]
+
+
+def test_students_are_trained_once_per_seed_and_compared_pairwise(tmp_path):
+    from loadtest.report import distillation_gain, distillation_target
+    from training.pipeline import BuildConfig, build
+
+    config = BuildConfig(out=tmp_path / "repo", quick=True, synthetic=True, seeds=2, register=False)
+    section = build(["rnn"], config).families["rnn"]
+    seeds = section.training["seeds"]
+    assert seeds["seeds"] == [0, 1] and len(seeds["distilled"]) == len(seeds["student_without_distillation"]) == 2
+    served = seeds["seeds"].index(seeds["served"])  # the variants are the student best on validation
+    assert section.training["distilled"]["test_metric_pytorch"] == seeds["distilled"][served]
+    gain = distillation_gain(section)
+    differences = np.subtract(seeds["distilled"], seeds["student_without_distillation"])
+    assert gain.n == 2 and gain.mean == pytest.approx(differences.mean())
+    _, measured, ok = distillation_target("rnn", section)
+    assert measured.endswith("points, 2 seeds") and ok == (gain.low > 0 and gain.mean >= 0.005)
