@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -93,6 +94,13 @@ class VariantEntry:
     parity: Mapping[str, float] | None = None  # the export's agreement with its source
     source: str | None = None  # "imported" for a user's ONNX model (`flexserve import`); None: trained here
     extra: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        for metric, se in (self.standard_errors or {}).items():
+            if isinstance(se, bool) or not isinstance(se, (int, float)) or not (math.isfinite(se) and se >= 0):
+                raise ManifestError(
+                    f"variant {self.name}: standard_errors.{metric} must be a finite number >= 0, got {se!r}"
+                )
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -66,8 +66,9 @@ def overhead(gateway_url: str, echo_url: str, repo_path: Path, rounds: int = 300
     try:
         with httpx.Client(timeout=30) as client:
             for family, (path, body) in requests.items():
-                body = {**body, "latency_budget_ms": 10_000}
                 variant = local.policies[family].most_accurate
+                # Pinned: a loose budget alone may get a faster variant tied with it (see the router's tiers).
+                body = {**body, "latency_budget_ms": 10_000, "variant": variant}
                 feeds = model_inputs(local.repo, family, body)
                 times: dict[str, list[float]] = {"gateway": [], "onnxruntime": [], "echo": []}
                 served = Counter()

@@ -255,13 +255,12 @@ def report(
     plot: Path | None = None,
     json_out: Path | None = None,
     rounds: int = 40,
-    http: bool = True,
 ) -> int:
     repository = load_repository(repo, verify=False)
     manifest = repository.manifest
     latency = measure_latencies(repository, rounds)
     trained = [f for f, section in manifest.families.items() if f in TRAINED_FLOORS and section.training]
-    floor = http_floor(repository, trained, rounds) if trained and http else {}
+    floor = http_floor(repository, trained, rounds) if trained else {}
     targets = _targets(manifest, latency, floor)
     text = _tables(manifest, latency, targets)
     print(text)

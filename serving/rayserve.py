@@ -108,16 +108,17 @@ class FlexServeReplica:
     # -- the router's view ------------------------------------------------------------------
     def record_routing_stats(self) -> dict[str, Any]:
         """What `LeastPredictedLatencyRouter` ranks this replica by: per family, the latency its policy
-        predicts for a one-row request to the most accurate variant on this replica idle (profiled p95
-        x its learned slowdown + its learned overhead), and its model threads."""
+        predicts for a one-row request to the variant an idle replica serves a loose budget with (the
+        first in routing order: the fastest of those tied for best; profiled p95 x its learned slowdown
+        + its learned overhead), and its model threads."""
         gateway = self._gateway
         if gateway is None:
             return {}
         state = gateway.variants()
         idle = {}
         for family, section in state["families"].items():
-            full = next(v for v in section["variants"] if v["name"] == section["most_accurate"])
-            idle[family] = full["profiled_p95_ms"] * full["slowdown"] + section["overhead_ms"]
+            first = section["variants"][0]  # in routing order
+            idle[family] = first["profiled_p95_ms"] * first["slowdown"] + section["overhead_ms"]
         return {"parallelism": state["parallelism"], "idle_ms": idle}
 
     # -- gRPC (Ray Serve's gRPC proxy calls these by the .proto's method names) -------------------

@@ -263,7 +263,7 @@ class Policy:
         return self._overhead.planned_ms
 
     def snapshot(self) -> list[dict]:
-        """Live state per variant (for /v1/variants and debugging), most accurate first."""
+        """Live state per variant (for /v1/variants and debugging), in routing order."""
         with self._lock:
             now = self._clock()
             return [

@@ -641,3 +641,12 @@ def test_the_static_policy_ignores_other_clients_load():
     policy, executor = shared_policy(queue_aware=False, online=False)
     executor.external = ExternalLoad(10.0, 100.0)
     assert policy.route(12.0).variant == "m_full"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -0.01, "0.01", True])
+def test_a_standard_error_that_is_not_a_finite_number_at_least_0_is_a_manifest_error(bad):
+    from contract.manifest import ManifestError, VariantEntry
+
+    entry = {"name": "t", "kind": "full", "precision": "fp32", "onnx": "a", "sha256": "0", "size_bytes": 1, "params": 1}
+    with pytest.raises(ManifestError, match=r"standard_errors\.accuracy must be a finite number >= 0"):
+        VariantEntry.from_json({**entry, "metrics": {"accuracy": 0.9}, "standard_errors": {"accuracy": bad}})
