@@ -15,10 +15,10 @@ The model of one deployment:
     simulator from public state: the event-loop backlog (requests waiting for or in the loop x
     `http_cpu_ms`) + the learned overhead (`Policy.overhead_ms`) + the queueing delay the policy
     predicts behind its executor's in-flight work (`queue_delay` over the replica's `Executor`)
-    + the profiled p95 of the variant it would choose: the first, most accurate first, that fits
-    the request's budget less the safety margin (the fastest if none fits; the pinned one for
-    `full` / `fastest`). The queueing term is used for `static` too, which itself routes blind
-    to it. Not read: the policy's online slowdown factors and its tight-budget headroom rule
+    + the profiled p95 of the variant it would choose: the first in routing order (best tier first,
+    fastest first in a tier) that fits the request's budget less the safety margin (the fastest if
+    none fits; the pinned one for `full` / `fastest`). The queueing term is used for `static` too,
+    which itself routes blind to it. Not read: the policy's online slowdown factors and its tight-budget headroom rule
     (private state; the replicas share one machine profile). Every replica is considered (no
     sampling), without a pass over them: the replicas are kept sorted by their predicted time
     before the model (re-sorted, one bisection, when a replica's state changes), and the
@@ -262,7 +262,7 @@ class _Ranking:
     with the lowest predicted latency, ties broken uniformly at random.
 
     A replica's prediction is `wait + p95 of the variant its policy would choose`. With the
-    variants' profiled p95 in the policy's order (most accurate first) and `m` their running
+    variants' profiled p95 in the policy's routing order and `m` their running
     minimum, the policy chooses the first variant with p95 <= limit - wait: where `m` first drops
     to <= limit - wait, and its p95 is that value of `m`. So the distinct values of `m` split the
     waits into pieces ((limit - m[j-1], limit - m[j]] chooses the variant of m[j]; the last piece,
