@@ -78,7 +78,7 @@ class Decision:
     predicted_ms: float
     predicted_to_meet: bool
     why: str  # "pinned", "best", "skipped" or "none_fits"
-    skipped: int = 0  # more accurate variants passed over
+    skipped: int = 0  # variants ranked before it, passed over
     margin: float = 0.0
     tied: int = 1  # the variants in the chosen one's tier (tied within `tolerance`), itself included
     tolerance: float = 0.0  # the tier's tolerance, in the metric's units

@@ -38,7 +38,9 @@ def server(profiled_quick_repo, tmp_path_factory):
 def fuzz(url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     command = [SCHEMATHESIS, "--config-file", CONFIG, "run", f"{url}/docs.json", "--checks", "all"]
     command += ["--max-examples", MAX_EXAMPLES, "--seed", SEED, "--no-shrink", "--generation-database", "none"]
-    command += ["--workers", "2"]
+    # One worker: with two threads, hypothesis' pretty-printing of filter lambdas (its lambda-source
+    # cache) raced and failed once in three clean-clone runs (an internal error, no API failure).
+    command += ["--workers", "1"]
     return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
