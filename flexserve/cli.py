@@ -18,6 +18,7 @@ from serving.errors import FlexServeError
 
 COMMANDS = (
     build.add_train,
+    build.add_distill_search,
     build.add_report,
     build.add_import,
     serve.add_serve,

@@ -3,8 +3,15 @@
 Classification: KL divergence between temperature-softened teacher and student
 distributions (scaled by T^2, Hinton et al. 2015) mixed with cross-entropy on the labels.
 Regression (the recommender): the teacher's predictions as soft targets mixed with the
-ratings, plus teacher-scored (user, item) pairs nobody rated, which is where a teacher
-knows more than the labels do.
+ratings.
+
+Two recipes from the literature, per family (`Task.distill_settings`, chosen on validation):
+- teacher-labelled extra inputs, which is where a teacher knows more than the labels do: the
+  recommender's (user, item) pairs nobody rated, the image family's mixups of two training
+  images (`Task.teacher_inputs`);
+- consistent views ("a good teacher is patient and consistent", Beyer et al., CVPR'22): with
+  the training settings' `augment`, the teacher runs on each batch as the student sees it
+  (the same shifted, flipped image), rather than once on the unaugmented split.
 """
 
 from __future__ import annotations
@@ -19,14 +26,22 @@ from torch import nn
 from training.data import Dataset
 from training.progress import Progress
 from training.tasks import Task
-from training.trainer import TrainConfig, TrainResult, predict, resolve_device, resolve_precision, to_tensors, train
+from training.trainer import TrainConfig, TrainResult, predict, resolve_device, resolve_precision, train
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     temperature: float = 4.0  # softens the teacher's logits so the wrong-class ranking carries signal
     alpha: float = 0.7  # weight of the teacher's targets; 1 - alpha goes to the hard labels
-    unlabelled_ratio: float = 1.0  # recommender: teacher-scored random pairs per labelled row
+    extra_ratio: float = 0.0  # teacher-labelled extra inputs (Task.teacher_inputs) per labelled row
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be within [0, 1], got {self.alpha!r}")
+        if not self.extra_ratio >= 0:
+            raise ValueError(f"extra_ratio must be >= 0, got {self.extra_ratio!r}")
 
 
 def kd_classification_loss(
@@ -39,6 +54,13 @@ def kd_classification_loss(
         log_target=True,
     )
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str, temperature: float) -> torch.Tensor:
+    """The teacher's targets alone (no labels): for extra inputs nobody labelled."""
+    if problem == "classification":
+        return kd_classification_loss(student, teacher, teacher.argmax(dim=1), temperature, 1.0)
+    return F.mse_loss(student, teacher)
 
 
 def kd_regression_loss(
@@ -58,26 +80,30 @@ def distill(
     progress: Progress | None = None,
     batch_weight: float = 1.0,
 ) -> TrainResult:
-    """Train `student` against `teacher`'s outputs on the training split (computed once)."""
-    teacher.eval()
-    precision = resolve_precision(config.precision, resolve_device(config.device))
-    teacher_outputs = torch.from_numpy(predict(teacher, data.train, task, precision=precision))
-    device = next(teacher.parameters()).device
+    """Train `student` against `teacher`'s outputs: computed once on the training split, or on
+    every batch as the student sees it when `config.augment` is on."""
+    device = resolve_device(config.device)
+    teacher.to(device).eval()
+    precision = resolve_precision(config.precision, device)
+    online = config.augment
+    teacher_outputs = None if online else torch.from_numpy(predict(teacher, data.train, task, precision=precision))
     rng = np.random.default_rng(config.seed + 1)
+    T, alpha = distill_config.temperature, distill_config.alpha
 
-    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-        teacher_batch = teacher_outputs[index].to(outputs.device)
+    @torch.no_grad()
+    def teach(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return teacher(*tensors).float()
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, index: np.ndarray, tensors: list) -> torch.Tensor:
+        teacher_batch = teach(tensors) if online else teacher_outputs[index].to(outputs.device)
         if task.problem == "classification":
-            return kd_classification_loss(
-                outputs, teacher_batch, targets, distill_config.temperature, distill_config.alpha
-            )
-        loss = kd_regression_loss(outputs, teacher_batch, targets, distill_config.alpha)
-        extra = int(len(index) * distill_config.unlabelled_ratio)
-        if extra and hasattr(task, "sample_unlabelled"):
-            tensors = to_tensors(task.sample_unlabelled(data, extra, rng), task, device)
-            with torch.no_grad():
-                teacher_scores = teacher(*tensors).float()
-            loss = loss + distill_config.alpha * F.mse_loss(student(*tensors).float(), teacher_scores)
+            loss = kd_classification_loss(outputs, teacher_batch, targets, T, alpha)
+        else:
+            loss = kd_regression_loss(outputs, teacher_batch, targets, alpha)
+        extra = int(len(index) * distill_config.extra_ratio)
+        if extra:
+            inputs = task.teacher_inputs(data, tensors, extra, rng)
+            loss = loss + alpha * soft_target_loss(student(*inputs).float(), teach(inputs), task.problem, T)
         return loss
 
     return train(

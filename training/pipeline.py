@@ -5,6 +5,7 @@ against PyTorch and evaluated in ONNX Runtime on the test split -> model reposit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -144,6 +145,10 @@ def _settings(task: Task, kind: str, config: BuildConfig, seed: int | None = Non
     )
 
 
+def _recipe(task: Task, config: BuildConfig) -> DistillConfig:
+    return DistillConfig(**task.distill_settings(config.quick))
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What one family's build weighs on the progress display, in estimated seconds of work: every
@@ -151,7 +156,7 @@ class _Plan:
     batch of that model costs here, and every variant exported (an evaluation pass over the test
     split, a third of a training step per batch, plus a second for export and parity)."""
 
-    batch_s: dict[str, float]  # kind -> seconds per training batch
+    batch_s: dict[str, float]  # kind (and "distilled_with_teacher") -> seconds per training batch
     train_s: float  # all training batches of the family's three models
     export_s: float  # per variant
 
@@ -167,8 +172,18 @@ def plan(family: str, data: Dataset, config: BuildConfig) -> _Plan:
         settings = _settings(task, kind, config)
         torch.manual_seed(config.seed)  # a throwaway model: training re-seeds before building its own
         batch_s[kind] = trainer.seconds_per_batch(task.build(kind, data), task, data.train, settings)
-        runs = 2 * len(config.student_seeds) if kind == "distilled" else 1  # with and without the teacher
+        runs = len(config.student_seeds) if kind == "distilled" else 1  # the students without the teacher
         train_s += runs * trainer.planned_steps(len(data.train), settings) * batch_s[kind]
+    # With the teacher: extra inputs cost the student a step each, and the teacher a forward pass (a
+    # third of its step) for each extra input and, when it runs on the augmented views, each batch.
+    recipe, student = _recipe(task, config), _settings(task, "distilled", config)
+    teacher_passes = recipe.extra_ratio + (1.0 if student.augment else 0.0)
+    batch_s["distilled_with_teacher"] = (
+        batch_s["distilled"] * (1 + recipe.extra_ratio) + batch_s["full"] / 3 * teacher_passes
+    )
+    train_s += (
+        len(config.student_seeds) * trainer.planned_steps(len(data.train), student) * batch_s["distilled_with_teacher"]
+    )
     batches = -(-len(data.test) // _settings(task, "full", config).batch_size)
     return _Plan(batch_s, train_s, export_s=1.0 + batches * batch_s["full"] / 3)
 
@@ -203,10 +218,10 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
                 task,
                 data,
                 settings,
-                DistillConfig(),
+                _recipe(task, config),
                 f"{family}_distilled{suffix}",
                 progress=progress,
-                batch_weight=weight["distilled"],
+                batch_weight=weight["distilled_with_teacher"],
             )
         )
         baseline_runs.append(
@@ -314,6 +329,11 @@ def family_section(
             "full": summary(trained.full),
             "distilled": summary(trained.distilled),
             "student_without_distillation": summary(trained.baseline),
+            # How the students learned from the teacher (the recipe chosen on validation, README).
+            "distillation": {
+                **dataclasses.asdict(_recipe(task, config)),
+                "augment": _settings(task, "distilled", config).augment,
+            },
             # Every student seed's test metric (PyTorch), paired by seed: the report's distillation gain.
             "seeds": {
                 "seeds": list(trained.seeds),

@@ -34,6 +34,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 on bf16-capable CPUs, fp16 on CUDA
     grad_clip: float = 1.0  # LSTMs blow up without it
     max_steps_per_epoch: int | None = None  # caps an epoch (the --quick run)
+    augment: bool = False  # the task's training-time augmentation (Task.augment) on every batch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -148,19 +149,23 @@ def train(
     val_split: Split,
     config: TrainConfig,
     name: str,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, np.ndarray, list[torch.Tensor]], torch.Tensor] | None = None,
     progress: Progress | None = None,
     batch_weight: float = 1.0,
 ) -> TrainResult:
     """Train `model` in place and return it with its best validation weights.
 
-    loss_fn(outputs, targets, row_index) overrides the task's hard-label loss (distillation
-    uses the row index to look up the teacher's outputs for the same rows). `progress` counts
+    loss_fn(outputs, targets, row_index, input_tensors) overrides the task's hard-label loss
+    (distillation looks the teacher's outputs up by row index, or runs the teacher on the same
+    input tensors: the same augmented view the student saw). With `config.augment`, every batch
+    goes through `task.augment` first, from its own seeded generator: two runs with the same seed
+    see the same views whatever their loss does with its own randomness. `progress` counts
     `batch_weight` per batch (and, on an early stop, for the ones skipped); without one, the run
     shows its own, in batches.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    views = np.random.default_rng([config.seed, 1]) if config.augment else None
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     autocast_dtype = AUTOCAST_DTYPES.get(precision)
@@ -168,7 +173,7 @@ def train(
     model.to(device)
     if task.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = loss_fn or (lambda outputs, targets, _: task.loss(outputs, targets))
+    loss_fn = loss_fn or (lambda outputs, targets, _, __: task.loss(outputs, targets))
 
     steps = steps_per_epoch(len(train_split), config)
     own = progress is None
@@ -188,11 +193,13 @@ def train(
         for step, (index, inputs, targets) in enumerate(batches(train_split, task, config.batch_size, rng)):
             if step >= steps:
                 break
+            if views is not None:
+                inputs = task.augment(inputs, views)
             tensors = to_tensors(inputs, task, device)
             target = torch.from_numpy(targets).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 outputs = model(*tensors)
-            loss = loss_fn(outputs.float(), target, index)
+            loss = loss_fn(outputs.float(), target, index, tensors)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

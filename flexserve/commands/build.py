@@ -61,6 +61,41 @@ def add_train(commands) -> None:
     p.add_argument("--no-register", action="store_true", help="skip copying it into BentoML's model store")
 
 
+def _distill_search(args: argparse.Namespace) -> int:
+    from training.recipes import markdown, run
+
+    seeds = tuple(range(args.seed, args.seed + args.seeds))
+    result = run(args.family, args.checkpoints, seeds, args.train_rows, args.recipe, args.out, args.device)
+    print(markdown(result))
+    if args.out:
+        print(f"wrote {args.out}/distill_search_{args.family}.json and .md")
+    return 0
+
+
+def add_distill_search(commands) -> None:
+    p = command(
+        commands,
+        "build the model repository",
+        "distill-search",
+        "distillation recipes against the same student without a teacher, on validation, paired by seed",
+        "flexserve distill-search --family cnn --seeds 3 --out reports/",
+        _distill_search,
+    )
+    p.add_argument("--family", default="cnn", help="whose student to distil (the families with recipes: cnn)")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=DEFAULT_REPOSITORY.parent / "checkpoints",
+        help="where `flexserve train` left the trained full model (the teacher)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs of every recipe, seeds --seed, --seed + 1, ...")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--train-rows", type=int, help="a seeded subset of the training split (default: all of it)")
+    p.add_argument("--recipe", action="append", help="only this recipe (repeatable; default: every one)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
+    p.add_argument("--out", type=Path, help="also write the runs as JSON and Markdown into this folder")
+
+
 def _report(args: argparse.Namespace) -> int:
     from loadtest.report import report
 
