@@ -5,13 +5,16 @@ distributions (scaled by T^2, Hinton et al. 2015) mixed with cross-entropy on th
 Regression (the recommender): the teacher's predictions as soft targets mixed with the
 ratings.
 
-Two recipes from the literature, per family (`Task.distill_settings`, chosen on validation):
+Two ingredients from the literature, for the recipes `flexserve distill-search` tries
+(training/recipes.py; each family's own recipe is `Task.distill_settings`):
 - teacher-labelled extra inputs, which is where a teacher knows more than the labels do: the
   recommender's (user, item) pairs nobody rated, the image family's mixups of two training
   images (`Task.teacher_inputs`);
 - consistent views ("a good teacher is patient and consistent", Beyer et al., CVPR'22): with
-  the training settings' `augment`, the teacher runs on each batch as the student sees it
-  (the same shifted, flipped image), rather than once on the unaugmented split.
+  the training settings' `augment` (TrainConfig), the teacher runs on each batch as the
+  student sees it (the same shifted, mirrored image), rather than once on the unaugmented
+  split. No family's build augments today: in 4 epochs it cost the image student more than
+  the teacher gave back (README, "Distillation recipes").
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(result: TrainResult, task: Task, path: Path) -> None:
-    """Weights as safetensors (no pickle) and, beside them, what rebuilds the model."""
+def save_checkpoint(result: TrainResult, task: Task, path: Path, data_seed: int = 0) -> None:
+    """Weights as safetensors (no pickle) and, beside them, what rebuilds the model and the seed of
+    the data split it was trained on (a later search must validate on rows it never trained on)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     save_file(state, str(path.with_suffix(".safetensors")))
@@ -78,6 +79,7 @@ def save_checkpoint(result: TrainResult, task: Task, path: Path) -> None:
                 "family": task.family,
                 "architecture": task.model_class.__name__,
                 "config": config_to_json(result.model.config),
+                "data_seed": data_seed,
                 "best_val_metric": result.best_metric,
                 "history": result.history,
             },
@@ -240,7 +242,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
     served = max(range(len(seeds)), key=lambda i: sign * distilled_runs[i].best_metric)  # chosen on validation
     trained = _Trained(full, distilled_runs, baseline_runs, seeds, served)
     for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
-        save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}")
+        save_checkpoint(result, task, config.checkpoint_dir / f"{family}_{kind}", config.seed)
     return trained
 
 

@@ -73,6 +73,7 @@ def search(
     total = sum(planned_steps(len(data.train), TrainConfig(**{**base_settings, **r.schedule})) for r in recipes) * len(
         seeds
     )
+    # Counts student batches: a recipe with an online teacher or extra inputs takes longer per batch.
     progress = Progress(total, f"{task.family} distillation recipes", unit="batch")
     runs: dict[str, list[float]] = {r.name: [] for r in recipes}
     for seed in seeds:
@@ -141,10 +142,14 @@ def run(
             f"no trained {family} teacher at {teacher_path}.safetensors: `flexserve train --family {family}` "
             f"writes it (into a `checkpoints` folder beside the repository), or pass --checkpoints"
         )
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed (--seeds >= 1)")
     task = get_task(family)
-    data = load_dataset(family, seed=0)
+    # The teacher's own split (checkpoints before this field: seed 0), so that validation rows are unseen.
+    data_seed = json.loads(teacher_path.with_suffix(".json").read_text()).get("data_seed", 0)
+    data = load_dataset(family, seed=data_seed)
     if train_rows is not None and train_rows < len(data.train):
-        data = data.subset(train_rows, len(data.val), len(data.test), seed=0)
+        data = data.subset(train_rows, len(data.val), len(data.test), seed=data_seed)
     recipes = tuple(r for r in RECIPES[family] if not names or r.name in names)
     result = search(task, data, load_checkpoint(task, teacher_path), recipes, seeds, device)
     if out is not None:

@@ -64,7 +64,7 @@ def add_train(commands) -> None:
 def _distill_search(args: argparse.Namespace) -> int:
     from training.recipes import markdown, run
 
-    seeds = tuple(range(args.seed, args.seed + args.seeds))
+    seeds = tuple(range(args.seed, args.seed + max(args.seeds, 0)))
     result = run(args.family, args.checkpoints, seeds, args.train_rows, args.recipe, args.out, args.device)
     print(markdown(result))
     if args.out:

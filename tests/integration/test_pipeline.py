@@ -63,6 +63,8 @@ def test_checkpoints_rebuild_the_model_that_was_exported(synthetic_repo):
     )[0]
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(images)).numpy(), onnx_out, atol=1e-4)
+    meta = json.loads((synthetic_repo.parent / "checkpoints" / "cnn_full.json").read_text())
+    assert meta["data_seed"] == 0  # the split it trained on: a recipe search validates on rows it never saw
 
 
 def test_repository_is_registered_in_the_bentoml_model_store(synthetic_repo):

@@ -42,3 +42,18 @@ def test_mixups_are_convex_combinations_of_two_images_of_the_batch():
 def test_families_without_augmentation_say_so():
     with pytest.raises(NotImplementedError, match="rnn family has no training-time augmentation"):
         get_task("rnn").augment({}, np.random.default_rng(0))
+
+
+def test_the_recommenders_extra_inputs_are_random_catalogue_pairs_on_the_batchs_device():
+    from training.data import catalog_rows, load_dataset
+
+    task, data = get_task("recsys"), load_dataset("recsys", synthetic=True, seed=0)
+    batch = [torch.zeros(4, 4, dtype=torch.int64)]
+    pairs = task.teacher_inputs(data, batch, 32, np.random.default_rng(7))
+    rng, tables = np.random.default_rng(7), data.preprocessing["tables"]
+    users = rng.integers(0, len(tables["USER_FEATURES"]), 32)
+    expected = catalog_rows(tables, users, rng.integers(0, len(tables["ITEM_FEATURES"]), 32))
+    assert len(pairs) == len(task.input_names)
+    for name, tensor in zip(task.input_names, pairs, strict=True):
+        assert tensor.device == batch[0].device and len(tensor) == 32
+        np.testing.assert_array_equal(tensor.numpy(), expected[name])
