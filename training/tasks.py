@@ -1,4 +1,4 @@
-"""What differs between the three families, in one place: the architectures of the full
+"""What differs between the families, in one place: the architectures of the full
 model and the student, the training settings, how a batch is collated, the loss and the
 test metric, the ONNX signature, and the serving contract written to the manifest.
 """
@@ -18,7 +18,7 @@ from contract.statistics import binomial_se, rmse_se
 from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
-from training.data import Dataset, catalog_rows
+from training.data import NO_LABEL, POLARITY_LABELS, SUBJECTIVITY_LABELS, Dataset, catalog_rows
 
 KINDS = ("full", "distilled")
 SHIFT = 2  # pixels an augmented image moves at most, each way
@@ -37,6 +37,9 @@ class Task:
     config_class: ClassVar[type]
     # Files serving needs beside the models (written as `<family>_<name>.json` from `data.preprocessing`).
     preprocessing_artifacts: ClassVar[tuple[str, ...]] = ()
+    adapter: ClassVar[str]  # the serving adapter (serving/families/) the manifest names
+    # The family whose trained full model this one's starts from (training/transfer.py), or None.
+    transfer_from: ClassVar[str | None] = None
 
     # ---- architectures and training settings (the trainer's TrainConfig fields)
     def model_config(self, kind: str, data: Dataset) -> Any:
@@ -85,6 +88,20 @@ class Task:
         return axes
 
     # ---- objective
+    # A classifier's softmax groups: column ranges of its logits, one per task it answers (a
+    # multi-task model has several; distillation softens each one on its own).
+    def output_groups(self, outputs: torch.Tensor) -> list[slice]:
+        return [slice(0, outputs.shape[1])]
+
+    def head_metrics(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Metrics beside `metric` that the manifest keeps per variant (each head of a multi-task model)."""
+        return {}
+
+    def single_tasks(self) -> list[Task]:
+        """A multi-task family's heads as single-task models (each with `head` and `rows(split)`), which
+        the build trains beside it for comparison; [] for every other family."""
+        return []
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.problem == "classification":
             return F.cross_entropy(outputs, targets)
@@ -112,6 +129,7 @@ class Task:
 
 class ImageTask(Task):
     family = "cnn"
+    adapter = "image"
     problem = "classification"
     static_int8 = True
     metric_name = "accuracy"
@@ -175,6 +193,7 @@ class ImageTask(Task):
 
 class TextTask(Task):
     family = "rnn"
+    adapter = "text"
     problem = "classification"
     metric_name = "accuracy"
     higher_is_better = True
@@ -221,6 +240,7 @@ class TextTask(Task):
 
 class RecsysTask(Task):
     family = "recsys"
+    adapter = "recommender"
     problem = "regression"
     metric_name = "rmse"
     higher_is_better = False
@@ -288,7 +308,151 @@ class RecsysTask(Task):
         return data.preprocessing["sizes"]["num_items"]
 
 
-TASKS: dict[str, Task] = {task.family: task for task in (ImageTask(), TextTask(), RecsysTask())}
+class DigitsTask(ImageTask):
+    """Handwritten digits: the image family's architecture, its full model transferred from the
+    Fashion-MNIST full CNN (training/transfer.py). Served by the image adapter."""
+
+    family = "digits"
+    transfer_from = "cnn"
+    augment = Task.augment  # a mirrored digit is another digit (or none)
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        # The students: ~1,200 images, so more epochs than Fashion-MNIST's 55,000 take.
+        return {"epochs": 3 if quick else 20, "batch_size": 32, "lr": 3e-3, "patience": 5}
+
+    def transfer_settings(self, path: str, quick: bool) -> dict:
+        """The study's settings per path (training/transfer.py): the same schedule for all three, so
+        that the comparison is of starting points; a small label budget runs more epochs, up to
+        `max_epochs`, to get `min_steps` steps. The head learns at `lr`; fine-tuning's backbone at a tenth."""
+        settings = {"epochs": 6, "batch_size": 32, "lr": 3e-3, "patience": 99, "min_steps": 120, "max_epochs": 25}
+        if quick:
+            settings.update(epochs=2, min_steps=10, max_epochs=4)
+        if path == "frozen":
+            settings["lr"] = 1e-2  # only the head learns: a linear model on fixed features
+        if path == "finetune":
+            settings["backbone_lr_scale"] = 0.1
+        return settings
+
+    def serving_contract(self, data: Dataset) -> dict:
+        return {**super().serving_contract(data), "typical_request": "one 28x28 grayscale digit"}
+
+
+def balanced_accuracy(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """The mean of the per-class recalls (classes present in `targets`)."""
+    return float(np.mean([(predicted[targets == c] == c).mean() for c in np.unique(targets)]))
+
+
+def balanced_accuracy_se(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """Its standard error: the per-class recalls are independent binomials."""
+    recalls = [(predicted[targets == c] == c).mean() for c in np.unique(targets)]
+    counts = [int((targets == c).sum()) for c in np.unique(targets)]
+    return float(np.sqrt(sum(binomial_se(r, n) ** 2 for r, n in zip(recalls, counts, strict=True))) / len(counts))
+
+
+class MultiTaskTextTask(TextTask):
+    """One shared text encoder (the text family's LSTM), two heads: polarity (rotten/fresh, on the
+    reviews) and subjectivity (plot summary/review, on every row). LOGITS [N, 4] are the two heads'
+    logits side by side (`HEADS`' columns): one linear layer over the shared features is exactly two
+    heads. Trained jointly: each batch is a random draw of all rows (reviews and plots mixed as in the
+    data, 12:1); the loss is the polarity cross-entropy over the batch's reviews plus the subjectivity
+    cross-entropy over all its rows, weighted equally. Ranked by the mean of polarity accuracy and
+    subjectivity balanced accuracy (the classes are 12:1)."""
+
+    family = "text_multitask"
+    adapter = "multitask_text"
+    metric_name = "mean_accuracy"
+    HEADS = {"polarity": (slice(0, 2), POLARITY_LABELS), "subjectivity": (slice(2, 4), SUBJECTIVITY_LABELS)}
+    LOSS_WEIGHTS = {"polarity": 1.0, "subjectivity": 1.0}
+
+    def model_config(self, kind: str, data: Dataset) -> RNNConfig:
+        return dataclasses.replace(super().model_config(kind, data), num_classes=4)
+
+    def train_settings(self, kind: str, quick: bool) -> dict:
+        settings = super().train_settings(kind, quick)
+        # --quick trains five models here (the comparison's two single-task ones too): fewer steps each.
+        return {**settings, "max_steps_per_epoch": 12} if quick else settings
+
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec("LOGITS", "float32", (-1, 4))
+
+    def output_groups(self, outputs: torch.Tensor) -> list[slice]:
+        return [columns for columns, _ in self.HEADS.values()]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        total = outputs.new_zeros(())
+        for index, (name, (columns, _)) in enumerate(self.HEADS.items()):
+            labelled = targets[:, index] != NO_LABEL
+            if labelled.any():  # a batch of plot summaries alone has no polarity to learn
+                total = total + self.LOSS_WEIGHTS[name] * F.cross_entropy(
+                    outputs[labelled][:, columns], targets[labelled, index]
+                )
+        return total
+
+    def _head_scores(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, tuple[float, float]]:
+        """(metric, standard error) per head: polarity accuracy on the reviews, subjectivity balanced accuracy."""
+        scores = {}
+        for index, (name, (columns, _)) in enumerate(self.HEADS.items()):
+            labelled = targets[:, index] != NO_LABEL
+            predicted, truth = outputs[labelled][:, columns].argmax(axis=1), targets[labelled, index]
+            if name == "polarity":
+                accuracy = float((predicted == truth).mean())
+                scores["polarity_accuracy"] = (accuracy, binomial_se(accuracy, len(truth)))
+            else:
+                scores[f"{name}_balanced_accuracy"] = (
+                    balanced_accuracy(predicted, truth),
+                    balanced_accuracy_se(predicted, truth),
+                )
+        return scores
+
+    def head_metrics(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {name: value for name, (value, _) in self._head_scores(outputs, targets).items()}
+
+    def metric(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        return float(np.mean(list(self.head_metrics(outputs, targets).values())))
+
+    def single_tasks(self) -> list[Task]:
+        return [SingleHeadTextTask(head) for head in self.HEADS]
+
+    def metric_se(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        errors = [se for _, se in self._head_scores(outputs, targets).values()]
+        return float(np.sqrt(sum(se**2 for se in errors)) / len(errors))
+
+    def serving_contract(self, data: Dataset) -> dict:
+        return {
+            "heads": [
+                {"name": name, "columns": [columns.start, columns.stop], "labels": labels}
+                for name, (columns, labels) in self.HEADS.items()
+            ],
+            "metric": "the mean of polarity accuracy (reviews) and subjectivity balanced accuracy (all rows)",
+            "tokenizer": data.preprocessing["tokenizer"],
+            "typical_request": "one review snippet (median 22 tokens), both tasks",
+        }
+
+
+class SingleHeadTextTask(TextTask):
+    """One head of the multi-task family on its own (the comparison `flexserve train` makes): the same
+    encoder, trained on the rows that head labels, measured as the multi-task model measures that head."""
+
+    def __init__(self, head: str):
+        self.head = head
+        self.index = list(MultiTaskTextTask.HEADS).index(head)
+        self.family = f"text_{head}"
+        self.metric_name = "accuracy" if head == "polarity" else "balanced_accuracy"
+
+    def rows(self, split):
+        """The split's rows this head labels, with that head's targets alone."""
+        labelled = np.flatnonzero(split.targets[:, self.index] != NO_LABEL)
+        return type(split)({k: v[labelled] for k, v in split.inputs.items()}, split.targets[labelled, self.index])
+
+    def metric(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        if self.head == "polarity":
+            return super().metric(outputs, targets)
+        return balanced_accuracy(outputs.argmax(axis=1), targets)
+
+
+TASKS: dict[str, Task] = {
+    task.family: task for task in (ImageTask(), TextTask(), RecsysTask(), DigitsTask(), MultiTaskTextTask())
+}
 
 
 def get_task(family: str) -> Task:

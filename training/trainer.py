@@ -35,6 +35,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # LSTMs blow up without it
     max_steps_per_epoch: int | None = None  # caps an epoch (the --quick run)
     augment: bool = False  # the task's training-time augmentation (Task.augment) on every batch
+    # Fine-tuning: everything but `model.head` learns at this fraction of `lr` (1.0: one rate for all).
+    backbone_lr_scale: float = 1.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -109,6 +111,30 @@ def predict(
     return np.concatenate(outputs)
 
 
+def train_mode(model: nn.Module) -> None:
+    """`model.train()`, except that a BatchNorm layer whose parameters are all frozen stays in eval
+    mode: a frozen backbone keeps the statistics it was trained with, as well as its weights."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """The trainable parameters (frozen ones are left out), the head's at `lr` and, with a
+    `backbone_lr_scale`, the rest at `lr * backbone_lr_scale`."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.backbone_lr_scale == 1.0:
+        return [{"params": trainable, "lr": config.lr}]
+    head = {id(p) for p in model.head.parameters()}
+    groups = [
+        {"params": [p for p in trainable if id(p) in head], "lr": config.lr},
+        {"params": [p for p in trainable if id(p) not in head], "lr": config.lr * config.backbone_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def steps_per_epoch(rows: int, config: TrainConfig) -> int:
     steps = math.ceil(rows / config.batch_size)
     return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
@@ -125,7 +151,8 @@ def seconds_per_batch(model: nn.Module, task: Task, split: Split, config: TrainC
     weighs each model's batches by it, so that the ETA holds across models of very different cost."""
     device = resolve_device(config.device)
     dtype = AUTOCAST_DTYPES.get(resolve_precision(config.precision, device))
-    model.to(device).train()
+    model.to(device)
+    train_mode(model)
     if task.channels_last:
         model.to(memory_format=torch.channels_last)
     index = np.arange(min(config.batch_size, len(split)))
@@ -178,17 +205,18 @@ def train(
     steps = steps_per_epoch(len(train_split), config)
     own = progress is None
     progress = progress or Progress(planned_steps(len(train_split), config), name, unit="batch")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = param_groups(model, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     # OneCycleLR needs a few steps per phase; tiny (synthetic) runs simply stop before the end.
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps, 20), pct_start=0.25
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(config.epochs * steps, 20), pct_start=0.25
     )
     sign = 1.0 if task.higher_is_better else -1.0
     best_score, best_state, stale, history = -math.inf, None, 0, []
     started = time.perf_counter()
     epoch = 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        train_mode(model)
         epoch_start, total_loss, seen = time.perf_counter(), 0.0, 0
         for step, (index, inputs, targets) in enumerate(batches(train_split, task, config.batch_size, rng)):
             if step >= steps:

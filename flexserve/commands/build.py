@@ -23,6 +23,7 @@ def _train(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         device=args.device,
         register=not args.no_register,
+        labels_per_class=args.labels_per_class,
     )
     manifest = build(families, config)
     for family in families:
@@ -55,6 +56,13 @@ def add_train(commands) -> None:
         help="train the students (with and without the teacher) with this many seeds, from --seed on: the "
         "report's distillation gain is their paired difference with its 95%% interval (default: 1 with "
         "--quick, else 3)",
+    )
+    p.add_argument(
+        "--labels-per-class",
+        type=int,
+        help="transferred families (digits, from the image family's full CNN): the labels per class their "
+        "served models learn from (default: every training row; other families ignore it); the transfer "
+        "study compares this, 10, 50 and all labels per class (10 and all with --quick)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--synthetic", action="store_true", help="generated data instead of the real datasets")

@@ -1,5 +1,5 @@
-"""Family adapters (see `base.py` for the contract): `image`, `text`, `recommender` for the built-in
-families, `tensor` for any other ONNX model. A manifest section names its adapter; sections written
+"""Family adapters (see `base.py` for the contract): `image`, `text`, `recommender`, `multitask_text` for
+the built-in families, `tensor` for any other ONNX model. A manifest section names its adapter; sections written
 before adapters were named get theirs from the built-in family's name."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from collections.abc import Callable
 from contract.manifest import FamilySection
 from serving.families.base import Decoded, Family
 from serving.families.image import ImageFamily
+from serving.families.multitask import MultiTaskTextFamily
 from serving.families.recommender import RecommenderFamily
 from serving.families.tensor import TensorFamily
 from serving.families.text import TextFamily
 
-ADAPTERS: dict[str, type[Family]] = {f.adapter: f for f in (ImageFamily, TextFamily, RecommenderFamily, TensorFamily)}
+ADAPTERS: dict[str, type[Family]] = {
+    f.adapter: f for f in (ImageFamily, TextFamily, RecommenderFamily, MultiTaskTextFamily, TensorFamily)
+}
 _BEFORE_ADAPTERS = {"cnn": "image", "rnn": "text", "recsys": "recommender"}
 
 

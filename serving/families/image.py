@@ -1,4 +1,4 @@
-"""The image classifier's adapter (`cnn`): 28x28 grayscale images in, Fashion-MNIST classes out."""
+"""The image classifiers' adapter (`cnn`, `digits`): 28x28 grayscale images in, the family's classes out."""
 
 from __future__ import annotations
 

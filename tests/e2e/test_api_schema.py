@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from loadtest.servers import ServerProcess
+from training import BUILT_IN_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
@@ -70,7 +71,7 @@ def test_the_document_types_every_endpoint_and_error(server):
         "$ref": "#/components/schemas/Variants"
     }
     family = next(p for p in paths["/v2/models/{family}/infer"]["post"]["parameters"] if p["name"] == "family")
-    assert sorted(family["schema"]["enum"]) == ["cnn", "recsys", "rnn"]  # the live repository's families
+    assert sorted(family["schema"]["enum"]) == sorted(BUILT_IN_FAMILIES)  # the live repository's families
     error = spec["components"]["schemas"]["ErrorDetail"]
     assert {"field", "problem", "accepted", "message"} <= set(error["properties"])
     assert "InvalidArgument" not in spec["components"]["schemas"]  # BentoML's own error body is gone

@@ -20,10 +20,11 @@ from serving.repository import check_signature, load_repository
 @pytest.mark.slow
 def test_quick_build_on_real_data_serves_every_variant(quick_repo):
     repo = load_repository(quick_repo)
-    assert repo.families == ["cnn", "recsys", "rnn"]
+    assert repo.families == ["cnn", "digits", "recsys", "rnn", "text_multitask"]
     for family in repo.families:
         section = repo.family(family)
-        assert "subset" in section.dataset["source"]  # real data, --quick subset
+        # real data, a --quick subset (the 1,797 digits are used whole)
+        assert "subset" in section.dataset["source"] or family == "digits"
         variants = repo.variants(family)
         assert len(variants) == 6
         for variant in variants:
@@ -70,9 +71,17 @@ def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path,
     assert set(rows["latency_p50_ms"]["rnn_full_fp32"]) == {"1", "32"}
     # The HTTP floor was measured in this run (a real bare BentoML endpoint), for every trained family.
     floor = rows["http_floor_p50_ms"]
-    assert set(floor) == {"cnn", "rnn", "recsys"} and all(f["echo"] > 0 and f["full_fp32"] > 0 for f in floor.values())
+    assert set(floor) == {"cnn", "rnn", "recsys", "digits", "text_multitask"}
+    assert all(f["echo"] > 0 and f["full_fp32"] > 0 for f in floor.values())
     assert "full model >= 1x the bare HTTP round trip" in result.stdout
     assert "distillation gain >= 0.5 points, 95% interval above 0 | 1 seed: no interval" in result.stdout
+    # The transfer study and the multi-task comparison: their tables, targets and the label-efficiency plot.
+    assert "digits: transferred from cnn (cnn_full.safetensors, sha256 " in result.stdout
+    assert "| finetune | " in result.stdout and "10 labels/class" in result.stdout
+    assert "digits transfer at 10 labels/class >= +10 points vs scratch" in result.stdout
+    assert "| single-task subjectivity | - | " in result.stdout
+    assert "text_multitask params <= 0.6x the single-task models' combined | 0.5" in result.stdout
+    assert (tmp_path / "r_label_efficiency.png").stat().st_size > 10_000
 
 
 def test_unknown_family_is_a_clear_usage_error(cli):

@@ -17,7 +17,8 @@ import pytest
 from loadtest.servers import BENTOML, ServerProcess
 from serving.policy import policy_from_manifest
 from serving.repository import load_repository
-from training.data import encode_texts, load_fashion_mnist
+from training import BUILT_IN_FAMILIES
+from training.data import encode_texts, load_digits, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +53,42 @@ def test_classify_image_over_http_equals_onnx_runtime(server, images, profiled_q
     variant = next(v for v in load_repository(profiled_quick_repo).variants("cnn") if v.name == body["variant"])
     logits = ort.InferenceSession(str(variant.path)).run(None, {"IMAGES": np.array(pixels, np.float32)[:, None]})[0]
     assert [p["class_id"] for p in body["predictions"]] == logits.argmax(1).tolist()
+
+
+@pytest.mark.slow
+def test_handwritten_digits_are_answered_by_a_budget_routed_transferred_variant(server, profiled_quick_repo):
+    """The digits family (transferred from the image family's CNN) through the family contract's
+    endpoint, on real digits from its test split: the answer is the variant's own in ONNX Runtime."""
+    data = load_digits()
+    pixels = data.test.inputs["IMAGES"][:6, 0].astype(float).tolist()
+    response = httpx.post(f"{server}/v1/predict/digits", json={"images": pixels, "latency_budget_ms": 10_000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    repo = load_repository(profiled_quick_repo)
+    variant = next(v for v in repo.variants("digits") if v.name == body["variant"])
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"IMAGES": np.array(pixels, np.float32)[:, None]})[0]
+    assert [p["class_id"] for p in body["predictions"]] == logits.argmax(1).tolist()
+    assert [p["label"] for p in body["predictions"]] == [str(c) for c in logits.argmax(1)]
+
+
+@pytest.mark.slow
+def test_one_request_answers_polarity_and_subjectivity_for_each_text(server, profiled_quick_repo):
+    texts = ["A moving, superbly acted film.", "A young farmer leaves his village to find his missing brother."]
+    response = httpx.post(f"{server}/v1/predict/text_multitask", json={"texts": texts, "latency_budget_ms": 10_000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    repo = load_repository(profiled_quick_repo)
+    variant = next(v for v in repo.variants("text_multitask") if v.name == body["variant"])
+    tokens, lengths = encode_texts(texts, repo.artifact("text_multitask", "vocab"))
+    longest = int(lengths.max())
+    logits = ort.InferenceSession(str(variant.path)).run(None, {"TOKENS": tokens[:, :longest], "LENGTHS": lengths})[0]
+    assert len(body["predictions"]) == 2
+    for row, answer in enumerate(body["predictions"]):
+        assert set(answer) == {"polarity", "subjectivity"}
+        assert answer["polarity"]["label"] == ["rotten", "fresh"][int(logits[row, :2].argmax())]
+        assert answer["subjectivity"]["label"] == ["plot", "review"][int(logits[row, 2:].argmax())]
+    bad = httpx.post(f"{server}/v1/predict/text_multitask", json={"texts": "not a list"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"].startswith("texts")
 
 
 @pytest.mark.slow
@@ -110,7 +147,7 @@ def test_errors_metrics_and_variants_over_http(server):
     answered = httpx.post(f"{server}/v1/classify_text", json={"texts": ["fine"], "latency_budget_ms": 10_000})
     assert answered.status_code == 200  # so that this test's scrape holds an answered request too
     variants = httpx.get(f"{server}/v1/variants").json()
-    assert set(variants["families"]) == {"cnn", "rnn", "recsys"}
+    assert set(variants["families"]) == set(BUILT_IN_FAMILIES)
     metrics = httpx.get(f"{server}/metrics").text
     assert 'flexserve_requests_total{family="cnn",outcome="client_error"' in metrics
     assert 'outcome="budget_met"' in metrics and "flexserve_request_latency_seconds_bucket" in metrics
@@ -149,7 +186,7 @@ def test_the_built_bento_carries_its_models_and_serves_every_family(profiled_qui
     assert text.status_code == 200 and text.json()["variant"].startswith("rnn_")
     assert image.status_code == 200 and image.json()["variant"].startswith("cnn_")
     assert user.status_code == 200 and len(user.json()["items"]) == 3
-    assert set(families) == {"cnn", "rnn", "recsys"}
+    assert set(families) == set(BUILT_IN_FAMILIES)
     # The image `bentoml containerize` would build (Docker is not on this machine): its Dockerfile.
     dockerfile = tmp_path / "Dockerfile"
     script = f"import bentoml; bentoml.container.get_containerfile({tag!r}, output_path={str(dockerfile)!r})"
@@ -177,7 +214,7 @@ def test_bench_gateway_prints_overhead_and_throughput(profiled_quick_repo, cli, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "overhead / echo" in result.stdout and "requests/s at concurrency 8" in result.stdout
     rows = json.loads((tmp_path / "g.json").read_text())
-    assert {r["family"] for r in rows["overhead"]} == {"cnn", "rnn", "recsys"}
+    assert {r["family"] for r in rows["overhead"]} == set(BUILT_IN_FAMILIES)
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows["throughput"])
 
 
@@ -260,7 +297,7 @@ def test_headless_load_test_passes_its_slas_and_writes_reports(server, cli, tmp_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "sla.json").read_text())
     assert report["classes"][0]["ok"] and report["classes"][0]["requests"] > 10
-    assert {r["name"].split(":")[0] for r in report["requests"]} == {"cnn", "rnn", "recsys"}
+    assert {r["name"].split(":")[0] for r in report["requests"]} == set(BUILT_IN_FAMILIES)
     assert (out / "locust.html").stat().st_size > 1000 and "| relaxed |" in (out / "summary.md").read_text()
 
 

@@ -49,9 +49,9 @@ def feeds_for(repo, family: str) -> dict[str, np.ndarray]:
     section = repo.family(family)
     if family == "tabular":
         return {"FEATURES": np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)}
-    if family == "cnn":
+    if family in ("cnn", "digits"):
         return {"IMAGES": np.random.default_rng(0).uniform(0, 255, (3, 1, 28, 28)).astype(np.float32)}
-    if family == "rnn":
+    if family in ("rnn", "text_multitask"):
         return {"TOKENS": np.array([[5, 9, 2, 0], [7, 3, 0, 0]], np.int64), "LENGTHS": np.array([3, 2], np.int64)}
     from serving.preprocess import Catalog
 
@@ -76,7 +76,7 @@ def infer(module, client, model: str, feeds: dict, outputs: list[str], **kwargs)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys", "tabular"])
+@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys", "digits", "text_multitask", "tabular"])
 def test_variants_and_routers_equal_onnx_runtime(triton, repo, family, protocol):
     module = grpcclient if protocol == "grpc" else httpclient
     client = module.InferenceServerClient(triton.grpc_url if protocol == "grpc" else triton.http_url)

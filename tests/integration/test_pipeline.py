@@ -138,3 +138,45 @@ def test_students_are_trained_once_per_seed_and_compared_pairwise(tmp_path):
     assert gain.n == 2 and gain.mean == pytest.approx(differences.mean())
     _, measured, _ = distillation_target("rnn", section)
     assert measured.endswith("points, 2 seeds") and measured.startswith(f"{gain.mean * 100:+.3g} [")
+
+
+def test_digits_are_transferred_from_the_image_familys_checkpoint_with_its_sha256(synthetic_repo):
+    """The synthetic build's digits family: the study ran every path at every budget, the manifest
+    names the source checkpoint by its sha256, and the served full model starts from it."""
+    section = load_repository(synthetic_repo, verify=False).family("digits")
+    info = section.training["transfer"]
+    checkpoint = synthetic_repo.parent / "checkpoints" / "cnn_full.safetensors"
+    assert info["source"] == {
+        "family": "cnn",
+        "checkpoint": "cnn_full.safetensors",
+        "sha256": sha256_file(checkpoint),
+        "best_val_metric": json.loads(checkpoint.with_suffix(".json").read_text())["best_val_metric"],
+    }
+    assert info["label_budget"] == "all" and info["path"] in ("scratch", "frozen", "finetune")
+    study = info["study"]
+    assert study["budgets"] == [10, "all"] and study["seeds"] == [0]
+    for path in ("scratch", "frozen", "finetune"):
+        for budget in ("10", "all"):
+            (value,) = study["test"][path][budget]
+            assert 0.0 <= value <= 1.0
+    assert section.adapter == "image" and section.contract["labels"] == [str(d) for d in range(10)]
+    # every training row at the default budget
+    assert section.dataset["rows"]["train"] == len(load_dataset("digits", synthetic=True).train)
+
+
+def test_a_label_budget_limits_what_the_served_models_learn_from(tmp_path):
+    from training.pipeline import BuildConfig, build
+
+    config = BuildConfig(out=tmp_path / "repo", quick=True, synthetic=True, register=False, labels_per_class=20)
+    manifest = build(["digits"], config)  # no cnn checkpoint here: trains the source first
+    section = manifest.families["digits"]
+    assert (tmp_path / "checkpoints" / "cnn_full.safetensors").exists()
+    assert section.training["transfer"]["label_budget"] == 20
+    assert section.training["transfer"]["study"]["budgets"] == [20, 10, "all"]
+    assert section.dataset["rows"]["train"] == 200
+    with pytest.raises(ValueError, match="labels_per_class must be an integer >= 1"):
+        BuildConfig(labels_per_class=0)
+    # A full build does not transfer from the quick build's source checkpoint: it says how to get its own.
+    full = BuildConfig(out=tmp_path / "repo", synthetic=True, register=False, seeds=1)
+    with pytest.raises(ValueError, match=r"comes from a build with quick=True.*flexserve train --family cnn`"):
+        build(["digits"], full)

@@ -59,11 +59,11 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
 
 
 def test_unknown_family_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"'cnn', 'recsys', 'rnn'"):
+    with pytest.raises(ValueError, match=r"'cnn', 'digits', 'recsys', 'rnn', 'text_multitask'"):
         load_dataset("gan")
 
 
-@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys"])
+@pytest.mark.parametrize("family", ["cnn", "rnn", "recsys", "digits", "text_multitask"])
 def test_synthetic_datasets_have_the_real_input_layout(family):
     data = load_dataset(family, synthetic=True)
     assert len(data.train) > len(data.val) > 0 and len(data.test) > 0
@@ -73,6 +73,8 @@ def test_synthetic_datasets_have_the_real_input_layout(family):
         "cnn": {"IMAGES"},
         "rnn": {"TOKENS", "LENGTHS"},
         "recsys": {"USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE"},
+        "digits": {"IMAGES"},
+        "text_multitask": {"TOKENS", "LENGTHS"},
     }[family]
     assert set(data.train.inputs) == expected
 

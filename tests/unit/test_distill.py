@@ -31,10 +31,16 @@ def test_kd_regression_mixes_teacher_and_ratings():
 
 def test_soft_targets_alone_are_the_teachers_distribution():
     teacher = torch.tensor([[2.0, 0.0, -1.0]])
-    matched = soft_target_loss(teacher.clone(), teacher, "classification", temperature=2.0)
-    apart = soft_target_loss(torch.zeros(1, 3), teacher, "classification", temperature=2.0)
+    matched = soft_target_loss(teacher.clone(), teacher, get_task("cnn"), temperature=2.0)
+    apart = soft_target_loss(torch.zeros(1, 3), teacher, get_task("cnn"), temperature=2.0)
     assert matched.item() == pytest.approx(0.0, abs=1e-6) and apart.item() > 0.1
-    assert soft_target_loss(torch.tensor([3.0]), torch.tensor([4.5]), "regression", 1.0).item() == 2.25
+    assert soft_target_loss(torch.tensor([3.0]), torch.tensor([4.5]), get_task("recsys"), 1.0).item() == 2.25
+    # A multi-task model's heads are softened each on its own: the sum of the per-head losses.
+    two_heads, teacher4 = torch.tensor([[0.5, 0.0, 1.0, -1.0]]), torch.tensor([[2.0, 0.0, -1.0, 1.0]])
+    each = [soft_target_loss(two_heads[:, g], teacher4[:, g], get_task("cnn"), 2.0) for g in (slice(0, 2), slice(2, 4))]
+    assert soft_target_loss(two_heads, teacher4, get_task("text_multitask"), 2.0).item() == pytest.approx(
+        sum(each).item()
+    )
 
 
 @pytest.mark.parametrize(

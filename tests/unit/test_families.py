@@ -103,9 +103,9 @@ def test_the_adapter_comes_from_the_manifest_or_the_built_in_name():
     plain = FamilySection.from_json({**section().to_json(), "adapter": None})
     assert adapter_name("cnn", plain) == "image" and adapter_name("rnn", plain) == "text"
     assert adapter_name("anything", plain) == "tensor" and adapter_name("cnn", section()) == "tensor"
-    assert set(ADAPTERS) == {"image", "text", "recommender", "tensor"}
+    assert set(ADAPTERS) == {"image", "text", "recommender", "multitask_text", "tensor"}
     odd = FamilySection.from_json({**section().to_json(), "adapter": "audio"})
-    with pytest.raises(ValueError, match=r"adapter 'audio'.*image, text, recommender, tensor"):
+    with pytest.raises(ValueError, match=r"adapter 'audio'.*image, text, recommender, multitask_text, tensor"):
         family_adapter("mine", odd)
 
 

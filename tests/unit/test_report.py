@@ -47,3 +47,53 @@ def test_for_rmse_the_gain_is_the_drop():
     assert distillation_gain(rmse).mean == pytest.approx(0.010333, abs=1e-6)
     name, measured, ok = distillation_target("recsys", rmse)
     assert ok and "RMSE" in name and measured.startswith("+0.0103 [")
+
+
+def transfer_section(test: dict, val: dict) -> SimpleNamespace:
+    return SimpleNamespace(training={"transfer": {"study": {"test": test, "val": val}}})
+
+
+def test_transfer_targets_compare_the_better_transferred_path_on_validation_with_scratch():
+    from loadtest.report import transfer_targets
+
+    test = {
+        "scratch": {"10": [0.80, 0.82, 0.81], "all": [0.990, 0.992, 0.991]},
+        "frozen": {"10": [0.95, 0.96, 0.95], "all": [0.90, 0.91, 0.90]},  # the best test scores at 10 ...
+        "finetune": {"10": [0.92, 0.93, 0.925], "all": [0.989, 0.990, 0.988]},
+    }
+    val = {
+        "scratch": {"10": [0.8] * 3, "all": [0.99] * 3},
+        "frozen": {"10": [0.85] * 3, "all": [0.90] * 3},
+        "finetune": {"10": [0.90] * 3, "all": [0.99] * 3},  # ... but finetune is better on validation
+    }
+    ten, every = transfer_targets("digits", transfer_section(test, val))
+    assert ten[0] == "digits transfer at 10 labels/class >= +10 points vs scratch, 95% interval above 0"
+    assert ten[1].startswith("finetune +11.50 [") and ten[2]
+    assert every[0] == "digits transfer at all labels/class >= -0.5 points vs scratch"
+    assert every[1].startswith("finetune -0.20 [") and every[2]  # 0.2 points lost: within the 0.5 allowed
+    test["finetune"]["10"] = [0.90, 0.93, 0.89]  # +9.67 on average: short of 10
+    assert not transfer_targets("digits", transfer_section(test, val))[0][2]
+
+
+def test_multitask_targets_hold_each_head_to_its_single_task_model_and_the_costs_to_a_share():
+    from loadtest.report import multitask_targets
+
+    info = {
+        "multitask": {
+            "polarity_accuracy": 0.780,
+            "subjectivity_balanced_accuracy": 0.950,
+            "params": 110,
+            "latency_ms": 4.0,
+        },
+        "single_task": {
+            "polarity": {"metric": "accuracy", "test_metric": 0.785, "params": 100, "latency_ms": 4.0},
+            "subjectivity": {"metric": "balanced_accuracy", "test_metric": 0.965, "params": 100, "latency_ms": 4.0},
+        },
+    }
+    rows = multitask_targets("text_multitask", SimpleNamespace(training={"multitask": info}))
+    assert [(name.split(" within")[0], ok) for name, _, ok in rows[:2]] == [
+        ("text_multitask polarity accuracy", True),  # -0.5 points
+        ("text_multitask subjectivity balanced_accuracy", False),  # -1.5 points
+    ]
+    assert rows[2][1].startswith("0.55x") and rows[2][2]  # 110 of 200 parameters
+    assert rows[3][1].startswith("0.50x") and rows[3][2]
