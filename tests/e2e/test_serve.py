@@ -88,7 +88,8 @@ def test_one_request_answers_polarity_and_subjectivity_for_each_text(server, pro
         assert answer["polarity"]["label"] == ["rotten", "fresh"][int(logits[row, :2].argmax())]
         assert answer["subjectivity"]["label"] == ["plot", "review"][int(logits[row, 2:].argmax())]
     bad = httpx.post(f"{server}/v1/predict/text_multitask", json={"texts": "not a list"})
-    assert bad.status_code == 400 and bad.json()["error"]["field"].startswith("texts")
+    # The generic endpoint's schema does not type a family's own fields: its adapter refuses them, 422.
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "texts", bad.text
 
 
 @pytest.mark.slow
@@ -297,7 +298,7 @@ def test_headless_load_test_passes_its_slas_and_writes_reports(server, cli, tmp_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "sla.json").read_text())
     assert report["classes"][0]["ok"] and report["classes"][0]["requests"] > 10
-    assert {r["name"].split(":")[0] for r in report["requests"]} == set(BUILT_IN_FAMILIES)
+    assert {r["name"].split(":")[0] for r in report["requests"]} == {"cnn", "rnn", "recsys"}  # the Locust users
     assert (out / "locust.html").stat().st_size > 1000 and "| relaxed |" in (out / "summary.md").read_text()
 
 
