@@ -37,7 +37,7 @@ run: setup
 test: setup lint
 	$(BIN)/pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
-# Unit and integration tests only: no server processes, under 2 minutes.
+# Unit and integration tests only: no server processes, ~4 minutes.
 test-fast: setup
 	$(BIN)/pytest -q tests/unit tests/integration; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
