@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from contract.files import sha256_file
 from contract.layout import new_version, version_of
 from contract.manifest import DEFAULT_REPOSITORY, FamilySection, Manifest, VariantEntry, read_manifest, variant_name
 from contract.sessions import open_session
@@ -326,7 +327,7 @@ def _transfer_full(task: Task, data: Dataset, config: BuildConfig, progress: Pro
         "source": {
             "family": task.transfer_from,
             "checkpoint": weights.name,
-            "sha256": transfer.file_sha256(weights),
+            "sha256": sha256_file(weights),
             "best_val_metric": meta.get("best_val_metric"),
         },
         "label_budget": config.label_budget,

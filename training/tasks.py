@@ -294,8 +294,9 @@ class RecsysTask(Task):
         rows = catalog_rows(
             tables, rng.integers(0, len(tables["USER_FEATURES"]), n), rng.integers(0, len(tables["ITEM_FEATURES"]), n)
         )
-        device = batch[0].device
-        return [torch.from_numpy(np.ascontiguousarray(rows[name])).to(device) for name in self.input_names]
+        from training.trainer import to_tensors  # the trainer imports this module
+
+        return to_tensors(rows, self, batch[0].device)
 
     def serving_contract(self, data: Dataset) -> dict:
         return {

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,14 +89,6 @@ def schedule(task: Task, path: str, rows: int, quick: bool, seed: int, device: s
     config = TrainConfig(**settings, seed=seed, device=device)
     epochs = min(max_epochs, max(config.epochs, math.ceil(min_steps / steps_per_epoch(rows, config))))
     return TrainConfig(**{**settings, "epochs": epochs}, seed=seed, device=device)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
