@@ -44,6 +44,8 @@ TRANSFER_GAIN = {"10": 0.10, "all": -0.005}
 # A multi-task model against its heads as single-task models (issue 16): each head within 1 point, at
 # most 0.6x their combined parameters and their combined latency for one request answering both.
 MULTITASK_WITHIN, MULTITASK_SHARE = 0.01, 0.6
+# A target row's verdict: met, missed, or (None) not measured by this repository's build.
+VERDICTS = {True: "PASS", False: "FAIL", None: "NOT MEASURED"}
 
 
 def measure_latencies(repo: Repository, rounds: int) -> dict[str, dict[int, float]]:
@@ -115,7 +117,7 @@ def http_floor(repo: Repository, families: list[str], rounds: int) -> dict[str, 
 
 def _targets(
     manifest: Manifest, latency: dict[str, dict[int, float]], floor: dict[str, tuple[float, float]]
-) -> list[tuple[str, str, bool]]:
+) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for each built-in family trained here (imported families have no
     training targets: they are reported in the table only)."""
     rows = []
@@ -206,7 +208,7 @@ def transfer_gain(study: dict, budget: str) -> tuple[str, Interval]:
     return path, paired_difference(study["test"][path][budget], study["test"]["scratch"][budget])
 
 
-def transfer_targets(family: str, section) -> list[tuple[str, str, bool]]:
+def transfer_targets(family: str, section) -> list[tuple[str, str, bool | None]]:
     """A transferred family's label-efficiency targets (TRANSFER_GAIN): at 10 labels per class the
     mean gain and the whole interval must clear the bar; with all labels the mean loss must stay under it."""
     study = (section.training.get("transfer") or {}).get("study")
@@ -230,10 +232,19 @@ def transfer_targets(family: str, section) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def multitask_targets(family: str, section) -> list[tuple[str, str, bool]]:
+def multitask_targets(family: str, section) -> list[tuple[str, str, bool | None]]:
     info = (section.training or {}).get("multitask")
     if not info:
         return []
+    if "single_task" not in info:
+        how = f"not in this build: `flexserve train --family {family} --compare-single-task` trains them"
+        return [
+            (
+                f"{family} within {MULTITASK_WITHIN * 100:g} point of single-task models, at a share of their costs",
+                how,
+                None,
+            )
+        ]
     own, singles = info["multitask"], info["single_task"]
     rows = []
     for head, single in singles.items():
@@ -264,7 +275,7 @@ def multitask_table(manifest: Manifest) -> str:
     lines = []
     for family, section in manifest.families.items():
         info = section.training.get("multitask") if section.training else None
-        if not info:
+        if not info or "single_task" not in info:
             continue
         own, singles = info["multitask"], info["single_task"]
         heads = list(singles)
@@ -370,7 +381,7 @@ def _tables(manifest: Manifest, latency: dict[str, dict[int, float]], targets: l
         if table:
             lines += ["", table]
     lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in targets]
+    lines += [f"| {name} | {measured} | {VERDICTS[ok]} |" for name, measured, ok in targets]
     return "\n".join(lines)
 
 

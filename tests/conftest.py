@@ -23,7 +23,8 @@ def synthetic_repo(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("synthetic") / "model_repository"
     os.environ["BENTOML_HOME"] = str(tmp_path_factory.getbasetemp() / "bentoml")
-    build(list(FAMILIES), BuildConfig(out=out, quick=True, synthetic=True, register=True))
+    # With the multi-task comparison (a real build makes it only when asked: --compare-single-task).
+    build(list(FAMILIES), BuildConfig(out=out, quick=True, synthetic=True, register=True, compare_single_task=True))
     return out
 
 

@@ -30,7 +30,7 @@ from training.trainer import TrainConfig, TrainResult, batches, predict, train
 from training.variants import PRECISIONS, to_fp16, to_int8_dynamic, to_int8_static
 
 FAMILIES = BUILT_IN_FAMILIES
-# --quick: seeded subsets (train, val, test) small enough to build everything in ~2 minutes (the
+# --quick: seeded subsets (train, val, test) small enough to build everything in ~6 minutes on 2 cores (the
 # digits are small enough whole).
 QUICK_SUBSETS = {
     "cnn": (3000, 500, 1000),
@@ -58,6 +58,9 @@ class BuildConfig:
     # A transferred family's label budget (training/transfer.py): labels per class its served models
     # learn from; None: every training row.
     labels_per_class: int | None = None
+    # A multi-task family: also train each head alone as a full-size single-task model (never served;
+    # the report's comparison). Off by default: at full data they take longer than the family itself.
+    compare_single_task: bool = False
 
     def __post_init__(self):
         if self.seeds is not None and (type(self.seeds) is not int or self.seeds < 1):
@@ -221,7 +224,7 @@ def plan(family: str, data: Dataset, config: BuildConfig, earlier: tuple[str, ..
         train_s += runs * trainer.planned_steps(len(labelled(data, config).train), settings) * batch_s[kind]
     if task.transfer_from is not None:
         train_s += _plan_transfer(task, data, config, batch_s, source_planned=task.transfer_from in earlier)
-    for single in task.single_tasks():  # the multi-task comparison: a full-size model per head
+    for single in task.single_tasks() if config.compare_single_task else ():  # a full-size model per head
         train_s += (
             trainer.planned_steps(len(single.rows(data.train)), _settings(task, "full", config)) * batch_s["full"]
         )
@@ -367,12 +370,22 @@ def _latencies_ms(models: dict[str, torch.nn.Module], task: Task, data: Dataset)
     return {name: round(float(np.median(samples)), 4) for name, samples in times.items()}
 
 
-def _compare_single_tasks(
+def _multitask_summary(
     task: Task, data: Dataset, config: BuildConfig, full: TrainResult, progress: Progress, plan_: _Plan
 ) -> dict:
-    """A multi-task family's comparison: each head as a single-task model of the same encoder size,
-    trained with the full model's settings on the rows it labels; each head's test metric, parameters
-    and the latency of one request answering both (one multi-task pass against one pass of each)."""
+    """A multi-task family's `training.multitask`: how it learned and each head's test metric; with
+    `config.compare_single_task`, also each head as a single-task model of the same encoder size, trained
+    with the full model's settings on the rows it labels (its test metric and parameters), and the
+    latency of one request answering both (one multi-task pass against one pass of each)."""
+    own = task.head_metrics(predict(full.model, data.test, task), data.test.targets)
+    summary = {
+        "loss_weights": dict(task.LOSS_WEIGHTS),
+        "batches": "random draws of all training rows: reviews and plot summaries mixed as in the data",
+        "multitask": {**own, "params": count_params(full.model)},
+    }
+    if not config.compare_single_task:
+        progress.log(f"[{task.family}] multi-task {own}; no single-task comparison (--compare-single-task)")
+        return {"multitask": summary}
     settings = _settings(task, "full", config)
     singles, models = {}, {"multitask": full.model}
     for single in task.single_tasks():
@@ -399,20 +412,14 @@ def _compare_single_tasks(
     latency = _latencies_ms(models, task, data)
     for head in singles:
         singles[head]["latency_ms"] = latency[head]
-    own = task.head_metrics(predict(full.model, data.test, task), data.test.targets)
+    summary["multitask"]["latency_ms"] = latency["multitask"]
     progress.log(
         f"[{task.family}] multi-task {own} with {count_params(full.model):,} params, {latency['multitask']} ms; "
         f"single-task {singles}"
     )
-    return {
-        "multitask": {
-            "loss_weights": dict(task.LOSS_WEIGHTS),
-            "batches": "random draws of all training rows: reviews and plot summaries mixed as in the data",
-            "multitask": {**own, "params": count_params(full.model), "latency_ms": latency["multitask"]},
-            "single_task": singles,
-            "latency": f"p50 of one typical request, fp32 ONNX, one ONNX Runtime thread, {TYPICAL_ROUNDS} rounds",
-        }
-    }
+    summary["single_task"] = singles
+    summary["latency"] = f"p50 of one typical request, fp32 ONNX, one ONNX Runtime thread, {TYPICAL_ROUNDS} rounds"
+    return {"multitask": summary}
 
 
 def train_models(family: str, data: Dataset, config: BuildConfig, progress: Progress, plan_: _Plan) -> _Trained:
@@ -438,7 +445,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
             batch_weight=weight["full"],
         )
     if task.single_tasks():
-        extra.update(_compare_single_tasks(task, data, config, full, progress, plan_))
+        extra.update(_multitask_summary(task, data, config, full, progress, plan_))
     # The students learn from the labels the full model had (its run's draw of the label budget).
     data = labelled(data, config, extra.get("transfer", {}).get("seed"))
     seeds = config.student_seeds

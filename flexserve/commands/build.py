@@ -24,6 +24,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         register=not args.no_register,
         labels_per_class=args.labels_per_class,
+        compare_single_task=args.compare_single_task,
     )
     manifest = build(families, config)
     for family in families:
@@ -46,7 +47,7 @@ def add_train(commands) -> None:
         _train,
     )
     p.add_argument("--family", choices=[*BUILT_IN_FAMILIES, "all"], default="all", help="which family to train")
-    p.add_argument("--quick", action="store_true", help="small subsets and few epochs (~2 minutes for all)")
+    p.add_argument("--quick", action="store_true", help="small subsets and few epochs (~6 minutes for all on 2 cores)")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="the model repository to write")
     p.add_argument("--checkpoints", type=Path, help="where PyTorch checkpoints go (default: beside --out)")
     p.add_argument("--seed", type=int, default=0, help="seeds data splits, initial weights and shuffling")
@@ -63,6 +64,13 @@ def add_train(commands) -> None:
         help="transferred families (digits, from the image family's full CNN): the labels per class their "
         "served models learn from (default: every training row; other families ignore it); the transfer "
         "study compares this, 10, 50 and all labels per class (10 and all with --quick)",
+    )
+    p.add_argument(
+        "--compare-single-task",
+        action="store_true",
+        help="multi-task families (text_multitask): also train each head alone as a single-task model of the "
+        "same encoder size, for the report's comparison (never served; at full data it more than doubles "
+        "the family's build time)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--synthetic", action="store_true", help="generated data instead of the real datasets")

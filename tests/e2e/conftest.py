@@ -1,4 +1,4 @@
-"""Real-data fixtures for the end-to-end tests: one --quick build per session (~2 minutes)."""
+"""Real-data fixtures for the end-to-end tests: one --quick build per session (~6 minutes on 2 cores)."""
 
 import os
 import subprocess

@@ -75,12 +75,16 @@ def test_report_prints_the_variant_table_and_target_checks(quick_repo, tmp_path,
     assert all(f["echo"] > 0 and f["full_fp32"] > 0 for f in floor.values())
     assert "full model >= 1x the bare HTTP round trip" in result.stdout
     assert "distillation gain >= 0.5 points, 95% interval above 0 | 1 seed: no interval" in result.stdout
-    # The transfer study and the multi-task comparison: their tables, targets and the label-efficiency plot.
+    # The transfer study: its table, targets and the label-efficiency plot.
     assert "digits: transferred from cnn (cnn_full.safetensors, sha256 " in result.stdout
     assert "| finetune | " in result.stdout and "10 labels/class" in result.stdout
     assert "digits transfer at 10 labels/class >= +10 points vs scratch" in result.stdout
-    assert "| single-task subjectivity | - | " in result.stdout
-    assert "text_multitask params <= 0.6x the single-task models' combined | 0.5" in result.stdout
+    # The quick build does not train the single-task models (only --compare-single-task does): the
+    # report says how to measure the comparison instead of a table.
+    assert "| single-task subjectivity |" not in result.stdout
+    assert "`flexserve train --family text_multitask --compare-single-task` trains them | NOT MEASURED |" in (
+        result.stdout
+    )
     assert (tmp_path / "r_label_efficiency.png").stat().st_size > 10_000
 
 

@@ -164,6 +164,22 @@ def test_digits_are_transferred_from_the_image_familys_checkpoint_with_its_sha25
     assert section.dataset["rows"]["train"] == len(load_dataset("digits", synthetic=True).train)
 
 
+def test_the_multitask_model_is_compared_with_each_head_trained_alone(synthetic_repo):
+    section = json.loads((live_dir(synthetic_repo) / "manifest.json").read_text())["families"]["text_multitask"]
+    info = section["training"]["multitask"]
+    assert info["loss_weights"] == {"polarity": 1.0, "subjectivity": 1.0}
+    singles, own = info["single_task"], info["multitask"]
+    assert set(singles) == {"polarity", "subjectivity"}
+    assert {s["metric"] for s in singles.values()} == {"accuracy", "balanced_accuracy"}
+    assert all(0.0 <= s["test_metric"] <= 1.0 and s["latency_ms"] > 0 for s in singles.values())
+    # One encoder and two heads against two encoders with one head each.
+    assert singles["polarity"]["params"] < own["params"] < sum(s["params"] for s in singles.values())
+    # Its heads measured in PyTorch here, in ONNX Runtime on the served full variant: the same model.
+    full = next(v for v in section["variants"] if v["name"] == "text_multitask_full_fp32")
+    for head in ("polarity_accuracy", "subjectivity_balanced_accuracy"):
+        assert own[head] == pytest.approx(full["metrics"][head], abs=0.01)
+
+
 def test_a_label_budget_limits_what_the_served_models_learn_from(tmp_path):
     from training.pipeline import BuildConfig, build
 

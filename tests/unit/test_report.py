@@ -97,3 +97,13 @@ def test_multitask_targets_hold_each_head_to_its_single_task_model_and_the_costs
     ]
     assert rows[2][1].startswith("0.55x") and rows[2][2]  # 110 of 200 parameters
     assert rows[3][1].startswith("0.50x") and rows[3][2]
+
+
+def test_a_multitask_family_built_without_the_comparison_says_how_to_measure_it():
+    from loadtest.report import VERDICTS, multitask_targets
+
+    info = {"loss_weights": {}, "multitask": {"polarity_accuracy": 0.78, "params": 110}}
+    [(name, measured, ok)] = multitask_targets("text_multitask", SimpleNamespace(training={"multitask": info}))
+    assert name.startswith("text_multitask within 1 point of single-task models")
+    assert ok is None and VERDICTS[ok] == "NOT MEASURED"
+    assert "flexserve train --family text_multitask --compare-single-task" in measured
