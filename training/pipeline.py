@@ -509,7 +509,7 @@ def export_variants(
             export_onnx(model, task, data.test.take(np.arange(2)).inputs, files["fp32"])
             to_fp16(files["fp32"], files["fp16"])
             if calibration is not None:  # static QDQ (see Task.static_int8)
-                to_int8_static(files["fp32"], files["int8"], calibration)
+                to_int8_static(files["fp32"], files["int8"], calibration, keep_first_layer=True)
             else:
                 to_int8_dynamic(files["fp32"], files["int8"])
             for precision, path in files.items():
