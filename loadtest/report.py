@@ -4,7 +4,7 @@ For every variant: the test metric from the manifest (measured in ONNX Runtime a
 time), parameters, file size, and ONNX Runtime CPU p50 latency for one typical request and
 for 32 of them, on one intra-op thread (how serving runs a request). Variants of a family
 are timed round-robin in the same loop, so a noisy neighbour slows them all alike and the
-ratios hold. Then each target is checked and printed PASS or FAIL.
+ratios hold. Then each target is checked and printed PASS, FAIL or NOT MEASURED (what this build did not measure).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class Task:
 
     def single_tasks(self) -> list[Task]:
         """A multi-task family's heads as single-task models (each with `head` and `rows(split)`), which
-        the build trains beside it for comparison; [] for every other family."""
+        the build trains beside it for comparison with `--compare-single-task`; [] for every other family."""
         return []
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -371,7 +371,7 @@ class MultiTaskTextTask(TextTask):
 
     def train_settings(self, kind: str, quick: bool) -> dict:
         settings = super().train_settings(kind, quick)
-        # --quick trains five models here (the comparison's two single-task ones too): fewer steps each.
+        # --quick: fewer steps each (with --compare-single-task it trains five full-size text models).
         return {**settings, "max_steps_per_epoch": 12} if quick else settings
 
     def output_spec(self) -> TensorSpec:
@@ -432,8 +432,9 @@ class MultiTaskTextTask(TextTask):
 
 
 class SingleHeadTextTask(TextTask):
-    """One head of the multi-task family on its own (the comparison `flexserve train` makes): the same
-    encoder, trained on the rows that head labels, measured as the multi-task model measures that head."""
+    """One head of the multi-task family on its own (the comparison `flexserve train --compare-single-task`
+    makes): the same encoder, trained on the rows that head labels, measured as the multi-task model
+    measures that head."""
 
     def __init__(self, head: str):
         self.head = head

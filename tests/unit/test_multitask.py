@@ -1,6 +1,8 @@
 """The multi-task text family's parts: its loss over two heads with rows one head does not label,
 its metric, the data's targets, distillation per head, and the adapter's answer per head."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,22 @@ def test_one_answer_per_text_holds_both_heads():
     assert [a["polarity"]["label"] for a in answer] == ["fresh", "rotten"]
     assert [a["subjectivity"]["label"] for a in answer] == ["review", "plot"]
     assert answer[1]["subjectivity"]["probability"] == pytest.approx(np.exp(4) / (np.exp(4) + 1), abs=1e-6)
+
+
+def test_without_the_comparison_the_summary_keeps_each_head_and_trains_nothing_more(monkeypatch):
+    from training import pipeline
+
+    data = synthetic_multitask_texts()
+    torch.manual_seed(0)
+    model = task.build("distilled", data).eval()
+    monkeypatch.setattr(pipeline, "train", lambda *_, **__: pytest.fail("trained a single-task model"))
+    logs = []
+    progress = SimpleNamespace(log=logs.append)
+    summary = pipeline._multitask_summary(
+        task, data, pipeline.BuildConfig(), SimpleNamespace(model=model), progress, None
+    )
+    info = summary["multitask"]
+    assert set(info) == {"loss_weights", "batches", "multitask"}  # no single_task, no latency
+    assert set(info["multitask"]) == {"polarity_accuracy", "subjectivity_balanced_accuracy", "params"}
+    assert info["multitask"]["params"] == sum(p.numel() for p in model.parameters())
+    assert "--compare-single-task" in logs[0]

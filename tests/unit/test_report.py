@@ -75,10 +75,9 @@ def test_transfer_targets_compare_the_better_transferred_path_on_validation_with
     assert not transfer_targets("digits", transfer_section(test, val))[0][2]
 
 
-def test_multitask_targets_hold_each_head_to_its_single_task_model_and_the_costs_to_a_share():
-    from loadtest.report import multitask_targets
-
-    info = {
+def compared() -> dict:
+    """A multi-task family's `training.multitask` from a build with the single-task comparison."""
+    return {
         "multitask": {
             "polarity_accuracy": 0.780,
             "subjectivity_balanced_accuracy": 0.950,
@@ -89,8 +88,14 @@ def test_multitask_targets_hold_each_head_to_its_single_task_model_and_the_costs
             "polarity": {"metric": "accuracy", "test_metric": 0.785, "params": 100, "latency_ms": 4.0},
             "subjectivity": {"metric": "balanced_accuracy", "test_metric": 0.965, "params": 100, "latency_ms": 4.0},
         },
+        "latency": "p50 of one typical request",
     }
-    rows = multitask_targets("text_multitask", SimpleNamespace(training={"multitask": info}))
+
+
+def test_multitask_targets_hold_each_head_to_its_single_task_model_and_the_costs_to_a_share():
+    from loadtest.report import multitask_targets
+
+    rows = multitask_targets("text_multitask", SimpleNamespace(training={"multitask": compared()}))
     assert [(name.split(" within")[0], ok) for name, _, ok in rows[:2]] == [
         ("text_multitask polarity accuracy", True),  # -0.5 points
         ("text_multitask subjectivity balanced_accuracy", False),  # -1.5 points
@@ -107,3 +112,17 @@ def test_a_multitask_family_built_without_the_comparison_says_how_to_measure_it(
     assert name.startswith("text_multitask within 1 point of single-task models")
     assert ok is None and VERDICTS[ok] == "NOT MEASURED"
     assert "flexserve train --family text_multitask --compare-single-task" in measured
+
+
+def test_the_multitask_table_sets_each_head_beside_its_single_task_model_and_is_empty_without_them():
+    from loadtest.report import multitask_table
+
+    def manifest(info: dict) -> SimpleNamespace:
+        return SimpleNamespace(families={"text_multitask": SimpleNamespace(training={"multitask": info})})
+
+    table = multitask_table(manifest(compared()))
+    assert "| multi-task | 0.7800 | 0.9500 | 110 | 4.000 |" in table
+    assert "| single-task polarity | 0.7850 | - | 100 | 4.000 |" in table
+    assert "| single-task subjectivity | - | 0.9650 | 100 | 4.000 |" in table
+    assert "| both single-task | | | 200 | 8.000 |" in table
+    assert multitask_table(manifest({"loss_weights": {}, "multitask": {"params": 110}})) == ""
