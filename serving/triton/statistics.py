@@ -22,7 +22,9 @@ the variants, and counting the router too would count them twice.
 
 `own` is measured over the same interval as `in_system` (rather than read from the executor's
 instantaneous in-flight count), and from round trips, which include the network: when this process
-is Triton's only client, `external` is zero or nearly so, and it errs low, never high. Triton's
+is Triton's only client, `external` is zero or nearly so. A round trip that ends just after a poll
+is in Triton's counters for one interval and in `own` for the next, so that one interval errs high
+and the next low (clamped at zero); on busy cores such a reading can show for one poll. Triton's
 queue and compute counters cover successful requests only; so does `own`.
 
 `share`: how much of the other clients' load competes for this executor's slots. 1.0 takes the

@@ -445,20 +445,22 @@ def test_the_statistics_poller_sees_the_queue_other_clients_put_in_triton(triton
     backend = TritonBackend(url, outputs, protocol=protocol, executor=executor, stats_interval_s=0.1)
     backend.start()
     try:
-        loads, own_only = [], []
-        deadline = time.monotonic() + 1.5
+        loads, own_only = [], {}
+        first_poll, deadline = backend.statistics.polls, time.monotonic() + 1.5
         while time.monotonic() < deadline:  # this process alone
             backend.run(variant, feeds)
             load = backend.statistics.loads.get(variant)
             if load is not None and load.rate_per_s > 0:
                 loads.append(load)
-            own_only.append(executor.external.in_flight)
+            own_only[backend.statistics.polls] = executor.external.in_flight  # per poll, not per sample
         assert loads and all(x.compute_ms > 0 and x.in_system > 0 for x in loads), loads
         # Triton's view of our own requests is not another client's. A poll that lands between Triton
-        # counting a request and this process counting it may show one spike (seen once in CI on 2 busy
-        # cores); a steady reading would be hundreds of samples.
-        spikes = [x for x in own_only if x >= 0.5]
-        assert len(spikes) <= 0.05 * len(own_only), (len(spikes), len(own_only), spikes[:5])
+        # counting a request and this process counting its round trip can read one spike (seen in CI
+        # on 2 busy cores, where one such reading stayed for 5 of 25 slow requests); a steady
+        # misreading would be nearly every poll.
+        polls = backend.statistics.polls - first_poll
+        spikes = {poll: x for poll, x in own_only.items() if x >= 0.5}
+        assert polls >= 5 and len(spikes) <= max(1, 0.1 * polls), (spikes, polls)
 
         def other_client(seconds: float) -> None:
             client = module.InferenceServerClient(url)
