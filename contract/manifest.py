@@ -93,6 +93,7 @@ class VariantEntry:
     latency_ms: Mapping[str, Mapping[str, float]] | None = None
     parity: Mapping[str, float] | None = None  # the export's agreement with its source
     source: str | None = None  # "imported" for a user's ONNX model (`flexserve import`); None: trained here
+    training: str | None = None  # "federated": trained with Flower (training/federated.py); None: centrally
     extra: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
@@ -104,7 +105,7 @@ class VariantEntry:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for key in ("latency_ms", "parity", "source", "standard_errors"):
+        for key in ("latency_ms", "parity", "source", "standard_errors", "training"):
             if out[key] is None:
                 del out[key]
         out["metrics"] = dict(self.metrics)

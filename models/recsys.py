@@ -73,7 +73,12 @@ class RatingPredictor(nn.Module):
         item_genres: torch.Tensor,
         item_title: torch.Tensor,
     ) -> torch.Tensor:
-        user = torch.cat(
+        return self.rate(self.user_input(user_features), self.item_vectors(item_features, item_genres, item_title))
+
+    def user_input(self, user_features: torch.Tensor) -> torch.Tensor:
+        """The user tower's input [N, user_input_dim]: the id and demographic embeddings side by side.
+        A cold-start user is a point in this space, fitted from a few ratings (training/coldstart.py)."""
+        return torch.cat(
             [
                 self.user(user_features[:, 0]),
                 self.age(user_features[:, 1]),
@@ -82,12 +87,41 @@ class RatingPredictor(nn.Module):
             ],
             dim=1,
         )
-        title_mask = (item_title != TITLE_PAD_ID).unsqueeze(2).to(user.dtype)  # [N, T, 1]
+
+    @property
+    def user_input_dim(self) -> int:
+        return self.config.embed_dim + 3 * (self.config.embed_dim // 4)
+
+    def item_vectors(
+        self, item_features: torch.Tensor, item_genres: torch.Tensor, item_title: torch.Tensor
+    ) -> torch.Tensor:
+        """The item tower's output [N, tower_dim]."""
+        title_mask = (item_title != TITLE_PAD_ID).unsqueeze(2).to(self.item.weight.dtype)  # [N, T, 1]
         title = (self.title(item_title) * title_mask).sum(1) / title_mask.sum(1).clamp(min=1.0)
         item = torch.cat(
             [self.item(item_features[:, 0]), self.year(item_features[:, 1]), self.genres(item_genres), title], dim=1
         )
-        u, i = self.user_tower(user), self.item_tower(item)  # [N, tower_dim] each
+        return self.item_tower(item)
+
+    def rate(self, user_input: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Ratings [N] from user-tower inputs and item vectors, row by row."""
+        u, i = self.user_tower(user_input), item_vectors  # [N, tower_dim] each
         score = self.head(torch.cat([u, i, u * i], dim=1)).squeeze(1)
         span = self.config.rating_max - self.config.rating_min
         return self.config.rating_min + span * torch.sigmoid(score)
+
+    def add_user(self, user_input: torch.Tensor) -> list[int]:
+        """Append one user whose tower input is `user_input` [user_input_dim] (one new row in each user
+        table); returns its USER_FEATURES row. The exported variants carry the cold-start prior this way."""
+        d, q = self.config.embed_dim, self.config.embed_dim // 4
+        row = []
+        for table, part in zip(
+            (self.user, self.age, self.gender, self.occupation),
+            (user_input[:d], user_input[d : d + q], user_input[d + q : d + 2 * q], user_input[d + 2 * q :]),
+            strict=True,
+        ):
+            row.append(table.num_embeddings)
+            grown = torch.cat([table.weight.data, part.detach().to(table.weight.dtype)[None, :]])
+            table.weight = nn.Parameter(grown, requires_grad=table.weight.requires_grad)
+            table.num_embeddings += 1
+        return row

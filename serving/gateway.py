@@ -524,6 +524,13 @@ class Gateway:
         for variant, error in failed.items():
             self._bench(policy, family, variant, error)
         policy.finish(decision, service_ms)
+        try:  # what the family fits per request on top of the variant's outputs: in the latency
+            outputs = generation.family(family).finish(outputs, decoded, decision.variant)
+        except BaseException:
+            self.observer.finished(
+                family, decision.variant, "error", time.perf_counter() - arrived_at, decision.budget_ms
+            )
+            raise
         latency_ms = (time.perf_counter() - arrived_at) * 1e3
         met = latency_ms + request.elapsed_ms <= decision.budget_ms  # the client's view, less the way back
         outcome = "budget_met" if met else "budget_missed"

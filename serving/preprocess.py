@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.coldstart import MAX_RATINGS, RATING_RANGE
 from contract.manifest import FamilySection
 from serving.errors import InvalidRequestError, UnprocessableRequestError
 
@@ -23,9 +24,9 @@ MAX_K = 100  # recommendations per request
 MAX_CANDIDATES = 10_000  # movies to rank per request (a bound on the body; the catalogue decides which)
 
 
-def required(value: object, field: str) -> object:
+def required(value: object, field: str, accepted: str = "see the API docs at /docs") -> object:
     if value is None:
-        raise InvalidRequestError(field, "is missing", "see the API docs at /docs")
+        raise InvalidRequestError(field, "is missing", accepted)
     return value
 
 
@@ -203,12 +204,7 @@ class Catalog:
     ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
         """(model inputs, candidate rows, k) for one recommend request."""
         feeds, candidates = self.score(user_id, candidate_item_ids)
-        limit = min(MAX_K, len(candidates))
-        accepted = f"an integer from 1 to {limit} (the candidates, at most {MAX_K})"
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise InvalidRequestError("k", f"got {k!r}", accepted)
-        if k > limit:
-            raise UnprocessableRequestError("k", f"{k} is more than the {len(candidates)} candidates", accepted)
+        _check_k(k, len(candidates))
         return feeds, candidates, k
 
     def score(self, user_id: object, candidate_item_ids: object) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -219,12 +215,16 @@ class Catalog:
     def _user(self, user_id: object) -> int:
         if isinstance(user_id, bool) or not isinstance(user_id, int):
             raise InvalidRequestError(
-                "user_id", f"expected an integer, got {user_id!r}", f"a MovieLens user id, 1 to {len(self.user_row)}"
+                "user_id",
+                f"expected an integer, got {user_id!r}",
+                f"a MovieLens user id the catalogue knows ({len(self.user_row)} users; a new user sends ratings)",
             )
         user = self.user_row.get(str(user_id))
         if user is None:
             raise UnprocessableRequestError(
-                "user_id", f"{user_id} is not a known user", f"a MovieLens user id, 1 to {len(self.user_row)}"
+                "user_id",
+                f"{user_id} is not a known user",
+                f"a MovieLens user id the catalogue knows ({len(self.user_row)} users; a new user sends ratings)",
             )
         return user
 
@@ -252,6 +252,65 @@ class Catalog:
             candidates = np.array(rows, dtype=np.int64)
         return candidates
 
+    def rated(self, ratings: object) -> tuple[np.ndarray, np.ndarray]:
+        """(catalogue rows, ratings) a new user gave: the `ratings` field, [{"item_id", "rating"}, ...]."""
+        low, high = RATING_RANGE
+        accepted = (
+            f'a list of 1 to {MAX_RATINGS} {{"item_id": a known movie id, "rating": {low:g} to {high:g}}}, '
+            "each movie once"
+        )
+        if not isinstance(ratings, list) or not 1 <= len(ratings) <= MAX_RATINGS:
+            got = f"{len(ratings)} ratings" if isinstance(ratings, list) else f"got {type(ratings).__name__}"
+            raise InvalidRequestError("ratings", got, accepted)
+        rows, values, seen = [], [], {}
+        for i, entry in enumerate(ratings):
+            if not isinstance(entry, dict) or set(entry) != {"item_id", "rating"}:
+                raise InvalidRequestError(f"ratings[{i}]", f"got {entry!r}", accepted)
+            item_id, rating = entry["item_id"], entry["rating"]
+            if isinstance(item_id, bool) or not isinstance(item_id, int):
+                raise InvalidRequestError(f"ratings[{i}].item_id", f"expected an integer, got {item_id!r}", accepted)
+            row = self.item_row.get(str(item_id))
+            if row is None:
+                raise UnprocessableRequestError(f"ratings[{i}].item_id", f"{item_id} is not a known movie", accepted)
+            if row in seen:
+                raise InvalidRequestError(
+                    f"ratings[{i}].item_id", f"{item_id} is rated twice (also ratings[{seen[row]}])", accepted
+                )
+            if isinstance(rating, bool) or not isinstance(rating, int | float) or not low <= rating <= high:
+                raise InvalidRequestError(
+                    f"ratings[{i}].rating", f"got {rating!r}", f"a number from {low:g} to {high:g}"
+                )
+            seen[row] = i
+            rows.append(row)
+            values.append(rating)
+        return np.array(rows, dtype=np.int64), np.array(values, dtype=np.float32)
+
+    def cold_start(
+        self, prior_row: np.ndarray, ratings: object, k: object, candidate_item_ids: object
+    ) -> tuple[dict[str, np.ndarray], dict]:
+        """(model inputs, the fit's state) for a new user who sent `ratings`: every catalogue row the
+        fit needs (the rated movies and the candidates, default: every movie not rated) rated as the
+        prior user, `prior_row`, whom the exported variants carry beyond the catalogue's users."""
+        support, values = self.rated(ratings)
+        if candidate_item_ids is None:
+            candidates = np.setdiff1d(np.arange(len(self.items)), support)
+            if not len(candidates):
+                raise UnprocessableRequestError(
+                    "ratings", "rates every movie: none is left to recommend", "fewer ratings, or candidate_item_ids"
+                )
+        else:
+            candidates = self._candidates(candidate_item_ids)
+        _check_k(k, len(candidates))
+        rows, where = np.unique(np.concatenate([support, candidates]), return_inverse=True)
+        feeds = {
+            "USER_FEATURES": np.repeat(prior_row[None, :].astype(np.int64), len(rows), axis=0),
+            "ITEM_FEATURES": self.item_features[rows],
+            "ITEM_GENRES": self.item_genres[rows],
+            "ITEM_TITLE": self.item_title[rows],
+        }
+        fit = {"support": support, "ratings": values, "targets": candidates, "where": where}
+        return feeds, {"candidates": candidates, "k": k, "cold_start": fit}
+
     def decode(self, ratings: np.ndarray, candidates: np.ndarray, k: int) -> list[dict]:
         scores = ratings.reshape(-1)
         top = np.argsort(-scores, kind="stable")[:k]
@@ -263,6 +322,15 @@ class Catalog:
             }
             for i in top
         ]
+
+
+def _check_k(k: object, candidates: int) -> None:
+    limit = min(MAX_K, candidates)
+    accepted = f"an integer from 1 to {limit} (the candidates, at most {MAX_K})"
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidRequestError("k", f"got {k!r}", accepted)
+    if k > limit:
+        raise UnprocessableRequestError("k", f"{k} is more than the {candidates} candidates", accepted)
 
 
 def _id_key(value: object) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from contract.coldstart import MAX_RATINGS, RATING_RANGE
 from contract.dtypes import DTYPES
 from serving.policy.config import MAX_LATENCY_BUDGET_MS
 from serving.preprocess import MAX_BATCH, MAX_CANDIDATES, MAX_K, MAX_TEXT_CHARS
@@ -62,7 +63,9 @@ Texts = Annotated[
         "or punctuation mark",
     ),
 ]
-UserId = Annotated[integer(), Field(description="a MovieLens user id the catalogue knows (422 if not)")]
+UserId = Annotated[
+    integer(), Field(description="a MovieLens user id the catalogue knows (422 if not); or send ratings instead")
+]
 K = Annotated[integer(ge=1, le=MAX_K), Field(description=f"how many movies to answer, 1 to {MAX_K}")]
 
 
@@ -81,6 +84,40 @@ CandidateItemIds = Annotated[
         json_schema_extra={"uniqueItems": True},
         description="distinct MovieLens movie ids to rank (default: the whole catalogue); an id the catalogue does "
         "not know is a 422",
+    ),
+]
+
+
+MovieId = integer()
+
+
+class RatedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: MovieId = Field(description="a MovieLens movie id the catalogue knows (422 if not)")
+    rating: float = Field(
+        ge=RATING_RANGE[0],
+        le=RATING_RANGE[1],
+        strict=True,
+        allow_inf_nan=False,
+        description="the user's rating, 1 to 5",
+    )
+
+
+def _distinct_items(ratings: list[RatedItem]) -> list[RatedItem]:
+    if len({r.item_id for r in ratings}) != len(ratings):
+        raise ValueError("rates a movie twice")
+    return ratings
+
+
+Ratings = Annotated[
+    list[RatedItem],
+    AfterValidator(_distinct_items),
+    Field(
+        min_length=1,
+        max_length=MAX_RATINGS,
+        description="a new user's ratings, instead of user_id: the user is fitted to them inside the request "
+        "(cold start); each movie once",
     ),
 ]
 Budget = Annotated[
@@ -172,8 +209,15 @@ class RecommendedItem(BaseModel):
     predicted_rating: float
 
 
+class ColdStartFit(BaseModel):
+    fitted_from_ratings: int = Field(description="how many of the user's ratings the fit used")
+
+
 class Recommendation(Routed):
     items: list[RecommendedItem] = Field(description="the top-k movies, best first")
+    cold_start: ColdStartFit | None = Field(
+        None, description="present when the user was fitted to `ratings` inside the request (a new user)"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -303,6 +347,7 @@ ACCEPTED = _described(
     images=Images,
     texts=Texts,
     user_id=UserId,
+    ratings=Ratings,
     k=K,
     candidate_item_ids=CandidateItemIds,
     latency_budget_ms=Budget,
@@ -313,6 +358,8 @@ ACCEPTED = _described(
     id=RequestId,
 ) | {
     "strict": "true or false",
+    "rating": "a number from 1 to 5",
+    "item_id": "a MovieLens movie id (an integer)",
     "parameters": "an object of routing fields (latency_budget_ms, variant, strict) and the family's floor",
     "name": "the name of a model input (GET /v2/models/{family})",
     "shape": "a list of non-negative integers",

@@ -12,6 +12,7 @@ and turns what happens into Prometheus metrics.
     POST /v1/classify_image   {"images": [[[0..255] x 28] x 28, ...]}
     POST /v1/classify_text    {"texts": ["...", ...]}
     POST /v1/recommend        {"user_id": 1, "k": 10, "candidate_item_ids": [...]}
+                              {"ratings": [{"item_id": 50, "rating": 5}, ...], "k": 10}  (a new user)
 Every POST also takes `latency_budget_ms`, `min_accuracy` (`max_rmse` for /v1/recommend),
 `variant` and `strict`. Configuration: the FLEXSERVE_* environment (`GatewayConfig.from_env`).
 """
@@ -182,7 +183,8 @@ class FlexServe:
     async def recommend(
         self,
         ctx: bentoml.Context,
-        user_id: schemas.UserId,
+        user_id: schemas.UserId = None,
+        ratings: schemas.Ratings = None,
         k: schemas.K = DEFAULT_K,
         candidate_item_ids: schemas.CandidateItemIds = None,
         latency_budget_ms: schemas.Budget = None,
@@ -190,8 +192,10 @@ class FlexServe:
         variant: schemas.Variant = None,
         strict: schemas.Strict = False,
     ) -> schemas.Recommendation:
-        """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10)."""
-        body = {"user_id": user_id, "k": k, "candidate_item_ids": candidate_item_ids}
+        """Top-k movies for a MovieLens user, by predicted rating (default: the whole catalogue, k=10);
+        for a new user, from their `ratings` instead of a `user_id` (cold start)."""
+        rated = None if ratings is None else [r.model_dump() for r in ratings]
+        body = {"user_id": user_id, "ratings": rated, "k": k, "candidate_item_ids": candidate_item_ids}
         return await self._answer(ctx, FAMILIES[RECOMMEND], body, latency_budget_ms, max_rmse, variant, strict)
 
     @bentoml.api(route="/v2/models/{family}/infer")

@@ -37,6 +37,8 @@ TOKEN_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"  # words (with inner apostrophes) and si
 TEXT_MAX_TOKENS = 96  # longer texts are truncated; 99% of the Rotten Tomatoes snippets fit
 TITLE_MAX_TOKENS = 12
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
+COLD_START_FRACTION = 0.1  # of the recommender's users, held out of training as cold-start users
+META_TRAINING_FRACTION = 0.1  # and as the users cold start is meta-trained on
 PAD_ID, UNK_ID = 0, 1
 
 
@@ -416,9 +418,25 @@ def catalog_rows(tables: dict[str, np.ndarray], users: np.ndarray, items: np.nda
 
 
 def _recsys_dataset(
-    users: list[dict], items: list[dict], ratings: list[tuple[str, str, float]], seed: int, source: str
+    users: list[dict], items: list[dict], ratings: list[tuple[object, object, float, int]], seed: int, source: str
 ) -> Dataset:
-    """users: user_id, age, gender, occupation; items: item_id, title, year, genres (list)."""
+    """users: user_id, age, gender, occupation; items: item_id, title, year, genres (list); ratings:
+    (user_id, item_id, rating, timestamp).
+
+    Two seeded sets of users are held out of the catalogue and every split: COLD_START_FRACTION of them
+    are the cold-start users (`preprocessing["cold_start_users"]`: training/coldstart.py takes each
+    one's first k ratings as what a new user tells the service, the rest as what it is tested on), and
+    META_TRAINING_FRACTION the users it meta-trains on (`preprocessing["meta_training_users"]`): new
+    users to the network, as the cold-start users are. Both hold their ratings in time order."""
+    item_index = {it["item_id"]: i for i, it in enumerate(items)}
+    cold, meta = held_out_users([u["user_id"] for u in users], seed)
+    held_out = {
+        name: _time_ordered([r for r in ratings if r[0] in group], item_index)
+        for name, group in (("cold_start_users", cold), ("meta_training_users", meta))
+    }
+    held = cold | meta
+    ratings = [r for r in ratings if r[0] not in held]
+    users = [u for u in users if u["user_id"] not in held]
     genders = sorted({u["gender"] for u in users})
     occupations = sorted({u["occupation"] for u in users})
     title_vocab = build_vocab([it["title"] for it in items], min_count=2)
@@ -452,11 +470,10 @@ def _recsys_dataset(
     }
     tables = catalog_tables(catalog)
     user_index = {u["user_id"]: i for i, u in enumerate(users)}
-    item_index = {it["item_id"]: i for i, it in enumerate(items)}
     inputs = catalog_rows(
-        tables, np.array([user_index[u] for u, _, _ in ratings]), np.array([item_index[i] for _, i, _ in ratings])
+        tables, np.array([user_index[r[0]] for r in ratings]), np.array([item_index[r[1]] for r in ratings])
     )
-    targets = np.array([r for _, _, r in ratings], dtype=np.float32)
+    targets = np.array([r[2] for r in ratings], dtype=np.float32)
     train, val, test = split_indices(len(ratings), (0.1, 0.1), seed)
 
     def split(idx: np.ndarray) -> Split:
@@ -473,8 +490,37 @@ def _recsys_dataset(
         "title_vocab_size": len(title_vocab),
     }
     return Dataset(
-        "recsys", split(train), split(val), split(test), source, {"catalog": catalog, "tables": tables, "sizes": sizes}
+        "recsys",
+        split(train),
+        split(val),
+        split(test),
+        source,
+        {
+            "catalog": catalog,
+            "tables": tables,
+            "sizes": sizes,
+            **held_out,
+        },
     )
+
+
+def held_out_users(user_ids: list, seed: int) -> tuple[set, set]:
+    """The seeded cold-start users and meta-training users among `user_ids` (see `_recsys_dataset`)."""
+    rng = np.random.default_rng([seed, 17])  # its own stream, apart from the rating split's
+    n_cold = max(1, round(len(user_ids) * COLD_START_FRACTION))
+    n_meta = max(1, round(len(user_ids) * META_TRAINING_FRACTION))
+    picked = [user_ids[i] for i in rng.choice(len(user_ids), n_cold + n_meta, replace=False)]
+    return set(picked[:n_cold]), set(picked[n_cold:])
+
+
+def _time_ordered(ratings: list[tuple], item_index: dict) -> dict[str, np.ndarray]:
+    """Held-out users' ratings as arrays, grouped by user (0, 1, ...), each user's in time order."""
+    ratings = sorted(ratings, key=lambda r: (str(r[0]), r[3]))
+    return {
+        "user": np.unique([str(r[0]) for r in ratings], return_inverse=True)[1].astype(np.int64),
+        "item": np.array([item_index[r[1]] for r in ratings], dtype=np.int64),
+        "rating": np.array([r[2] for r in ratings], dtype=np.float32),
+    }
 
 
 def load_movielens_100k(seed: int = 0) -> Dataset:
@@ -503,7 +549,7 @@ def load_movielens_100k(seed: int = 0) -> Dataset:
         }
         for it in table("item")
     ]
-    ratings = [(int(r["user_id"]), int(r["item_id"]), float(r["rating"])) for r in table("inter")]
+    ratings = [(int(r["user_id"]), int(r["item_id"]), float(r["rating"]), int(r["timestamp"])) for r in table("inter")]
     return _recsys_dataset(users, items, ratings, seed, f"MovieLens-100k ({root})")
 
 
@@ -534,7 +580,7 @@ def synthetic_ratings(num_users: int = 40, num_items: int = 60, n: int = 1200, s
     for _ in range(n):
         u, i = int(rng.integers(num_users)), int(rng.integers(num_items))
         rating = 4.5 if i % 4 == taste[u] else 2.0
-        ratings.append((100 + u, 1 + i, float(np.clip(round(rating + rng.normal(0, 0.5)), 1, 5))))
+        ratings.append((100 + u, 1 + i, float(np.clip(round(rating + rng.normal(0, 0.5)), 1, 5)), len(ratings)))
     return _recsys_dataset(users, items, ratings, seed, "synthetic ratings")
 
 

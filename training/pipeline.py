@@ -152,6 +152,7 @@ class _Trained:
     seeds: tuple[int, ...]
     served: int  # the index of the distilled run that becomes the variants: the best on validation
     extra: dict = dataclasses.field(default_factory=dict)  # more of the manifest's `training` (transfer)
+    artifacts: dict = dataclasses.field(default_factory=dict)  # more preprocessing artifacts (cold start)
 
     @property
     def label_seed(self) -> int | None:
@@ -205,9 +206,11 @@ class _Plan:
     train_s: float  # all training batches of the family's three models
     export_s: float  # per variant
 
+    after_training_s: float = 0.0  # the task's state fitted to the trained models (Task.after_training)
+
     @property
     def total_s(self) -> float:
-        return self.train_s + len(KINDS) * len(PRECISIONS) * self.export_s
+        return self.train_s + self.after_training_s + len(KINDS) * len(PRECISIONS) * self.export_s
 
 
 def plan(family: str, data: Dataset, config: BuildConfig, earlier: tuple[str, ...] = ()) -> _Plan:
@@ -241,7 +244,12 @@ def plan(family: str, data: Dataset, config: BuildConfig, earlier: tuple[str, ..
         * batch_s["distilled_with_teacher"]
     )
     batches = -(-len(data.test) // _settings(task, "full", config).batch_size)
-    return _Plan(batch_s, train_s, export_s=1.0 + batches * batch_s["full"] / 3)
+    return _Plan(
+        batch_s,
+        train_s,
+        export_s=1.0 + batches * batch_s["full"] / 3,
+        after_training_s=task.after_training_s(config.quick),
+    )
 
 
 def _source_checkpoint(task: Task, config: BuildConfig) -> Path:
@@ -481,6 +489,7 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
     sign = 1.0 if task.higher_is_better else -1.0
     served = max(range(len(seeds)), key=lambda i: sign * distilled_runs[i].best_metric)  # chosen on validation
     trained = _Trained(full, distilled_runs, baseline_runs, seeds, served, extra)
+    models = {}
     for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
         save_checkpoint(
             result,
@@ -490,21 +499,33 @@ def train_models(family: str, data: Dataset, config: BuildConfig, progress: Prog
             quick=config.quick,
             synthetic=config.synthetic,
         )
+        models[kind] = result.model
+    # After the checkpoints: it may extend the models with what the variants carry (cold start's prior).
+    summary, trained.artifacts = task.after_training(data, models, config.quick, config.seed, progress)
+    trained.extra.update(summary)
     return trained
 
 
 def export_variants(
-    family: str, data: Dataset, trained: _Trained, repo: Path, seed: int, progress: Progress, export_s: float
+    family: str,
+    data: Dataset,
+    models: dict[str, torch.nn.Module],
+    repo: Path,
+    seed: int,
+    progress: Progress,
+    export_s: float,
+    training: str | None = None,
 ) -> list[VariantEntry]:
-    """Every kind x precision as ONNX, parity-checked against PyTorch, evaluated in ONNX Runtime, stored."""
+    """Every kind (of `models`) x precision as ONNX, parity-checked against PyTorch, evaluated in ONNX
+    Runtime, stored. `training`: how the models were trained, where not centrally ("federated")."""
     task = get_task(family)
     inputs, outputs = task.input_specs(data), [task.output_spec()]
     parity_split = data.test.take(np.arange(min(PARITY_ROWS, len(data.test))))
     calibration = _calibration_feeds(task, data, seed) if task.static_int8 else None
     variants = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, result in (("full", trained.full), ("distilled", trained.distilled)):
-            model = result.model.cpu().eval()
+        for kind, model in models.items():
+            model = model.cpu().eval()
             files = {precision: Path(tmp) / f"{kind}_{precision}.onnx" for precision in PRECISIONS}
             export_onnx(model, task, data.test.take(np.arange(2)).inputs, files["fp32"])
             to_fp16(files["fp32"], files["fp16"])
@@ -530,6 +551,7 @@ def export_variants(
                         metrics={task.metric_name: metric, **heads},
                         standard_errors={task.metric_name: se},
                         parity=parity,
+                        training=training,
                     )
                 )
                 progress.log(
@@ -556,9 +578,10 @@ def family_section(
     def summary(result: TrainResult) -> dict:
         return {**_training_summary(result), "test_metric_pytorch": test_metric(result)}
 
+    payloads = {name: data.preprocessing[name] for name in task.preprocessing_artifacts} | trained.artifacts
     preprocessing = {
-        name: repository.write_json_artifact(repo, f"{family}_{name}.json", data.preprocessing[name])
-        for name in task.preprocessing_artifacts
+        name: repository.write_json_artifact(repo, f"{family}_{name}.json", payload)
+        for name, payload in payloads.items()
     }
     return FamilySection(
         task=task.problem,
@@ -611,7 +634,8 @@ def build_family(family: str, config: BuildConfig, data: Dataset, progress: Prog
     trained = train_models(family, data, config, progress, plan_)
     # A new repository version: the live one plus this family, switched to when complete.
     with new_version(config.out) as stage:
-        variants = export_variants(family, data, trained, stage, config.seed, progress, plan_.export_s)
+        models = {"full": trained.full.model, "distilled": trained.distilled.model}
+        variants = export_variants(family, data, models, stage, config.seed, progress, plan_.export_s)
         section = family_section(family, data, config, trained, variants, stage)
         repository.write_family(stage, family, section)
     progress.log(f"[{family}] done in {time.perf_counter() - started:.0f}s: version {version_of(config.out)}")

@@ -19,6 +19,7 @@ from models.cnn import CNNConfig, ImageClassifier
 from models.recsys import RatingPredictor, RecsysConfig
 from models.rnn import RNNConfig, TextClassifier
 from training.data import NO_LABEL, POLARITY_LABELS, SUBJECTIVITY_LABELS, Dataset, catalog_rows
+from training.progress import Progress
 
 KINDS = ("full", "distilled")
 SHIFT = 2  # pixels an augmented image moves at most, each way
@@ -56,6 +57,20 @@ class Task:
         if kind not in KINDS:
             raise ValueError(f"unknown variant kind {kind!r}: expected one of {KINDS}")
         return self.model_class(self.model_config(kind, data))
+
+    # ---- serving state fitted to the trained models (the recommender's cold start)
+    def after_training(
+        self, data: Dataset, models: dict[str, nn.Module], quick: bool, seed: int, progress: Progress | None = None
+    ) -> tuple[dict, dict]:
+        """(a summary for the manifest's training section, preprocessing artifacts by name) fitted to
+        the trained `models` by kind, which it may extend in place with what the exported variants
+        must carry; `progress` advances by `after_training_s`."""
+        return {}, {}
+
+    def after_training_s(self, quick: bool, kinds: int = len(KINDS)) -> float:
+        """What `after_training` weighs on the build's progress display, in estimated seconds, for
+        `kinds` models."""
+        return 0.0
 
     # ---- data
     def collate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -285,6 +300,41 @@ class RecsysTask(Task):
 
     def distill_settings(self, quick: bool) -> dict:
         return {"extra_ratio": 1.0}  # a random unrated pair per rating: most of the student's gain (README)
+
+    def after_training(
+        self, data: Dataset, models: dict[str, nn.Module], quick: bool, seed: int, progress: Progress | None = None
+    ) -> tuple[dict, dict]:
+        """Cold start (training/coldstart.py) for each kind: the ordinary and the meta-learned fit,
+        measured on the held-out cold-start users; the meta-learned one is what serving gets."""
+        from training import coldstart  # it imports the models and data, as this module does
+
+        settings = coldstart.MetaSettings.for_build(quick, seed)
+        summary: dict = {"meta_training": dataclasses.asdict(settings), "ks": list(coldstart.KS), "kinds": {}}
+        artifact: dict = {"kinds": {}}
+        for kind, model in models.items():
+            ordinary = coldstart.ordinary_prior(model, data)
+            learned, losses = coldstart.meta_train(model, data, ordinary, settings, progress, f"recsys_{kind}")
+            table = coldstart.evaluate(model, data, {"ordinary": ordinary, "meta_learned": learned})
+            artifact["prior_row"], state = coldstart.exported(model, data, learned)
+            artifact["kinds"][kind] = state.to_json()
+            tail = max(1, len(losses) // 10)
+            summary["kinds"][kind] = {
+                "query_rmse": table,
+                "meta_training_query_mse": {
+                    "first": float(np.mean(losses[:tail])),
+                    "last": float(np.mean(losses[-tail:])),
+                },
+            }
+        summary["users"] = {
+            "cold_start": len(coldstart.held_out_users(data)),
+            "meta_training": len(coldstart.held_out_users(data, "meta_training_users")),
+        }
+        return {"cold_start": summary}, {"cold_start": artifact}
+
+    def after_training_s(self, quick: bool, kinds: int = len(KINDS)) -> float:
+        from training import coldstart
+
+        return kinds * coldstart.MetaSettings.for_build(quick, 0).steps * coldstart.SECONDS_PER_STEP
 
     def teacher_inputs(
         self, data: Dataset, batch: list[torch.Tensor], n: int, rng: np.random.Generator

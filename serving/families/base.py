@@ -5,6 +5,7 @@ the profiler go through it; nothing else knows a family by its name.
 An adapter answers, for its family:
 - what it is measured by: `metric`, `higher_is_better`, `floor_field` (`min_accuracy`, `max_rmse`);
 - the friendly JSON API: `fields` (the body's fields and their meaning), `decode` (body -> tensors),
+  `finish` (the variant's outputs -> the request's, where a family fits something per request),
   `encode` (outputs -> answer), `example_body`;
 - the tensor API (the Open Inference Protocol on the gateway, and Triton's `<family>_router`):
   `decode_tensors` (named arrays -> tensors: the model's own inputs, or the `raw_inputs` a client
@@ -92,6 +93,12 @@ class Family:
 
     def example_body(self, rng: np.random.Generator) -> dict:
         raise NotImplementedError
+
+    def finish(self, outputs: list[np.ndarray], decoded: Decoded, variant: str) -> list[np.ndarray]:
+        """The model's outputs as the request asked for them, once `variant` has run (every door calls
+        it before `encode` or the tensor answer): as they are, unless the family fits something to the
+        request on top (the recommender's cold-start users)."""
+        return outputs
 
     # -- the tensor API --------------------------------------------------------------------------
     def example_tensors(self, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -331,7 +331,9 @@ class RouterModel:
         self.metrics.decided(decision, "budget_met" if met else "budget_missed")
         for variant in failed:  # another variant answered: the ones that failed sit out bench_s
             self.policy.bench(variant, self.bench_s)
-        tensors = [pb.Tensor(name, pb.get_output_tensor_by_name(response, name).as_numpy()) for name in self.outputs]
+        arrays = [pb.get_output_tensor_by_name(response, name).as_numpy() for name in self.outputs]
+        arrays = self.adapter.finish(arrays, decoded, decision.variant)
+        tensors = [pb.Tensor(name, array) for name, array in zip(self.outputs, arrays, strict=True)]
         variant = np.array([decision.variant.encode()], dtype=np.object_)
         predicted = np.array([decision.predicted_to_meet], dtype=bool)  # the client measures the truth
         return pb.InferenceResponse(

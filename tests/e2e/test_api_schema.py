@@ -66,7 +66,9 @@ def test_the_document_types_every_endpoint_and_error(server):
     assert (pixels["minItems"], pixels["maxItems"]) == (1, 64)
     assert pixels["items"]["items"]["items"] == {"type": "number", "minimum": 0, "maximum": 255.0}
     recommend = paths["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert recommend["required"] == ["user_id"] and recommend["properties"]["k"]["maximum"] == 100
+    assert "required" not in recommend and recommend["properties"]["k"]["maximum"] == 100  # user_id or ratings
+    rated = spec["components"]["schemas"]["RatedItem"]["properties"]["rating"]
+    assert (rated["minimum"], rated["maximum"], recommend["properties"]["ratings"]["maxItems"]) == (1, 5, 100)
     assert paths["/v1/variants"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Variants"
     }

@@ -131,6 +131,9 @@ class FakeAdapter:
     def floor(self, parameters):
         return None
 
+    def finish(self, outputs, decoded, variant):
+        return outputs
+
 
 def flat(p95: float) -> ServiceProfile:
     return ServiceProfile((1, 4), (0.8 * p95, 3.2 * p95), (p95, 4 * p95), (1.5 * p95, 6 * p95))

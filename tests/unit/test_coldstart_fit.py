@@ -1,0 +1,148 @@
+"""The cold-start fit (contract/coldstart.py) on problems small enough to solve by hand, its torch twin
+(training/coldstart.py), the linearisation it rests on, and the catalogue's checks of a new user's
+ratings (serving/preprocess.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from contract.coldstart import MAX_RATINGS, ColdStart, fit_offset
+from models.recsys import RatingPredictor, RecsysConfig
+from serving.errors import InvalidRequestError, UnprocessableRequestError
+from serving.preprocess import Catalog
+from training.coldstart import Prior, linearised, ridge
+from training.data import held_out_users, synthetic_ratings
+
+
+def test_the_fit_recovers_a_known_offset_when_the_penalty_is_tiny():
+    design = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    truth = np.array([0.5, -0.25])
+    offset = fit_offset(design, design @ truth, np.full(2, 1e-9))
+    np.testing.assert_allclose(offset, truth, atol=1e-6)
+
+
+def test_the_fit_is_ridge_regression_with_a_per_dimension_penalty():
+    rng = np.random.default_rng(0)
+    design, residual, penalty = rng.normal(size=(3, 5)), rng.normal(size=3), np.array([0.5, 1, 2, 4, 8])
+    # (J'J + diag(penalty))^-1 J' r: the D x D form; the fit solves the k x k one
+    expected = np.linalg.solve(design.T @ design + np.diag(penalty), design.T @ residual)
+    np.testing.assert_allclose(fit_offset(design, residual, penalty), expected, atol=1e-10)
+    # one rating, one dimension: r * j / (j^2 + penalty)
+    np.testing.assert_allclose(fit_offset(np.array([[2.0]]), np.array([1.0]), np.array([4.0])), [2 / 8])
+
+
+def test_a_large_penalty_keeps_the_prior():
+    offset = fit_offset(np.array([[1.0, 1.0]]), np.array([3.0]), np.full(2, 1e9))
+    assert np.abs(offset).max() < 1e-8
+
+
+def test_the_torch_twin_matches_the_served_fit():
+    rng = np.random.default_rng(1)
+    design, residual, penalty = rng.normal(size=(4, 6)), rng.normal(size=4), rng.uniform(0.1, 3, 6)
+    served = fit_offset(design, residual, penalty)
+    twin = ridge(*(torch.as_tensor(a) for a in (design, residual, penalty)))
+    np.testing.assert_allclose(twin.numpy(), served, atol=1e-10)
+
+
+def test_predict_fits_the_support_then_rates_the_targets_within_the_rating_range():
+    state = ColdStart(jacobian=np.array([[1.0], [1.0], [-1.0]], np.float32), penalty=np.array([1e-6], np.float32))
+    # the prior rates the three movies 3; the user rates movie 0 a 4: offset +1 on the shared direction
+    fitted = state.predict(np.array([3.0, 3.0, 3.0], np.float32), np.array([0]), np.array([4.0]), np.array([1, 2]))
+    np.testing.assert_allclose(fitted, [4.0, 2.0], atol=1e-4)
+    far = state.predict(np.array([3.0, 3.0, 3.0], np.float32), np.array([0]), np.array([5.0]), np.array([1, 2]))
+    far_fit = state.predict(np.array([4.9, 4.9, 3.0], np.float32), np.array([0]), np.array([5.0]), np.array([1, 2]))
+    assert far.max() <= 5.0 and far_fit.min() >= 1.0
+
+
+def test_the_design_is_the_ratings_gradient_then_a_one_for_the_offset():
+    config = RecsysConfig(
+        num_users=3, num_items=4, num_ages=2, num_genders=2, num_occupations=2, num_years=2, num_genres=3,
+        title_vocab_size=5, embed_dim=8, tower_dim=8, head_hidden=(8,),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = RatingPredictor(config).eval()
+    items = model.item_vectors(torch.arange(4)[:, None].repeat(1, 2) % 2, torch.rand(4, 3), torch.ones(4, 2).long())
+    prior = Prior(torch.randn(model.user_input_dim) * 0.1, torch.zeros(model.user_input_dim + 1))
+    rows = torch.tensor([0, 2, 3])
+    ratings, design = linearised(model, prior, items.detach(), rows)
+    assert design.shape == (3, model.user_input_dim + 1) and torch.all(design[:, -1] == 1)
+    step = torch.zeros(model.user_input_dim)
+    step[5] = 1e-3
+    with torch.no_grad():
+        moved = model.rate((prior.mean + step).expand(3, -1), items[rows])
+    np.testing.assert_allclose((moved - ratings).detach().numpy() / 1e-3, design[:, 5].numpy(), rtol=1e-2, atol=1e-4)
+
+
+def test_the_prior_user_appended_to_the_model_is_rated_as_its_input():
+    config = RecsysConfig(
+        num_users=3, num_items=4, num_ages=2, num_genders=2, num_occupations=2, num_years=2, num_genres=3,
+        title_vocab_size=5, embed_dim=8, tower_dim=8, head_hidden=(8,),
+    )  # fmt: skip
+    model = RatingPredictor(config).eval()
+    prior = torch.randn(model.user_input_dim)
+    row = model.add_user(prior)
+    assert row == [3, 2, 2, 2]
+    torch.testing.assert_close(model.user_input(torch.tensor([row]))[0], prior)
+
+
+def test_held_out_users_are_neither_in_the_catalogue_nor_in_any_split():
+    data = synthetic_ratings(seed=3)
+    catalogue_users = {u["user_id"] for u in data.preprocessing["catalog"]["users"]}
+    cold, meta = held_out_users([100 + u for u in range(40)], 3)
+    assert len(cold) == len(meta) == 4 and not cold & meta and not (cold | meta) & catalogue_users
+    assert len(catalogue_users) == 32
+    assert data.preprocessing["cold_start_users"]["user"].max() == 3  # four users, grouped
+
+
+# -- a new user's ratings, as the catalogue checks them ---------------------------------------------
+CATALOG = Catalog(
+    {
+        "genres": ["Drama"],
+        "users": [{"user_id": 7, "features": [0, 1, 0, 3]}],
+        "items": [
+            {"item_id": 10 + i, "title": f"Movie {i}", "features": [i, 2], "genres": ["Drama"], "title_tokens": [2]}
+            for i in range(5)
+        ],
+    },
+    (1.0, 5.0),
+)
+
+
+def field_of(call) -> tuple[str, type]:
+    with pytest.raises(InvalidRequestError) as caught:
+        call()
+    return caught.value.field, type(caught.value)
+
+
+@pytest.mark.parametrize(
+    "ratings, field, error",
+    [
+        ([], "ratings", InvalidRequestError),
+        ([{"item_id": 10, "rating": 3}] * (MAX_RATINGS + 1), "ratings", InvalidRequestError),
+        ("10:5", "ratings", InvalidRequestError),
+        ([{"item_id": 10}], "ratings[0]", InvalidRequestError),
+        ([{"item_id": 10, "rating": 3}, {"item_id": "11", "rating": 3}], "ratings[1].item_id", InvalidRequestError),
+        ([{"item_id": 99, "rating": 3}], "ratings[0].item_id", UnprocessableRequestError),
+        ([{"item_id": 10, "rating": 0.5}], "ratings[0].rating", InvalidRequestError),
+        ([{"item_id": 10, "rating": True}], "ratings[0].rating", InvalidRequestError),
+        ([{"item_id": 10, "rating": 3}, {"item_id": 10, "rating": 4}], "ratings[1].item_id", InvalidRequestError),
+    ],
+)
+def test_bad_ratings_name_the_field(ratings, field, error):
+    assert field_of(lambda: CATALOG.rated(ratings)) == (field, error)
+
+
+def test_a_cold_start_request_rates_the_support_and_the_unrated_movies_as_the_prior_user():
+    prior_row = np.array([2, 3, 2, 5])
+    feeds, state = CATALOG.cold_start(prior_row, [{"item_id": 12, "rating": 5}, {"item_id": 10, "rating": 2}], 2, None)
+    assert (feeds["USER_FEATURES"] == prior_row).all()
+    assert state["candidates"].tolist() == [1, 3, 4]  # every movie not rated
+    rows = feeds["ITEM_FEATURES"][:, 0]
+    assert rows[state["cold_start"]["where"]].tolist() == [2, 0, 1, 3, 4]  # the support's, then the candidates'
+    assert state["cold_start"]["ratings"].tolist() == [5.0, 2.0]
+    assert field_of(lambda: CATALOG.cold_start(prior_row, [{"item_id": 10, "rating": 2}], 5, None)) == (
+        "k",
+        UnprocessableRequestError,
+    )

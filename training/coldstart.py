@@ -1,0 +1,255 @@
+"""Meta-learned cold start for the recommender: users the model never saw, from k = 1, 3, 5 or 10
+ratings.
+
+A new user is a point x in the user tower's input space (the id and demographic embeddings side by
+side, `RatingPredictor.user_input`), fitted from their ratings around a prior x0 by ridge regression
+on the model linearised at x0 (`contract/coldstart.py`: closed form, so the serving half fits one
+inside a request, in numpy). What the fit starts from, and how hard it holds to it, are learned:
+
+- (b) the ordinary fit: x0 = the mean of the training users' inputs, and a Gaussian prior's
+  penalty: the rating noise (the model's validation MSE) over each dimension's variance across
+  training users. No meta-training.
+- (c) meta-learned: x0 and the per-dimension penalty, meta-trained over the held-out meta-training
+  users as tasks (MAML's outer loop over users, in the spirit of MeLU, KDD'19; the inner loop is the
+  ridge solve itself, differentiated exactly, as in Bertinetto et al., ICLR'19, "Meta-learning with
+  differentiable closed-form solvers"). Each task draws k from KS; one meta-training user's first k
+  ratings in time are the support and up to QUERY_PER_TASK of their later ones the query (as the
+  cold-start users are measured); the loss is the query MSE after the fit. The
+  closed form is the limit of the inner loop's steps, so there is no step count to learn. The
+  network's own weights stay as trained: the variants served are the ones measured.
+
+Both are compared with (a) each item's mean training rating, on the held-out users
+(`training/data.py`, `cold_start_users`): each one's first k ratings in time are the support, the
+rest the query.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from contract.coldstart import KS, ColdStart
+from contract.statistics import rmse_se
+from models.recsys import RatingPredictor
+from training.data import Dataset, Split
+from training.progress import Progress
+
+INPUTS = ("USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE")
+QUERY_PER_TASK = 32  # query ratings per meta-training task (a user with more gives a random 32)
+SECONDS_PER_STEP = 0.02  # a meta-training step of the full model here (the progress display's weight)
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    steps: int = 600
+    users_per_step: int = 32
+    lr: float = 0.01
+    seed: int = 0
+    order: str = "time"  # the support: each user's first k ratings in time, or k at random ("random")
+
+    @classmethod
+    def for_build(cls, quick: bool, seed: int) -> MetaSettings:
+        return cls(steps=40 if quick else 600, seed=seed)
+
+
+@dataclass
+class Prior:
+    """What the fit starts from: the prior input x0 [D], and the log of the per-dimension penalty
+    [D + 1] (the last one for the user's rating offset)."""
+
+    mean: torch.Tensor
+    log_penalty: torch.Tensor
+
+    @property
+    def penalty(self) -> torch.Tensor:
+        return self.log_penalty.exp()
+
+    def detached(self, requires_grad: bool = False) -> Prior:
+        return Prior(*(p.detach().clone().requires_grad_(requires_grad) for p in (self.mean, self.log_penalty)))
+
+
+def _item_vectors(model: RatingPredictor, tables: dict[str, np.ndarray]) -> torch.Tensor:
+    return model.item_vectors(
+        torch.as_tensor(tables["ITEM_FEATURES"]),
+        torch.as_tensor(tables["ITEM_GENRES"]),
+        torch.as_tensor(tables["ITEM_TITLE"]),
+    )
+
+
+def _frozen(model: RatingPredictor) -> RatingPredictor:
+    model = model.cpu().eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def linearised(
+    model: RatingPredictor, prior: Prior, items: torch.Tensor, rows: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's ratings [n] of the catalogue rows `rows` (item vectors `items` [all, T]) and the
+    fit's design [n, D + 1]: each rating's gradient with respect to the user's input, then a 1 for
+    the user's rating offset. One backward pass: each row's rating depends on its own copy of the
+    input only. `create_graph` keeps both differentiable in the prior."""
+    offsets = torch.zeros(len(rows), len(prior.mean), requires_grad=True)
+    with torch.enable_grad():
+        ratings = model.rate(prior.mean + offsets, items[rows])
+        (gradients,) = torch.autograd.grad(ratings.sum(), offsets, create_graph=create_graph)
+    return ratings, torch.cat([gradients, torch.ones(len(rows), 1)], dim=1)
+
+
+def ridge(jacobian: torch.Tensor, residual: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """`contract.coldstart.fit_offset` in torch, differentiable (the tests hold the two equal)."""
+    scaled = jacobian / penalty
+    gram = scaled @ jacobian.T + torch.eye(len(residual))
+    return scaled.T @ torch.linalg.solve(gram, residual)
+
+
+def ordinary_prior(model: RatingPredictor, data: Dataset) -> Prior:
+    """(b): the training users' mean input; a Gaussian prior's penalty (the rating noise, the model's
+    validation MSE, over each input dimension's variance across training users, and over the variance
+    of the training users' mean ratings for the offset). A dimension with no spread (a federated
+    model's id rows, which the server never holds) is held at the prior."""
+    model = _frozen(model)
+    with torch.no_grad():
+        inputs = model.user_input(torch.as_tensor(data.preprocessing["tables"]["USER_FEATURES"]))
+        val = data.val.inputs
+        predicted = model(*(torch.as_tensor(val[name]) for name in INPUTS))
+    noise = float(((predicted.numpy() - data.val.targets) ** 2).mean())
+    user_means = np.array([ratings.mean() for _, ratings in _by_user(data.train).values()])
+    spread = torch.cat([inputs.var(dim=0), torch.tensor([float(user_means.var())])]).clamp(min=1e-6)
+    return Prior(inputs.mean(dim=0), torch.log(noise / spread))
+
+
+def _by_user(split: Split) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Catalogue user row -> (item rows, ratings) in `split`."""
+    users, items = split.inputs["USER_FEATURES"][:, 0], split.inputs["ITEM_FEATURES"][:, 0]
+    order = np.argsort(users, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(users[order])) + 1)
+    return {int(users[g[0]]): (items[g], split.targets[g]) for g in groups if len(g)}
+
+
+def _grouped(ratings: dict[str, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """Per user (a run of equal `user`): its arrays other than `user`, in order."""
+    bounds = np.flatnonzero(np.diff(ratings["user"])) + 1
+    names = [name for name in ratings if name != "user"]
+    return list(zip(*(np.split(ratings[name], bounds) for name in names), strict=True))
+
+
+def held_out_users(data: Dataset, which: str = "cold_start_users", order: str = "time", seed: int = 0) -> list:
+    """(item rows, ratings) of each held-out user (`which`: cold_start_users or meta_training_users),
+    in time order, or with `order="random"` in a seeded random order (the protocol without time)."""
+    users = _grouped(data.preprocessing[which])
+    if order == "random":
+        rng = np.random.default_rng([seed, 29])
+        users = [(items[p], ratings[p]) for items, ratings in users for p in [rng.permutation(len(ratings))]]
+    elif order != "time":
+        raise ValueError(f"order: got {order!r}, expected 'time' or 'random'")
+    return users
+
+
+def meta_train(
+    model: RatingPredictor,
+    data: Dataset,
+    start: Prior,
+    settings: MetaSettings,
+    progress: Progress | None = None,
+    label: str = "recsys",
+) -> tuple[Prior, list[float]]:
+    """(c): the prior meta-trained from `start` over the meta-training users as tasks (`settings.order`
+    says which of their ratings are the support); returns it and the query loss of each step."""
+    model = _frozen(model)
+    items = _item_vectors(model, data.preprocessing["tables"])
+    # A task is a meta-training user as the cold-start users are measured: their first k ratings in
+    # time the support, and up to QUERY_PER_TASK of their later ratings the query.
+    users = held_out_users(data, "meta_training_users", settings.order, settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    prior = start.detached(requires_grad=True)
+    optimizer = torch.optim.Adam([prior.mean, prior.log_penalty], lr=settings.lr)
+    losses = []
+    for step in range(settings.steps):
+        picks = rng.choice(len(users), min(settings.users_per_step, len(users)), replace=False)
+        tasks = []
+        for u in picks:
+            user_items, ratings = users[u]
+            k = min(int(rng.choice(KS)), len(ratings) - 1)
+            query = k + rng.permutation(len(ratings) - k)[:QUERY_PER_TASK]
+            chosen = np.concatenate([np.arange(k), query])
+            tasks.append((k, user_items[chosen], ratings[chosen]))
+        rows = torch.as_tensor(np.concatenate([t[1] for t in tasks]))
+        b, jacobian = linearised(model, prior, items, rows, create_graph=True)
+        loss, start_at = 0.0, 0
+        for k, _, ratings in tasks:
+            end = start_at + len(ratings)
+            target = torch.as_tensor(ratings)
+            tb, tj = b[start_at:end], jacobian[start_at:end]
+            offset = ridge(tj[:k], target[:k] - tb[:k], prior.penalty)
+            fitted = (tb[k:] + tj[k:] @ offset).clamp(1.0, 5.0)
+            loss = loss + ((fitted - target[k:]) ** 2).mean()
+            start_at = end
+        loss = loss / len(tasks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress.update(SECONDS_PER_STEP)
+        if progress is not None and (step + 1) % max(1, settings.steps // 5) == 0:
+            recent = losses[-max(1, settings.steps // 5) :]
+            progress.log(
+                f"[{label}] cold-start meta-training step {step + 1}/{settings.steps}: query MSE {np.mean(recent):.4f}"
+            )
+    return prior.detached(), losses
+
+
+def item_means(data: Dataset) -> np.ndarray:
+    """(a): each catalogue item's mean training rating (the global mean where it has none)."""
+    n = data.preprocessing["sizes"]["num_items"]
+    items = data.train.inputs["ITEM_FEATURES"][:, 0]
+    sums = np.bincount(items, weights=data.train.targets, minlength=n)
+    counts = np.bincount(items, minlength=n)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), data.train.targets.mean())
+
+
+def evaluate(
+    model: RatingPredictor, data: Dataset, priors: dict[str, Prior], order: str = "time", seed: int = 0
+) -> dict:
+    """Per k: the cold-start users' query RMSE (and its standard error) for the item mean and for
+    each prior in `priors`, each user's first k ratings (`order`) the support and the rest the query."""
+    model = _frozen(model)
+    items = _item_vectors(model, data.preprocessing["tables"])
+    means = item_means(data)
+    cold = held_out_users(data, order=order, seed=seed)
+    table: dict = {}
+    for k in KS:
+        errors: dict[str, list[np.ndarray]] = {"item_mean": [], **{name: [] for name in priors}}
+        n_users = 0
+        for user_items, ratings in cold:
+            if len(ratings) <= k:
+                continue
+            n_users += 1
+            errors["item_mean"].append((means[user_items[k:]] - ratings[k:]) ** 2)
+            for name, prior in priors.items():
+                with torch.no_grad():
+                    b, jacobian = linearised(model, prior, items, torch.as_tensor(user_items))
+                state = ColdStart(jacobian.numpy(), prior.penalty.numpy())
+                fitted = state.predict(b.detach().numpy(), np.arange(k), ratings[:k], np.arange(k, len(ratings)))
+                errors[name].append((fitted - ratings[k:]) ** 2)
+        table[str(k)] = {"users": n_users, "query_ratings": int(sum(len(e) for e in errors["item_mean"]))}
+        for name, parts in errors.items():
+            squared = np.concatenate(parts)
+            table[str(k)][name] = {"rmse": math.sqrt(float(squared.mean())), "se": rmse_se(squared)}
+    return table
+
+
+def exported(model: RatingPredictor, data: Dataset, prior: Prior) -> tuple[list[int], ColdStart]:
+    """(the prior's USER_FEATURES row, the serving state) for `model` with `prior`: it appends the
+    prior's input to `model` as one more user (the row the exported variants rate a new user at), and
+    takes the fit's design at every catalogue item there."""
+    model = _frozen(model)
+    items = _item_vectors(model, data.preprocessing["tables"])
+    with torch.no_grad():
+        _, design = linearised(model, prior, items, torch.arange(len(items)))
+    return model.add_user(prior.mean), ColdStart(design.numpy(), prior.penalty.numpy())
