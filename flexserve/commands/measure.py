@@ -1,4 +1,5 @@
-"""Measure: `flexserve profile`, `simulate`, and the `bench-*` commands (policy, gateway, triton, routing, byom)."""
+"""Measure: `flexserve profile`, `simulate`, and the `bench-*` commands (policy, gateway, triton, routing, byom,
+coldstart, federated)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from flexserve.commands import command, repo_option
+from flexserve.commands.build import federated_options, federated_settings
 from training import BUILT_IN_FAMILIES
 
 
@@ -365,3 +367,63 @@ def add_bench_byom(commands) -> None:
     p.add_argument("--swap-seconds", type=float, default=30.0, help="seconds per run")
     p.add_argument("--swap-every", type=float, default=3.0, help="seconds between swaps")
     p.add_argument("--out", type=Path, default=Path("reports/bench_byom"), help="report.md, rows.json and swap.png")
+
+
+def _bench_coldstart(args: argparse.Namespace) -> int:
+    from loadtest.bench_coldstart import run
+
+    return run(
+        args.repo,
+        list(range(args.seed, args.seed + args.seeds)),
+        args.steps,
+        args.rounds,
+        args.per_round,
+        args.variant,
+        args.out,
+        skip_accuracy=args.latency_only,
+    )
+
+
+def add_bench_coldstart(commands) -> None:
+    p = command(
+        commands,
+        "measure",
+        "bench-coldstart",
+        "recommender cold start: query RMSE against k for item mean, ordinary and meta-learned fits; fit latency",
+        "flexserve bench-coldstart --seeds 5",
+        _bench_coldstart,
+    )
+    repo_option(p, "the repository whose gateway the latency part runs (a recsys build)")
+    p.add_argument("--seeds", type=int, default=5, help="MovieLens splits (each its own held-out users) to train")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--steps", type=int, default=600, help="meta-training steps per seed and protocol")
+    p.add_argument("--rounds", type=int, default=10, help="latency rounds, alternating known and new users")
+    p.add_argument("--per-round", type=int, default=50, help="requests per round and kind of user")
+    p.add_argument("--variant", default="recsys_full_fp32", help="the variant every latency request is pinned to")
+    p.add_argument("--latency-only", action="store_true", help="skip the accuracy part (it trains a model per seed)")
+    p.add_argument(
+        "--out", type=Path, default=Path("reports/bench_coldstart"), help="report.md, rows.json, coldstart.png"
+    )
+
+
+def _bench_federated(args: argparse.Namespace) -> int:
+    from loadtest.bench_federated import run
+
+    return run(list(range(args.seed, args.seed + args.seeds)), federated_settings(args), args.out)
+
+
+def add_bench_federated(commands) -> None:
+    p = command(
+        commands,
+        "measure",
+        "bench-federated",
+        "the recommender trained federated (Flower) against centrally, on the same split, over seeds",
+        "flexserve bench-federated --seeds 3",
+        _bench_federated,
+    )
+    p.add_argument("--seeds", type=int, default=3, help="MovieLens splits to train on, both ways")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    federated_options(p)
+    p.add_argument(
+        "--out", type=Path, default=Path("reports/bench_federated"), help="report.md, rows.json, federated.png"
+    )
