@@ -126,7 +126,7 @@ def test_the_tensor_door_fits_the_same_user(client):
     "path, body, field, status",
     [
         ("/v1/recommend", {"ratings": [{"item_id": 1, "rating": 6}]}, "ratings[0].rating", 400),
-        ("/v1/recommend", {"ratings": [{"item_id": 1, "rating": 3}] * 2}, "ratings", 400),
+        ("/v1/recommend", {"ratings": [{"item_id": 1, "rating": 3}] * 2}, "ratings[1].item_id", 422),
         ("/v1/recommend", {"ratings": [{"item_id": 1, "rating": 3}] * 101}, "ratings", 400),
         ("/v1/recommend", {"ratings": [{"item_id": 10**6, "rating": 3}]}, "ratings[0].item_id", 422),
         ("/v1/recommend", {"ratings": [{"item_id": 1, "rating": 3}], "user_id": 1}, "ratings", 422),
