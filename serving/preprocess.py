@@ -192,8 +192,12 @@ class Catalog:
 
     def rows(self, user: int, items: np.ndarray) -> dict[str, np.ndarray]:
         """Model inputs scoring catalogue rows `items` for catalogue user row `user`."""
+        return self.rows_for(self.user_features[user], items)
+
+    def rows_for(self, user_features: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Model inputs scoring catalogue rows `items` for the user whose USER_FEATURES row this is."""
         return {
-            "USER_FEATURES": np.repeat(self.user_features[user][None, :], len(items), axis=0),
+            "USER_FEATURES": np.repeat(user_features[None, :].astype(np.int64), len(items), axis=0),
             "ITEM_FEATURES": self.item_features[items],
             "ITEM_GENRES": self.item_genres[items],
             "ITEM_TITLE": self.item_title[items],
@@ -302,12 +306,7 @@ class Catalog:
             candidates = self._candidates(candidate_item_ids)
         _check_k(k, len(candidates))
         rows, where = np.unique(np.concatenate([support, candidates]), return_inverse=True)
-        feeds = {
-            "USER_FEATURES": np.repeat(prior_row[None, :].astype(np.int64), len(rows), axis=0),
-            "ITEM_FEATURES": self.item_features[rows],
-            "ITEM_GENRES": self.item_genres[rows],
-            "ITEM_TITLE": self.item_title[rows],
-        }
+        feeds = self.rows_for(prior_row, rows)
         fit = {"support": support, "ratings": values, "targets": candidates, "where": where}
         return feeds, {"candidates": candidates, "k": k, "cold_start": fit}
 

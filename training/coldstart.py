@@ -36,8 +36,9 @@ from contract.statistics import rmse_se
 from models.recsys import RatingPredictor
 from training.data import Dataset, Split
 from training.progress import Progress
+from training.tasks import get_task
+from training.trainer import predict
 
-INPUTS = ("USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE")
 QUERY_PER_TASK = 32  # query ratings per meta-training task (a user with more gives a random 32)
 SECONDS_PER_STEP = 0.02  # a meta-training step of the full model here (the progress display's weight)
 
@@ -115,9 +116,7 @@ def ordinary_prior(model: RatingPredictor, data: Dataset) -> Prior:
     model = _frozen(model)
     with torch.no_grad():
         inputs = model.user_input(torch.as_tensor(data.preprocessing["tables"]["USER_FEATURES"]))
-        val = data.val.inputs
-        predicted = model(*(torch.as_tensor(val[name]) for name in INPUTS))
-    noise = float(((predicted.numpy() - data.val.targets) ** 2).mean())
+    noise = float(((predict(model, data.val, get_task("recsys")) - data.val.targets) ** 2).mean())
     user_means = np.array([ratings.mean() for _, ratings in _by_user(data.train).values()])
     spread = torch.cat([inputs.var(dim=0), torch.tensor([float(user_means.var())])]).clamp(min=1e-6)
     return Prior(inputs.mean(dim=0), torch.log(noise / spread))
@@ -222,20 +221,27 @@ def evaluate(
     items = _item_vectors(model, data.preprocessing["tables"])
     means = item_means(data)
     cold = held_out_users(data, order=order, seed=seed)
+    # Each user's prior ratings and design, once per prior: the same for every k.
+    with torch.no_grad():
+        linear = [
+            {
+                name: (b.numpy(), ColdStart(design.numpy(), prior.penalty.numpy()))
+                for name, prior in priors.items()
+                for b, design in [linearised(model, prior, items, torch.as_tensor(user_items))]
+            }
+            for user_items, _ in cold
+        ]
     table: dict = {}
     for k in KS:
         errors: dict[str, list[np.ndarray]] = {"item_mean": [], **{name: [] for name in priors}}
         n_users = 0
-        for user_items, ratings in cold:
+        for (user_items, ratings), states in zip(cold, linear, strict=True):
             if len(ratings) <= k:
                 continue
             n_users += 1
             errors["item_mean"].append((means[user_items[k:]] - ratings[k:]) ** 2)
-            for name, prior in priors.items():
-                with torch.no_grad():
-                    b, jacobian = linearised(model, prior, items, torch.as_tensor(user_items))
-                state = ColdStart(jacobian.numpy(), prior.penalty.numpy())
-                fitted = state.predict(b.detach().numpy(), np.arange(k), ratings[:k], np.arange(k, len(ratings)))
+            for name, (b, state) in states.items():
+                fitted = state.predict(b, np.arange(k), ratings[:k], np.arange(k, len(ratings)))
                 errors[name].append((fitted - ratings[k:]) ** 2)
         table[str(k)] = {"users": n_users, "query_ratings": int(sum(len(e) for e in errors["item_mean"]))}
         for name, parts in errors.items():

@@ -36,6 +36,7 @@ import torch
 
 from models.recsys import RatingPredictor
 from training.data import Dataset, Split
+from training.trainer import predict, to_tensors
 
 LOCAL = ("user.weight",)  # parameters that never leave a client: its users' id embeddings
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -127,10 +128,9 @@ def shared_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # -- the client --------------------------------------------------------------------------------------
 def _inputs(split: Split, index: np.ndarray) -> list[torch.Tensor]:
-    return [
-        torch.as_tensor(split.inputs[name][index])
-        for name in ("USER_FEATURES", "ITEM_FEATURES", "ITEM_GENRES", "ITEM_TITLE")
-    ]
+    from training.tasks import get_task
+
+    return to_tensors({name: value[index] for name, value in split.inputs.items()}, get_task("recsys"), "cpu")
 
 
 def round_lr(settings: FederatedSettings, server_round: int) -> float:
@@ -196,10 +196,11 @@ def personalize(model: RatingPredictor, split: Split, settings: FederatedSetting
 
 
 def squared_error(model: RatingPredictor, split: Split) -> tuple[float, int]:
+    from training.tasks import get_task
+
     if not len(split):
         return 0.0, 0
-    with torch.no_grad():
-        predicted = model(*_inputs(split, np.arange(len(split)))).numpy()
+    predicted = predict(model, split, get_task("recsys"))
     return float(((predicted - split.targets) ** 2).sum()), len(split)
 
 
@@ -312,8 +313,7 @@ def run_server(grid, settings: FederatedSettings, on_round: Callable[[dict], Non
     model = build_model(data, settings.seed)
     arrays = ArrayRecord(shared_state(model))
     strategy = make_strategy(settings, settings.clients)
-    config = {k: v for k, v in settings.to_config().items() if not isinstance(v, bool)}
-    config |= {k: int(v) for k, v in settings.to_config().items() if isinstance(v, bool)}
+    config = settings.to_config()
     history, started = [], time.perf_counter()
 
     def federated_mse(replies) -> tuple[float, int]:
