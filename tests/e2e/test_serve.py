@@ -130,6 +130,25 @@ def test_text_and_recommend_with_the_bentoml_client(server, profiled_quick_repo)
     assert top["variant"].startswith("recsys_") and top["budget_ms"] > 0
 
 
+def test_a_new_user_is_fitted_inside_the_request_by_bentoml_serve(server):
+    rated = [{"item_id": 50, "rating": 5}, {"item_id": 181, "rating": 5}, {"item_id": 288, "rating": 1}]
+    answer = httpx.post(f"{server}/v1/recommend", json={"ratings": rated, "k": 5}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["cold_start"] == {"fitted_from_ratings": 3} and body["variant"].startswith("recsys_")
+    assert len(body["items"]) == 5 and not {i["item_id"] for i in body["items"]} & {50, 181, 288}
+
+    def itself(rating: int) -> float:  # one movie, rated 5 or 1, scored on one pinned variant
+        one = {"ratings": [{"item_id": 2, "rating": rating}], "candidate_item_ids": [2], "k": 1}
+        reply = httpx.post(f"{server}/v1/recommend", json=one | {"variant": "recsys_full_int8"}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["items"][0]["predicted_rating"]
+
+    assert itself(5) > itself(1)
+    bad = httpx.post(f"{server}/v1/recommend", json={"ratings": [{"item_id": 50, "rating": 9}]}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "ratings[0].rating"
+
+
 @pytest.mark.slow
 def test_errors_metrics_and_variants_over_http(server):
     bad = httpx.post(f"{server}/v1/classify_image", json={"images": [[[1e6] * 28] * 28]})
