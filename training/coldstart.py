@@ -156,14 +156,17 @@ def meta_train(
     settings: MetaSettings,
     progress: Progress | None = None,
     label: str = "recsys",
+    tasks_from: str = "meta_training_users",
 ) -> tuple[Prior, list[float]]:
     """(c): the prior meta-trained from `start` over the meta-training users as tasks (`settings.order`
-    says which of their ratings are the support); returns it and the query loss of each step."""
+    says which of their ratings are the support); returns it and the query loss of each step.
+    `tasks_from="cold_start_users"` meta-trains on the users it is measured on: a bound, not a method
+    (loadtest/bench_coldstart.py)."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
     # A task is a meta-training user as the cold-start users are measured: their first k ratings in
     # time the support, and up to QUERY_PER_TASK of their later ratings the query.
-    users = held_out_users(data, "meta_training_users", settings.order, settings.seed)
+    users = held_out_users(data, tasks_from, settings.order, settings.seed)
     rng = np.random.default_rng(settings.seed)
     prior = start.detached(requires_grad=True)
     optimizer = torch.optim.Adam([prior.mean, prior.log_penalty], lr=settings.lr)
