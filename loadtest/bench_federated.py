@@ -66,8 +66,8 @@ def run(seeds: list[int], settings, out: Path) -> int:
     report = [
         "# Federated (Flower) against centralized training of the recommender\n",
         f"Settings: {settings.clients} clients, {settings.rounds} rounds, {settings.fraction:g} of the clients a "
-        f"round, {settings.strategy}, {settings.local_epochs} local epochs; seeds {seeds}. Test RMSE on the same "
-        "split.\n",
+        f"round, {settings.strategy}, {settings.local_epochs} local epochs, client weight decay "
+        f"{settings.weight_decay:g}; seeds {seeds}. Test RMSE on the same split.\n",
         "| seed | centralized | federated | federated - centralized | centralized s | federated s | MB sent |",
         "|---|---|---|---|---|---|---|",
         *(
