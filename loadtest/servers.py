@@ -34,40 +34,59 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class ServerProcess:
-    """`bentoml serve TARGET` on 127.0.0.1 (a free port by default), in its own process group."""
+    """`bentoml serve TARGET` (or `command`, e.g. `flexserve serve --repo R`) on 127.0.0.1, a free port
+    by default, in its own process group; ready once `ready_path` answers 200. Its output goes to `log`
+    (a temporary file when none is given), whose tail any start failure shows."""
+
+    # BentoML's arbiter reserves its circus control ports, releases them, then binds them: on a shared
+    # machine another process can take one in between. A start that dies of exactly that gets one more.
+    PORT_RACE = "zmq.error.ZMQError: Address already in use"
 
     def __init__(
         self,
-        target: str,
+        target: str = "",
         env: dict | None = None,
         log: Path | None = None,
         cwd: Path | None = None,
         port: int | None = None,
         ready_path: str = "/readyz",
         timeout_s: float = 90.0,
+        command: list[str] | None = None,
     ):
+        if not target and not command:
+            raise ValueError("ServerProcess needs a BentoML target or a command")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = log.open("w") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._wait(ready_path, timeout_s)
+        self._set_log(log)
+        argv = [*(command or [BENTOML, "serve", target]), "--host", "127.0.0.1", "--port", str(self.port)]
+        for attempt in (1, 2):
+            self._log_file = self.log.open("w" if attempt == 1 else "a")
+            if attempt == 2:
+                self._log_file.write(f"--- started again: the first start died of {self.PORT_RACE!r} ---\n")
+                self._log_file.flush()
+            self.process = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                self._wait(ready_path, timeout_s)
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == 2 or self.PORT_RACE not in self._tail():
+                    raise
+
+    def _set_log(self, log: Path | None) -> None:
+        self._scratch = None if log else tempfile.TemporaryDirectory(prefix="flexserve-server-")
+        self.log = log or Path(self._scratch.name) / "serve.log"
 
     def _tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log and self.log.exists() else "(no log)"
+        return self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
 
     def _wait(self, path: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self._tail()}")
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self._tail()}")
             try:
                 with urllib.request.urlopen(self.url + path, timeout=1) as response:
                     if response.status == 200:
@@ -76,7 +95,7 @@ class ServerProcess:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"bentoml serve was not ready within {timeout_s:.0f} s:\n{self._tail()}")
+        raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s:\n{self._tail()}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by `bentoml serve` and its worker processes."""
@@ -84,8 +103,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         stop_group(self.process)
-        if self._log_file is not subprocess.DEVNULL:
-            self._log_file.close()
+        self._log_file.close()
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -122,7 +140,8 @@ class RayServeProcess(ServerProcess):
             f"    args: {{{arguments}}}\n"
         )
         self._config.flush()
-        self._log_file = log.open("w") if log else subprocess.DEVNULL
+        self._set_log(log)
+        self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [RAY_SERVE, "run", self._config.name],
             cwd=cwd,

@@ -423,61 +423,14 @@ def test_flexserve_serve_starts_the_gateway_and_stops_on_sigterm(profiled_quick_
     """What `make run` runs last: the CLI hands its process to `bentoml serve` on the given port, here
     with two worker processes."""
     import signal
-    import time
-
-    from serving.process import free_port, stop_group
 
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
     env.pop("FLEXSERVE_REPO", None)
-
-    def start() -> tuple[subprocess.Popen, int, str | None]:
-        """The command started and ready: (process, port, None), or (process, port, its stderr) if
-        it exited first."""
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flexserve",
-                "serve",
-                "--repo",
-                str(profiled_quick_repo),
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
-            cwd=tmp_path,  # not the checkout: the command finds the service itself
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return process, port, process.stderr.read()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        return process, port, None
-
-    process, port, failed = start()
-    # BentoML's arbiter reserves its circus control ports, releases them, then binds them: on a shared
-    # machine another process can take one in between. That race (BentoML's, not the command's) gets
-    # one more start; anything else fails the test.
-    if failed is not None and "zmq.error.ZMQError: Address already in use" in failed:
-        process, port, failed = start()
-    try:
-        assert failed is None, failed
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify_text", json={"texts": ["a fine film"]}, timeout=30)
+    command = [sys.executable, "-m", "flexserve", "serve", "--repo", str(profiled_quick_repo), "--workers", "2"]
+    # cwd not the checkout: the command finds the service itself
+    with ServerProcess(command=command, env=env, cwd=tmp_path, log=tmp_path / "serve.log") as server:
+        answer = httpx.post(f"{server.url}/v1/classify_text", json={"texts": ["a fine film"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()["variant"].startswith("rnn_")
-        _two_workers_answer_and_their_metrics_add_up(f"http://127.0.0.1:{port}")
-        os.killpg(process.pid, signal.SIGTERM)
-        assert process.wait(timeout=30) is not None
-    finally:
-        stop_group(process)
+        _two_workers_answer_and_their_metrics_add_up(server.url)
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=30) is not None
