@@ -130,7 +130,6 @@ class RayServeProcess(ServerProcess):
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
         self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="flexserve-serve-")
         arguments = ", ".join(f"{key}: {value!r}" for key, value in args.items())
         self._config.write(
