@@ -57,15 +57,21 @@ class ServerProcess:
             raise ValueError("ServerProcess needs a BentoML target or a command")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._set_log(log)
         argv = [*(command or [BENTOML, "serve", target]), "--host", "127.0.0.1", "--port", str(self.port)]
+        self._start(argv, log, cwd, env, ready_path, timeout_s)
+
+    def _start(self, argv: list[str], log: Path | None, cwd, env, ready_path: str, timeout_s: float, **popen) -> None:
+        """Run `argv` in its own process group, its output to `log` (a temporary file when None), and
+        wait until `ready_path` answers; one more start if the first died of PORT_RACE."""
+        self._scratch = None if log else tempfile.TemporaryDirectory(prefix="flexserve-server-")
+        self.log = log or Path(self._scratch.name) / "serve.log"
         for attempt in (1, 2):
             self._log_file = self.log.open("w" if attempt == 1 else "a")
             if attempt == 2:
                 self._log_file.write(f"--- started again: the first start died of {self.PORT_RACE!r} ---\n")
                 self._log_file.flush()
             self.process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+                argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True, **popen
             )
             try:
                 self._wait(ready_path, timeout_s)
@@ -74,10 +80,6 @@ class ServerProcess:
                 self.stop()
                 if attempt == 2 or self.PORT_RACE not in self._tail():
                     raise
-
-    def _set_log(self, log: Path | None) -> None:
-        self._scratch = None if log else tempfile.TemporaryDirectory(prefix="flexserve-server-")
-        self.log = log or Path(self._scratch.name) / "serve.log"
 
     def _tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
@@ -94,7 +96,6 @@ class ServerProcess:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
-        self.stop()
         raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s:\n{self._tail()}")
 
     def cpu_seconds(self) -> float:
@@ -139,18 +140,10 @@ class RayServeProcess(ServerProcess):
             f"    args: {{{arguments}}}\n"
         )
         self._config.flush()
-        self._set_log(log)
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [RAY_SERVE, "run", self._config.name],
-            cwd=cwd,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=interruptible,  # so that SIGINT stops it, even from a background job
+        # preexec_fn: so that SIGINT stops it, even from a background job
+        self._start(
+            [RAY_SERVE, "run", self._config.name], log, cwd, env, ready_path, timeout_s, preexec_fn=interruptible
         )
-        self._wait(ready_path, timeout_s)
 
     def stop(self) -> None:
         if self.process.poll() is None:
