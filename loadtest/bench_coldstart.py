@@ -65,7 +65,10 @@ def accuracy(seeds: list[int], steps: int, progress: Progress) -> dict:
             priors = {"ordinary": ordinary, "meta_learned": learned, "oracle_meta": on_test}
             table = coldstart.evaluate(model, data, priors, order, seed)
             scaled = {
-                str(f): coldstart.Prior(ordinary.mean, ordinary.log_penalty + float(np.log(f))) for f in ORACLE_SCALES
+                str(f): coldstart.Prior(
+                    ordinary.mean, ordinary.log_penalty + float(np.log(f)), ordinary.log_shrinkage + float(np.log(f))
+                )
+                for f in ORACLE_SCALES
             }
             bound = coldstart.evaluate(model, data, scaled, order, seed)
             for k in KS:
@@ -137,7 +140,7 @@ def plot(rows: dict, path: Path) -> None:
         ax.set_xlabel("known ratings k")
         ax.set_xticks(KS)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("query RMSE (cold-start users; mean, 95% interval over seeds)")
+    axes[0].set_ylabel("query RMSE (mean, 95% CI over seeds)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

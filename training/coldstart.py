@@ -4,19 +4,23 @@ ratings.
 A new user is a point x in the user tower's input space (the id and demographic embeddings side by
 side, `RatingPredictor.user_input`), fitted from their ratings around a prior x0 by ridge regression
 on the model linearised at x0 (`contract/coldstart.py`: closed form, so the serving half fits one
-inside a request, in numpy). What the fit starts from, and how hard it holds to it, are learned:
+inside a request, in numpy). What is served is the average of that fit and a simpler one: the item
+means plus the user's mean residual from them, shrunk as if `shrinkage` more ratings had none. What
+the fit starts from, and how hard each half holds to its prior, are learned:
 
 - (b) the ordinary fit: x0 = the mean of the training users' inputs, and a Gaussian prior's
   penalty: the rating noise (the model's validation MSE) over each dimension's variance across
-  training users. No meta-training.
-- (c) meta-learned: x0 and the per-dimension penalty, meta-trained over the held-out meta-training
-  users as tasks (MAML's outer loop over users, in the spirit of MeLU, KDD'19; the inner loop is the
-  ridge solve itself, differentiated exactly, as in Bertinetto et al., ICLR'19, "Meta-learning with
-  differentiable closed-form solvers"). Each task draws k from KS; one meta-training user's first k
-  ratings in time are the support and up to QUERY_PER_TASK of their later ones the query (as the
-  cold-start users are measured); the loss is the query MSE after the fit. The
-  closed form is the limit of the inner loop's steps, so there is no step count to learn. The
-  network's own weights stay as trained: the variants served are the ones measured.
+  training users; the shrinkage likewise (the noise over the variance of the users' mean ratings:
+  empirical Bayes). No meta-training.
+- (c) meta-learned: x0, the per-dimension penalty and the shrinkage, meta-trained over the held-out
+  meta-training users as tasks (MAML's outer loop over users, in the spirit of MeLU, KDD'19; the
+  inner loop is the ridge solve itself, differentiated exactly, as in Bertinetto et al., ICLR'19,
+  "Meta-learning with differentiable closed-form solvers"). Each task draws k from KS; one
+  meta-training user's first k ratings in time are the support and up to QUERY_PER_TASK of their
+  later ones the query (as the cold-start users are measured); the loss is the query MSE after the
+  fit, of each half of the average on its own (their settings are apart, so this trains each for
+  itself). The closed form is the limit of the inner loop's steps, so there is no step count to
+  learn. The network's own weights stay as trained: the variants served are the ones measured.
 
 Both are compared with (a) each item's mean training rating, on the held-out users
 (`training/data.py`, `cold_start_users`): each one's first k ratings in time are the support, the
@@ -50,26 +54,42 @@ class MetaSettings:
     lr: float = 0.01
     seed: int = 0
     order: str = "time"  # the support: each user's first k ratings in time, or k at random ("random")
+    # whose ratings the served item means come from: the training split's, or the meta-training users'
+    # (a federated model's: its server holds no training rating)
+    item_means_from: str = "train"
 
     @classmethod
-    def for_build(cls, quick: bool, seed: int) -> MetaSettings:
-        return cls(steps=40 if quick else 600, seed=seed)
+    def for_build(cls, quick: bool, seed: int, item_means_from: str = "train") -> MetaSettings:
+        return cls(steps=40 if quick else 600, seed=seed, item_means_from=item_means_from)
 
 
 @dataclass
 class Prior:
     """What the fit starts from: the prior input x0 [D], and the log of the per-dimension penalty
-    [D + 1] (the last one for the user's rating offset)."""
+    [D + 1] (the last one for the user's rating offset); and the log of the item-mean half's
+    shrinkage (a scalar)."""
 
     mean: torch.Tensor
     log_penalty: torch.Tensor
+    log_shrinkage: torch.Tensor
 
     @property
     def penalty(self) -> torch.Tensor:
         return self.log_penalty.exp()
 
     def detached(self, requires_grad: bool = False) -> Prior:
-        return Prior(*(p.detach().clone().requires_grad_(requires_grad) for p in (self.mean, self.log_penalty)))
+        return Prior(
+            *(
+                p.detach().clone().requires_grad_(requires_grad)
+                for p in (self.mean, self.log_penalty, self.log_shrinkage)
+            )
+        )
+
+    def state(self, design: torch.Tensor, item_means: np.ndarray) -> ColdStart:
+        """The served fit's state with this prior, from its design [items, D + 1] at x0."""
+        return ColdStart(
+            design.detach().numpy(), self.penalty.detach().numpy(), item_means, float(self.log_shrinkage.exp())
+        )
 
 
 def _item_vectors(model: RatingPredictor, tables: dict[str, np.ndarray]) -> torch.Tensor:
@@ -111,15 +131,15 @@ def ridge(jacobian: torch.Tensor, residual: torch.Tensor, penalty: torch.Tensor)
 def ordinary_prior(model: RatingPredictor, data: Dataset) -> Prior:
     """(b): the training users' mean input; a Gaussian prior's penalty (the rating noise, the model's
     validation MSE, over each input dimension's variance across training users, and over the variance
-    of the training users' mean ratings for the offset). A dimension with no spread (a federated
-    model's id rows, which the server never holds) is held at the prior."""
+    of the training users' mean ratings for the offset and for the shrinkage). A dimension with no
+    spread (a federated model's id rows, which the server never holds) is held at the prior."""
     model = _frozen(model)
     with torch.no_grad():
         inputs = model.user_input(torch.as_tensor(data.preprocessing["tables"]["USER_FEATURES"]))
     noise = float(((predict(model, data.val, get_task("recsys")) - data.val.targets) ** 2).mean())
     user_means = np.array([ratings.mean() for _, ratings in _by_user(data.train).values()])
     spread = torch.cat([inputs.var(dim=0), torch.tensor([float(user_means.var())])]).clamp(min=1e-6)
-    return Prior(inputs.mean(dim=0), torch.log(noise / spread))
+    return Prior(inputs.mean(dim=0), torch.log(noise / spread), torch.log(noise / spread[-1]))
 
 
 def _by_user(split: Split) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -159,17 +179,19 @@ def meta_train(
     tasks_from: str = "meta_training_users",
 ) -> tuple[Prior, list[float]]:
     """(c): the prior meta-trained from `start` over the meta-training users as tasks (`settings.order`
-    says which of their ratings are the support); returns it and the query loss of each step.
+    says which of their ratings are the support); returns it and, each step, the query MSE of the
+    served average.
     `tasks_from="cold_start_users"` meta-trains on the users it is measured on: a bound, not a method
     (loadtest/bench_coldstart.py)."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
+    means = torch.as_tensor(item_means(data, settings.item_means_from), dtype=torch.float32)
     # A task is a meta-training user as the cold-start users are measured: their first k ratings in
     # time the support, and up to QUERY_PER_TASK of their later ratings the query.
     users = held_out_users(data, tasks_from, settings.order, settings.seed)
     rng = np.random.default_rng(settings.seed)
     prior = start.detached(requires_grad=True)
-    optimizer = torch.optim.Adam([prior.mean, prior.log_penalty], lr=settings.lr)
+    optimizer = torch.optim.Adam([prior.mean, prior.log_penalty, prior.log_shrinkage], lr=settings.lr)
     losses = []
     for step in range(settings.steps):
         picks = rng.choice(len(users), min(settings.users_per_step, len(users)), replace=False)
@@ -182,20 +204,23 @@ def meta_train(
             tasks.append((k, user_items[chosen], ratings[chosen]))
         rows = torch.as_tensor(np.concatenate([t[1] for t in tasks]))
         b, jacobian = linearised(model, prior, items, rows, create_graph=True)
-        loss, start_at = 0.0, 0
-        for k, _, ratings in tasks:
+        loss, served, start_at = 0.0, 0.0, 0
+        for k, task_items, ratings in tasks:
             end = start_at + len(ratings)
-            target = torch.as_tensor(ratings)
+            target, m = torch.as_tensor(ratings), means[torch.as_tensor(task_items)]
             tb, tj = b[start_at:end], jacobian[start_at:end]
             offset = ridge(tj[:k], target[:k] - tb[:k], prior.penalty)
             fitted = (tb[k:] + tj[k:] @ offset).clamp(1.0, 5.0)
-            loss = loss + ((fitted - target[k:]) ** 2).mean()
+            shrunk = (target[:k] - m[:k]).sum() / (k + prior.log_shrinkage.exp())
+            from_means = (m[k:] + shrunk).clamp(1.0, 5.0)
+            loss = loss + ((fitted - target[k:]) ** 2).mean() + ((from_means - target[k:]) ** 2).mean()
+            served = served + float((((fitted + from_means) / 2 - target[k:]) ** 2).mean())
             start_at = end
         loss = loss / len(tasks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(served / len(tasks))
         if progress is not None:
             progress.update(SECONDS_PER_STEP)
         if progress is not None and (step + 1) % max(1, settings.steps // 5) == 0:
@@ -206,29 +231,41 @@ def meta_train(
     return prior.detached(), losses
 
 
-def item_means(data: Dataset) -> np.ndarray:
-    """(a): each catalogue item's mean training rating (the global mean where it has none)."""
+def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
+    """(a): each catalogue item's mean training rating (the global mean where it has none); with
+    `ratings_from="meta_training_users"`, those users' ratings instead."""
     n = data.preprocessing["sizes"]["num_items"]
-    items = data.train.inputs["ITEM_FEATURES"][:, 0]
-    sums = np.bincount(items, weights=data.train.targets, minlength=n)
+    if ratings_from == "train":
+        items, ratings = data.train.inputs["ITEM_FEATURES"][:, 0], data.train.targets
+    elif ratings_from == "meta_training_users":
+        items, ratings = data.preprocessing[ratings_from]["item"], data.preprocessing[ratings_from]["rating"]
+    else:
+        raise ValueError(f"ratings_from: got {ratings_from!r}, expected 'train' or 'meta_training_users'")
+    sums = np.bincount(items, weights=ratings, minlength=n)
     counts = np.bincount(items, minlength=n)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), data.train.targets.mean())
+    return np.where(counts > 0, sums / np.maximum(counts, 1), ratings.mean())
 
 
 def evaluate(
-    model: RatingPredictor, data: Dataset, priors: dict[str, Prior], order: str = "time", seed: int = 0
+    model: RatingPredictor,
+    data: Dataset,
+    priors: dict[str, Prior],
+    order: str = "time",
+    seed: int = 0,
+    item_means_from: str = "train",
 ) -> dict:
     """Per k: the cold-start users' query RMSE (and its standard error) for the item mean and for
-    each prior in `priors`, each user's first k ratings (`order`) the support and the rest the query."""
+    each prior in `priors`, each user's first k ratings (`order`) the support and the rest the query.
+    The fits' item means come from `item_means_from` (the baseline's are always the training split's)."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
-    means = item_means(data)
+    means, fit_means = item_means(data), item_means(data, item_means_from)
     cold = held_out_users(data, order=order, seed=seed)
     # Each user's prior ratings and design, once per prior: the same for every k.
     with torch.no_grad():
         linear = [
             {
-                name: (b.numpy(), ColdStart(design.numpy(), prior.penalty.numpy()))
+                name: (b.numpy(), prior.state(design, fit_means[user_items]))
                 for name, prior in priors.items()
                 for b, design in [linearised(model, prior, items, torch.as_tensor(user_items))]
             }
@@ -253,7 +290,9 @@ def evaluate(
     return table
 
 
-def exported(model: RatingPredictor, data: Dataset, prior: Prior) -> tuple[list[int], ColdStart]:
+def exported(
+    model: RatingPredictor, data: Dataset, prior: Prior, item_means_from: str = "train"
+) -> tuple[list[int], ColdStart]:
     """(the prior's USER_FEATURES row, the serving state) for `model` with `prior`: it appends the
     prior's input to `model` as one more user (the row the exported variants rate a new user at), and
     takes the fit's design at every catalogue item there."""
@@ -261,4 +300,4 @@ def exported(model: RatingPredictor, data: Dataset, prior: Prior) -> tuple[list[
     items = _item_vectors(model, data.preprocessing["tables"])
     with torch.no_grad():
         _, design = linearised(model, prior, items, torch.arange(len(items)))
-    return model.add_user(prior.mean), ColdStart(design.numpy(), prior.penalty.numpy())
+    return model.add_user(prior.mean), prior.state(design, item_means(data, item_means_from))

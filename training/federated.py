@@ -491,7 +491,11 @@ def build(config, settings: FederatedSettings):
         result = simulate(settings, on_round)
         model = build_model(data, config.seed)
         load_shared(model, result["state"])
-        summary, artifacts = task.after_training(data, {"federated": model}, config.quick, config.seed, progress)
+        # its cold-start fit's item means: from the meta-training users' ratings, which the server holds
+        # to meta-train on anyway; never from the clients' ratings
+        summary, artifacts = task.after_training(
+            data, {"federated": model}, config.quick, config.seed, progress, item_means_from="meta_training_users"
+        )
         with torch.no_grad():  # no user's own row reached the server: every catalogue user rates as the prior
             model.user.weight[:-1] = model.user.weight[-1]
         with new_version(config.out) as stage:

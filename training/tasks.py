@@ -302,20 +302,28 @@ class RecsysTask(Task):
         return {"extra_ratio": 1.0}  # a random unrated pair per rating: most of the student's gain (README)
 
     def after_training(
-        self, data: Dataset, models: dict[str, nn.Module], quick: bool, seed: int, progress: Progress | None = None
+        self,
+        data: Dataset,
+        models: dict[str, nn.Module],
+        quick: bool,
+        seed: int,
+        progress: Progress | None = None,
+        item_means_from: str = "train",
     ) -> tuple[dict, dict]:
         """Cold start (training/coldstart.py) for each kind: the ordinary and the meta-learned fit,
-        measured on the held-out cold-start users; the meta-learned one is what serving gets."""
+        measured on the held-out cold-start users; the meta-learned one is what serving gets.
+        `item_means_from`: whose ratings its item means come from (`coldstart.MetaSettings`)."""
         from training import coldstart  # it imports the models and data, as this module does
 
-        settings = coldstart.MetaSettings.for_build(quick, seed)
+        settings = coldstart.MetaSettings.for_build(quick, seed, item_means_from)
         summary: dict = {"meta_training": dataclasses.asdict(settings), "ks": list(coldstart.KS), "kinds": {}}
         artifact: dict = {"kinds": {}}
         for kind, model in models.items():
             ordinary = coldstart.ordinary_prior(model, data)
             learned, losses = coldstart.meta_train(model, data, ordinary, settings, progress, f"recsys_{kind}")
-            table = coldstart.evaluate(model, data, {"ordinary": ordinary, "meta_learned": learned})
-            artifact["prior_row"], state = coldstart.exported(model, data, learned)
+            priors = {"ordinary": ordinary, "meta_learned": learned}
+            table = coldstart.evaluate(model, data, priors, item_means_from=item_means_from)
+            artifact["prior_row"], state = coldstart.exported(model, data, learned, item_means_from)
             artifact["kinds"][kind] = state.to_json()
             tail = max(1, len(losses) // 10)
             summary["kinds"][kind] = {

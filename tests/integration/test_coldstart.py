@@ -31,6 +31,7 @@ def test_meta_training_moves_the_prior_and_lowers_the_query_loss(trained):
     learned, losses = coldstart.meta_train(model, data, ordinary, coldstart.MetaSettings(steps=80, lr=0.05, seed=0))
     assert len(losses) == 80 and np.isfinite(losses).all()
     assert not torch.equal(learned.mean, ordinary.mean) and not torch.equal(learned.log_penalty, ordinary.log_penalty)
+    assert not torch.equal(learned.log_shrinkage, ordinary.log_shrinkage)
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     # the network itself is left as trained: the variants served are the ones measured
     assert all(not p.requires_grad for p in model.parameters())
@@ -59,6 +60,7 @@ def test_the_build_writes_cold_start_state_for_each_kind(profiled_repo):
     for kind, entry in state["kinds"].items():
         assert np.asarray(entry["jacobian"]).shape[0] == items
         assert len(entry["penalty"]) == np.asarray(entry["jacobian"]).shape[1]
+        assert len(entry["item_means"]) == items and entry["shrinkage"] > 0
         table = section.training["cold_start"]["kinds"][kind]["query_rmse"]
         assert set(table["5"]) >= {"item_mean", "ordinary", "meta_learned"}
     catalogue_users = len(repo.artifact("recsys", "catalog")["users"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract.coldstart import MAX_RATINGS, ColdStart, fit_offset
+from contract.coldstart import MAX_RATINGS, ColdStart, fit_offset, shrunk_offset
 from models.recsys import RatingPredictor, RecsysConfig
 from serving.errors import InvalidRequestError, UnprocessableRequestError
 from serving.preprocess import Catalog
@@ -46,14 +46,45 @@ def test_the_torch_twin_matches_the_served_fit():
     np.testing.assert_allclose(twin.numpy(), served, atol=1e-10)
 
 
-def test_predict_fits_the_support_then_rates_the_targets_within_the_rating_range():
-    state = ColdStart(jacobian=np.array([[1.0], [1.0], [-1.0]], np.float32), penalty=np.array([1e-6], np.float32))
-    # the prior rates the three movies 3; the user rates movie 0 a 4: offset +1 on the shared direction
-    fitted = state.predict(np.array([3.0, 3.0, 3.0], np.float32), np.array([0]), np.array([4.0]), np.array([1, 2]))
-    np.testing.assert_allclose(fitted, [4.0, 2.0], atol=1e-4)
-    far = state.predict(np.array([3.0, 3.0, 3.0], np.float32), np.array([0]), np.array([5.0]), np.array([1, 2]))
-    far_fit = state.predict(np.array([4.9, 4.9, 3.0], np.float32), np.array([0]), np.array([5.0]), np.array([1, 2]))
+def state(item_means=(3.0, 3.0, 3.0), shrinkage=1e9) -> ColdStart:
+    return ColdStart(
+        jacobian=np.array([[1.0], [1.0], [-1.0]], np.float32),
+        penalty=np.array([1e-6], np.float32),
+        item_means=np.array(item_means, np.float32),
+        shrinkage=shrinkage,
+    )
+
+
+def test_predict_averages_the_fit_with_the_item_means_then_rates_within_the_rating_range():
+    # the prior rates the three movies 3; the user rates movie 0 a 4: the fit's offset is +1 on the
+    # shared direction (4, 2); the item means (3, 3) with the offset all but shrunk away: half-way
+    prior = np.array([3.0, 3.0, 3.0], np.float32)
+    fitted = state().predict(prior, np.array([0]), np.array([4.0]), np.array([1, 2]))
+    np.testing.assert_allclose(fitted, [3.5, 2.5], atol=1e-4)
+    # no shrinkage: the item means take the whole offset (+1): (4 + 4) / 2, (2 + 4) / 2
+    fitted = state(shrinkage=0.0).predict(prior, np.array([0]), np.array([4.0]), np.array([1, 2]))
+    np.testing.assert_allclose(fitted, [4.0, 3.0], atol=1e-4)
+    far = state(shrinkage=0.0).predict(prior, np.array([0]), np.array([5.0]), np.array([1, 2]))
+    far_fit = state((4.9, 4.9, 1.2)).predict(np.array([4.9, 4.9, 3.0], np.float32), [0], [5.0], [1, 2])
     assert far.max() <= 5.0 and far_fit.min() >= 1.0
+
+
+def test_the_item_means_half_shrinks_the_users_mean_residual():
+    # movies 0 and 1 rated 1 and 0.5 above their means, shrinkage 1.5: offset (1 + 0.5) / (2 + 1.5)
+    served = state((3.0, 2.0, 4.0), shrinkage=1.5)
+    assert shrunk_offset(np.array([1.0, 0.5]), 1.5) == pytest.approx(1.5 / 3.5)
+    # movie 2: the fit's half as fit_offset finds it, the item means' half 4 + that offset
+    fitted = served.predict(np.array([3.0, 2.0, 4.0], np.float32), np.array([0, 1]), np.array([4.0, 2.5]), [2])
+    fit_half = 4.0 - fit_offset(served.jacobian[[0, 1]], np.array([1.0, 0.5]), served.penalty)[0]
+    np.testing.assert_allclose(fitted, [(fit_half + 4.0 + 1.5 / 3.5) / 2], atol=1e-4)
+
+
+def test_a_state_from_an_earlier_build_names_what_it_lacks_and_how_to_rebuild():
+    entry = {"jacobian": [[1.0]], "penalty": [1.0]}
+    with pytest.raises(ValueError, match=r"no item_means, shrinkage.*flexserve train --family recsys"):
+        ColdStart.from_json(entry)
+    again = ColdStart.from_json(state(shrinkage=2.0).to_json())
+    assert again.shrinkage == 2.0 and again.item_means.tolist() == [3.0, 3.0, 3.0]
 
 
 def test_the_design_is_the_ratings_gradient_then_a_one_for_the_offset():
@@ -64,7 +95,7 @@ def test_the_design_is_the_ratings_gradient_then_a_one_for_the_offset():
     torch.manual_seed(0)
     model = RatingPredictor(config).eval()
     items = model.item_vectors(torch.arange(4)[:, None].repeat(1, 2) % 2, torch.rand(4, 3), torch.ones(4, 2).long())
-    prior = Prior(torch.randn(model.user_input_dim) * 0.1, torch.zeros(model.user_input_dim + 1))
+    prior = Prior(torch.randn(model.user_input_dim) * 0.1, torch.zeros(model.user_input_dim + 1), torch.zeros(()))
     rows = torch.tensor([0, 2, 3])
     ratings, design = linearised(model, prior, items.detach(), rows)
     assert design.shape == (3, model.user_input_dim + 1) and torch.all(design[:, -1] == 1)
