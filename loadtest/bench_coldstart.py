@@ -30,12 +30,12 @@ from contract.statistics import mean_interval, paired_difference
 from training.progress import Progress
 
 METHODS = {"item_mean": "(a) item mean", "ordinary": "(b) ordinary fit", "meta_learned": "(c) meta-learned"}
-# Two bounds, not methods, both tuned on the test set (so optimistic): (b) with its penalty scaled by
-# whichever of ORACLE_SCALES does best on the cold-start users' own query ratings, k by k (how far
+# Two bounds, not methods, both tuned on the test set (so optimistic): (b) with its penalty and shrinkage
+# scaled by whichever of ORACLE_SCALES does best on the cold-start users' own query ratings, k by k (how far
 # regularisation alone goes); and (c) meta-trained on the cold-start users themselves instead of the
 # meta-training users (how far this fit goes with a perfectly matched prior).
 ORACLE_SCALES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-BOUNDS = {"oracle_penalty": "bound: (b), penalty tuned on test", "oracle_meta": "bound: (c) meta-trained on test"}
+BOUNDS = {"oracle_penalty": "bound: (b), settings scaled on test", "oracle_meta": "bound: (c) meta-trained on test"}
 ORDERS = ("time", "random")
 
 

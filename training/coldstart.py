@@ -10,8 +10,8 @@ the fit starts from, and how hard each half holds to its prior, are learned:
 
 - (b) the ordinary fit: x0 = the mean of the training users' inputs, and a Gaussian prior's
   penalty: the rating noise (the model's validation MSE) over each dimension's variance across
-  training users; the shrinkage likewise (the noise over the variance of the users' mean ratings:
-  empirical Bayes). No meta-training.
+  training users; the shrinkage by empirical Bayes: the ratings' spread around the item means and
+  the user's offset, over the spread of the users' offsets (`eb_shrinkage`). No meta-training.
 - (c) meta-learned: x0, the per-dimension penalty and the shrinkage, meta-trained over the held-out
   meta-training users as tasks (MAML's outer loop over users, in the spirit of MeLU, KDD'19; the
   inner loop is the ridge solve itself, differentiated exactly, as in Bertinetto et al., ICLR'19,
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from contract.coldstart import KS, ColdStart
+from contract.coldstart import KS, ColdStart, averaged, shrunk_offset
 from contract.statistics import rmse_se
 from models.recsys import RatingPredictor
 from training.data import Dataset, Split
@@ -85,10 +85,14 @@ class Prior:
             )
         )
 
-    def state(self, design: torch.Tensor, item_means: np.ndarray) -> ColdStart:
-        """The served fit's state with this prior, from its design [items, D + 1] at x0."""
+    def served(self, design: torch.Tensor, means: np.ndarray) -> ColdStart:
+        """The served fit's state with this prior, from the fit's design [n, D + 1] at x0 and the item
+        means [n], row for row (the whole catalogue's, or one user's items')."""
         return ColdStart(
-            design.detach().numpy(), self.penalty.detach().numpy(), item_means, float(self.log_shrinkage.exp())
+            design.detach().numpy(),
+            self.penalty.detach().numpy(),
+            np.asarray(means, dtype=np.float32),
+            float(self.log_shrinkage.exp()),
         )
 
 
@@ -131,15 +135,31 @@ def ridge(jacobian: torch.Tensor, residual: torch.Tensor, penalty: torch.Tensor)
 def ordinary_prior(model: RatingPredictor, data: Dataset) -> Prior:
     """(b): the training users' mean input; a Gaussian prior's penalty (the rating noise, the model's
     validation MSE, over each input dimension's variance across training users, and over the variance
-    of the training users' mean ratings for the offset and for the shrinkage). A dimension with no
-    spread (a federated model's id rows, which the server never holds) is held at the prior."""
+    of the training users' mean ratings for the offset); the empirical-Bayes shrinkage. A dimension
+    with no spread (a federated model's id rows, which the server never holds) is held at the prior."""
     model = _frozen(model)
     with torch.no_grad():
         inputs = model.user_input(torch.as_tensor(data.preprocessing["tables"]["USER_FEATURES"]))
     noise = float(((predict(model, data.val, get_task("recsys")) - data.val.targets) ** 2).mean())
     user_means = np.array([ratings.mean() for _, ratings in _by_user(data.train).values()])
     spread = torch.cat([inputs.var(dim=0), torch.tensor([float(user_means.var())])]).clamp(min=1e-6)
-    return Prior(inputs.mean(dim=0), torch.log(noise / spread), torch.log(noise / spread[-1]))
+    return Prior(inputs.mean(dim=0), torch.log(noise / spread), torch.tensor(math.log(eb_shrinkage(data))))
+
+
+def eb_shrinkage(data: Dataset) -> float:
+    """(b)'s shrinkage for the item means' half, by empirical Bayes on the training split."""
+    means = item_means(data)
+    return shrinkage_of([ratings - means[items] for items, ratings in _by_user(data.train).values()])
+
+
+def shrinkage_of(residuals: list[np.ndarray]) -> float:
+    """The empirical-Bayes (method of moments) shrinkage from each user's residuals from the item
+    means: the pooled within-user variance, over the variance of the users' true offsets (their mean
+    residuals' variance less its noise)."""
+    counts = np.array([len(r) for r in residuals])
+    noise = sum(float(((r - r.mean()) ** 2).sum()) for r in residuals) / max(int((counts - 1).sum()), 1)
+    spread = float(np.var([r.mean() for r in residuals])) - float(np.mean(noise / counts))
+    return noise / max(spread, 1e-6)
 
 
 def _by_user(split: Split) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -185,7 +205,10 @@ def meta_train(
     (loadtest/bench_coldstart.py)."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
-    means = torch.as_tensor(item_means(data, settings.item_means_from), dtype=torch.float32)
+    totals = _item_totals(data, settings.item_means_from)
+    # Where the means come from the task users themselves (a federated model's), each task's are
+    # taken without that user's ratings, as a new user's are.
+    own = settings.item_means_from == tasks_from
     # A task is a meta-training user as the cold-start users are measured: their first k ratings in
     # time the support, and up to QUERY_PER_TASK of their later ratings the query.
     users = held_out_users(data, tasks_from, settings.order, settings.seed)
@@ -207,14 +230,16 @@ def meta_train(
         loss, served, start_at = 0.0, 0.0, 0
         for k, task_items, ratings in tasks:
             end = start_at + len(ratings)
-            target, m = torch.as_tensor(ratings), means[torch.as_tensor(task_items)]
+            m = torch.as_tensor(means_without(totals, task_items, ratings if own else None))
+            target = torch.as_tensor(ratings)
             tb, tj = b[start_at:end], jacobian[start_at:end]
             offset = ridge(tj[:k], target[:k] - tb[:k], prior.penalty)
-            fitted = (tb[k:] + tj[k:] @ offset).clamp(1.0, 5.0)
-            shrunk = (target[:k] - m[:k]).sum() / (k + prior.log_shrinkage.exp())
-            from_means = (m[k:] + shrunk).clamp(1.0, 5.0)
-            loss = loss + ((fitted - target[k:]) ** 2).mean() + ((from_means - target[k:]) ** 2).mean()
-            served = served + float((((fitted + from_means) / 2 - target[k:]) ** 2).mean())
+            fitted = tb[k:] + tj[k:] @ offset
+            from_means = m[k:] + shrunk_offset(target[:k] - m[:k], prior.log_shrinkage.exp())
+            # each half for its own query error (their settings are apart); the log: the served average
+            for half in (fitted, from_means):
+                loss = loss + ((half.clamp(1.0, 5.0) - target[k:]) ** 2).mean()
+            served = served + float(((averaged(fitted, from_means) - target[k:]) ** 2).mean())
             start_at = end
         loss = loss / len(tasks)
         optimizer.zero_grad()
@@ -231,9 +256,9 @@ def meta_train(
     return prior.detached(), losses
 
 
-def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
-    """(a): each catalogue item's mean training rating (the global mean where it has none); with
-    `ratings_from="meta_training_users"`, those users' ratings instead."""
+def _item_totals(data: Dataset, ratings_from: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each catalogue item's rating sum and count in `ratings_from` (the training split, or a held-out
+    group of users), and the overall mean rating."""
     n = data.preprocessing["sizes"]["num_items"]
     if ratings_from == "train":
         items, ratings = data.train.inputs["ITEM_FEATURES"][:, 0], data.train.targets
@@ -241,9 +266,24 @@ def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
         items, ratings = data.preprocessing[ratings_from]["item"], data.preprocessing[ratings_from]["rating"]
     else:
         raise ValueError(f"ratings_from: got {ratings_from!r}, expected 'train' or 'meta_training_users'")
-    sums = np.bincount(items, weights=ratings, minlength=n)
-    counts = np.bincount(items, minlength=n)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), ratings.mean())
+    return np.bincount(items, weights=ratings, minlength=n), np.bincount(items, minlength=n), float(ratings.mean())
+
+
+def means_without(
+    totals: tuple[np.ndarray, np.ndarray, float], items: np.ndarray, ratings: np.ndarray | None = None
+) -> np.ndarray:
+    """The means of `items` from `totals` (`_item_totals`), each without one rating of it, `ratings`,
+    where given; the overall mean where no rating is left. float32."""
+    sums, counts, overall = totals
+    left = counts[items] - (ratings is not None)
+    taken = sums[items] - (0.0 if ratings is None else ratings)
+    return np.where(left > 0, taken / np.maximum(left, 1), overall).astype(np.float32)
+
+
+def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
+    """(a): each catalogue item's mean training rating (the overall mean where it has none); with
+    `ratings_from="meta_training_users"`, those users' ratings instead."""
+    return means_without(_item_totals(data, ratings_from), np.arange(data.preprocessing["sizes"]["num_items"]))
 
 
 def evaluate(
@@ -265,7 +305,7 @@ def evaluate(
     with torch.no_grad():
         linear = [
             {
-                name: (b.numpy(), prior.state(design, fit_means[user_items]))
+                name: (b.numpy(), prior.served(design, fit_means[user_items]))
                 for name, prior in priors.items()
                 for b, design in [linearised(model, prior, items, torch.as_tensor(user_items))]
             }
@@ -295,9 +335,9 @@ def exported(
 ) -> tuple[list[int], ColdStart]:
     """(the prior's USER_FEATURES row, the serving state) for `model` with `prior`: it appends the
     prior's input to `model` as one more user (the row the exported variants rate a new user at), and
-    takes the fit's design at every catalogue item there."""
+    takes the fit's design at every catalogue item there; the item means from `item_means_from`."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
     with torch.no_grad():
         _, design = linearised(model, prior, items, torch.arange(len(items)))
-    return model.add_user(prior.mean), prior.state(design, item_means(data, item_means_from))
+    return model.add_user(prior.mean), prior.served(design, item_means(data, item_means_from))

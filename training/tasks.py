@@ -60,11 +60,18 @@ class Task:
 
     # ---- serving state fitted to the trained models (the recommender's cold start)
     def after_training(
-        self, data: Dataset, models: dict[str, nn.Module], quick: bool, seed: int, progress: Progress | None = None
+        self,
+        data: Dataset,
+        models: dict[str, nn.Module],
+        quick: bool,
+        seed: int,
+        progress: Progress | None = None,
+        **options: Any,
     ) -> tuple[dict, dict]:
         """(a summary for the manifest's training section, preprocessing artifacts by name) fitted to
         the trained `models` by kind, which it may extend in place with what the exported variants
-        must carry; `progress` advances by `after_training_s`."""
+        must carry; `progress` advances by `after_training_s`. `options`: the family's own (the
+        recommender's: `item_means_from`)."""
         return {}, {}
 
     def after_training_s(self, quick: bool, kinds: int = len(KINDS)) -> float:
@@ -327,6 +334,7 @@ class RecsysTask(Task):
             artifact["kinds"][kind] = state.to_json()
             tail = max(1, len(losses) // 10)
             summary["kinds"][kind] = {
+                "item_means_from": item_means_from,
                 "query_rmse": table,
                 "meta_training_query_mse": {
                     "first": float(np.mean(losses[:tail])),

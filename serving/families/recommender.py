@@ -45,11 +45,18 @@ class RecommenderFamily(Family):
         super().__init__(name, section, artifact)
         self.catalog = Catalog.from_manifest(section, artifact("catalog"))
         self.cold_start: dict[str, ColdStart] = {}  # by variant
+        self.no_cold_start = (
+            "this model repository has no cold-start state (it was built before cold start, or imported)"
+        )
         if "cold_start" in section.preprocessing:
             state = artifact("cold_start")
             self.prior_row = np.asarray(state["prior_row"], dtype=np.int64)
-            kinds = {kind: ColdStart.from_json(entry) for kind, entry in state["kinds"].items()}
-            self.cold_start = {v.name: kinds[v.kind] for v in section.variants if v.kind in kinds}
+            try:
+                kinds = {kind: ColdStart.from_json(entry) for kind, entry in state["kinds"].items()}
+            except ValueError as error:  # an earlier build's state: known users are still served
+                self.no_cold_start = str(error)
+            else:
+                self.cold_start = {v.name: kinds[v.kind] for v in section.variants if v.kind in kinds}
 
     def decode(self, body: Mapping) -> Decoded:
         k = DEFAULT_K if body.get("k") is None else body.get("k")
@@ -67,9 +74,7 @@ class RecommenderFamily(Family):
     def _prior_row(self) -> np.ndarray:
         if not self.cold_start:
             raise UnprocessableRequestError(
-                "ratings",
-                "this model repository has no cold-start state (it was built before cold start, or imported)",
-                "user_id; or rebuild the recommender: `flexserve train --family recsys`",
+                "ratings", self.no_cold_start, "user_id; or rebuild the recommender: `flexserve train --family recsys`"
             )
         return self.prior_row
 

@@ -156,3 +156,23 @@ def test_bad_ratings_are_refused_by_name_and_the_gateway_keeps_serving(client, p
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
     assert client.post("/v1/recommend", json={"ratings": RATED, "k": 2}).status_code == 200
+
+
+def test_a_state_from_an_earlier_build_still_serves_known_users_and_refuses_ratings_by_name(profiled_repo):
+    from serving.errors import UnprocessableRequestError
+    from serving.families import family_adapter
+
+    repo = load_repository(profiled_repo)
+    state = repo.artifact("recsys", "cold_start")
+    earlier = {
+        **state,
+        "kinds": {k: {"jacobian": e["jacobian"], "penalty": e["penalty"]} for k, e in state["kinds"].items()},
+    }
+    adapter = family_adapter(
+        "recsys", repo.family("recsys"), lambda name: earlier if name == "cold_start" else repo.artifact("recsys", name)
+    )
+    user = repo.artifact("recsys", "catalog")["users"][0]["user_id"]
+    assert adapter.decode({"user_id": user, "k": 3}).rows > 0
+    with pytest.raises(UnprocessableRequestError, match="no item_means, shrinkage") as refused:
+        adapter.decode({"ratings": RATED})
+    assert refused.value.field == "ratings" and "flexserve train --family recsys" in str(refused.value.accepted)

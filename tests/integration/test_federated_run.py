@@ -66,7 +66,7 @@ def test_federated_variants_join_the_family_marked_and_measured(federated_repo):
     assert all(v.metrics["rmse"] > 0 and v.latency_ms for v in federated)
     run = section.training["federated"]
     assert len(run["history"]) == 2 and run["centralized_test_rmse"] > 0 and run["final"]["test"]["rmse"] > 0
-    assert "federated" in section.training["cold_start"]["kinds"]
+    assert section.training["cold_start"]["kinds"]["federated"]["item_means_from"] == "meta_training_users"
     # its cold-start fit's item means: the meta-training users' ratings, never the clients'
     from training.coldstart import item_means
     from training.federated import dataset

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from contract.coldstart import MAX_RATINGS, ColdStart, fit_offset, shrunk_offset
+from contract.coldstart import MAX_RATINGS, ColdStart, averaged, fit_offset, shrunk_offset
 from models.recsys import RatingPredictor, RecsysConfig
 from serving.errors import InvalidRequestError, UnprocessableRequestError
 from serving.preprocess import Catalog
-from training.coldstart import Prior, linearised, ridge
+from training.coldstart import Prior, linearised, means_without, ridge, shrinkage_of
 from training.data import held_out_users, synthetic_ratings
 
 
@@ -177,3 +177,26 @@ def test_a_cold_start_request_rates_the_support_and_the_unrated_movies_as_the_pr
         "k",
         UnprocessableRequestError,
     )
+
+
+def test_the_served_average_is_the_same_in_torch_as_in_numpy():
+    fitted, means, residual = np.array([0.5, 3.2, 5.6]), np.array([3.0, 4.8, 0.7]), np.array([1.0, -0.5])
+    served = averaged(fitted, means + shrunk_offset(residual, 2.0))
+    twin = averaged(torch.as_tensor(fitted), torch.as_tensor(means) + shrunk_offset(torch.as_tensor(residual), 2.0))
+    np.testing.assert_allclose(twin.numpy(), served)
+    # each half held to 1-5 before the average: (1 + 3.125) / 2, (3.2 + 4.925) / 2, (5 + 1) / 2
+    np.testing.assert_allclose(served, [2.0625, 4.0625, 3.0])
+
+
+def test_the_empirical_bayes_shrinkage_is_the_noise_over_the_users_spread():
+    rng = np.random.default_rng(0)
+    # 4000 users, offsets of variance 0.25, 20 ratings each with noise of variance 1: shrinkage 4
+    residuals = [rng.normal(offset, 1.0, 20) for offset in rng.normal(0, 0.5, 4000)]
+    assert shrinkage_of(residuals) == pytest.approx(4.0, rel=0.1)
+
+
+def test_a_users_own_ratings_can_be_left_out_of_the_item_means():
+    totals = (np.array([8.0, 3.0, 0.0]), np.array([2, 1, 0]), 3.5)  # sums, counts, overall mean
+    np.testing.assert_allclose(means_without(totals, np.array([0, 1, 2])), [4.0, 3.0, 3.5])
+    # without the user's 5 of item 0 and 3 of item 1 (its only rating: the overall mean)
+    np.testing.assert_allclose(means_without(totals, np.array([0, 1]), np.array([5.0, 3.0])), [3.0, 3.5])
