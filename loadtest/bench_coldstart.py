@@ -63,14 +63,14 @@ def accuracy(seeds: list[int], steps: int, progress: Progress) -> dict:
             learned, _ = coldstart.meta_train(model, data, ordinary, meta)
             on_test, _ = coldstart.meta_train(model, data, ordinary, meta, tasks_from="cold_start_users")
             priors = {"ordinary": ordinary, "meta_learned": learned, "oracle_meta": on_test}
-            table = coldstart.evaluate(model, data, priors, order, seed)
+            table = coldstart.evaluate(model, data, priors, meta)
             scaled = {
                 str(f): coldstart.Prior(
                     ordinary.mean, ordinary.log_penalty + float(np.log(f)), ordinary.log_shrinkage + float(np.log(f))
                 )
                 for f in ORACLE_SCALES
             }
-            bound = coldstart.evaluate(model, data, scaled, order, seed)
+            bound = coldstart.evaluate(model, data, scaled, meta)
             for k in KS:
                 for method in [*METHODS, "oracle_meta"]:
                     rows[order][str(k)][method].append(table[str(k)][method]["rmse"])

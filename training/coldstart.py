@@ -287,20 +287,17 @@ def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
 
 
 def evaluate(
-    model: RatingPredictor,
-    data: Dataset,
-    priors: dict[str, Prior],
-    order: str = "time",
-    seed: int = 0,
-    item_means_from: str = "train",
+    model: RatingPredictor, data: Dataset, priors: dict[str, Prior], settings: MetaSettings | None = None
 ) -> dict:
     """Per k: the cold-start users' query RMSE (and its standard error) for the item mean and for
-    each prior in `priors`, each user's first k ratings (`order`) the support and the rest the query.
-    The fits' item means come from `item_means_from` (the baseline's are always the training split's)."""
+    each prior in `priors`, each user's first k ratings (`settings.order`, as the priors were
+    meta-trained) the support and the rest the query. The fits' item means come from
+    `settings.item_means_from` (the baseline's are always the training split's)."""
+    settings = settings or MetaSettings()
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
-    means, fit_means = item_means(data), item_means(data, item_means_from)
-    cold = held_out_users(data, order=order, seed=seed)
+    means, fit_means = item_means(data), item_means(data, settings.item_means_from)
+    cold = held_out_users(data, order=settings.order, seed=settings.seed)
     # Each user's prior ratings and design, once per prior: the same for every k.
     with torch.no_grad():
         linear = [

@@ -329,12 +329,12 @@ class RecsysTask(Task):
             ordinary = coldstart.ordinary_prior(model, data)
             learned, losses = coldstart.meta_train(model, data, ordinary, settings, progress, f"recsys_{kind}")
             priors = {"ordinary": ordinary, "meta_learned": learned}
-            table = coldstart.evaluate(model, data, priors, item_means_from=item_means_from)
-            artifact["prior_row"], state = coldstart.exported(model, data, learned, item_means_from)
+            table = coldstart.evaluate(model, data, priors, settings)
+            artifact["prior_row"], state = coldstart.exported(model, data, learned, settings.item_means_from)
             artifact["kinds"][kind] = state.to_json()
             tail = max(1, len(losses) // 10)
             summary["kinds"][kind] = {
-                "item_means_from": item_means_from,
+                "item_means_from": settings.item_means_from,
                 "query_rmse": table,
                 "meta_training_query_mse": {
                     "first": float(np.mean(losses[:tail])),
