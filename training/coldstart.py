@@ -148,7 +148,7 @@ def ordinary_prior(model: RatingPredictor, data: Dataset) -> Prior:
 
 def eb_shrinkage(data: Dataset) -> float:
     """(b)'s shrinkage for the item means' half, by empirical Bayes on the training split."""
-    means = item_means(data)
+    means = item_means(data, shrunk=True)
     return shrinkage_of([ratings - means[items] for items, ratings in _by_user(data.train).values()])
 
 
@@ -205,7 +205,7 @@ def meta_train(
     (loadtest/bench_coldstart.py)."""
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
-    totals = _item_totals(data, settings.item_means_from)
+    totals = _item_totals(data, settings.item_means_from, shrunk=True)
     # Where the means come from the task users themselves (a federated model's), each task's are
     # taken without that user's ratings, as a new user's are.
     own = settings.item_means_from == tasks_from
@@ -256,9 +256,11 @@ def meta_train(
     return prior.detached(), losses
 
 
-def _item_totals(data: Dataset, ratings_from: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _item_totals(data: Dataset, ratings_from: str, shrunk: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Each catalogue item's rating sum and count in `ratings_from` (the training split, or a held-out
-    group of users), and the overall mean rating."""
+    group of users), the overall mean rating, and how many ratings at the overall mean each item's
+    mean starts from: with `shrunk`, the empirical-Bayes number (`shrinkage_of` over the items), so
+    that a movie one user rated 5 is not rated 5 for everyone; else none."""
     n = data.preprocessing["sizes"]["num_items"]
     if ratings_from == "train":
         items, ratings = data.train.inputs["ITEM_FEATURES"][:, 0], data.train.targets
@@ -266,24 +268,31 @@ def _item_totals(data: Dataset, ratings_from: str) -> tuple[np.ndarray, np.ndarr
         items, ratings = data.preprocessing[ratings_from]["item"], data.preprocessing[ratings_from]["rating"]
     else:
         raise ValueError(f"ratings_from: got {ratings_from!r}, expected 'train' or 'meta_training_users'")
-    return np.bincount(items, weights=ratings, minlength=n), np.bincount(items, minlength=n), float(ratings.mean())
+    overall = float(ratings.mean())
+    weight = 0.0
+    if shrunk:
+        order = np.argsort(items, kind="stable")
+        weight = shrinkage_of(np.split(ratings[order] - overall, np.flatnonzero(np.diff(items[order])) + 1))
+    return np.bincount(items, weights=ratings, minlength=n), np.bincount(items, minlength=n), overall, weight
 
 
 def means_without(
-    totals: tuple[np.ndarray, np.ndarray, float], items: np.ndarray, ratings: np.ndarray | None = None
+    totals: tuple[np.ndarray, np.ndarray, float, float], items: np.ndarray, ratings: np.ndarray | None = None
 ) -> np.ndarray:
     """The means of `items` from `totals` (`_item_totals`), each without one rating of it, `ratings`,
     where given; the overall mean where no rating is left. float32."""
-    sums, counts, overall = totals
-    left = counts[items] - (ratings is not None)
-    taken = sums[items] - (0.0 if ratings is None else ratings)
-    return np.where(left > 0, taken / np.maximum(left, 1), overall).astype(np.float32)
+    sums, counts, overall, weight = totals
+    left = counts[items] - (ratings is not None) + weight
+    taken = sums[items] - (0.0 if ratings is None else ratings) + weight * overall
+    return np.where(left > 0, taken / np.maximum(left, 1e-9), overall).astype(np.float32)
 
 
-def item_means(data: Dataset, ratings_from: str = "train") -> np.ndarray:
+def item_means(data: Dataset, ratings_from: str = "train", shrunk: bool = False) -> np.ndarray:
     """(a): each catalogue item's mean training rating (the overall mean where it has none); with
-    `ratings_from="meta_training_users"`, those users' ratings instead."""
-    return means_without(_item_totals(data, ratings_from), np.arange(data.preprocessing["sizes"]["num_items"]))
+    `ratings_from="meta_training_users"`, those users' ratings instead. `shrunk`: towards the overall
+    mean (`_item_totals`), as the fits use them."""
+    totals = _item_totals(data, ratings_from, shrunk)
+    return means_without(totals, np.arange(data.preprocessing["sizes"]["num_items"]))
 
 
 def evaluate(
@@ -296,7 +305,7 @@ def evaluate(
     settings = settings or MetaSettings()
     model = _frozen(model)
     items = _item_vectors(model, data.preprocessing["tables"])
-    means, fit_means = item_means(data), item_means(data, settings.item_means_from)
+    means, fit_means = item_means(data), item_means(data, settings.item_means_from, shrunk=True)
     cold = held_out_users(data, order=settings.order, seed=settings.seed)
     # Each user's prior ratings and design, once per prior: the same for every k.
     with torch.no_grad():
@@ -337,4 +346,4 @@ def exported(
     items = _item_vectors(model, data.preprocessing["tables"])
     with torch.no_grad():
         _, design = linearised(model, prior, items, torch.arange(len(items)))
-    return model.add_user(prior.mean), prior.served(design, item_means(data, item_means_from))
+    return model.add_user(prior.mean), prior.served(design, item_means(data, item_means_from, shrunk=True))

@@ -196,7 +196,14 @@ def test_the_empirical_bayes_shrinkage_is_the_noise_over_the_users_spread():
 
 
 def test_a_users_own_ratings_can_be_left_out_of_the_item_means():
-    totals = (np.array([8.0, 3.0, 0.0]), np.array([2, 1, 0]), 3.5)  # sums, counts, overall mean
+    totals = (np.array([8.0, 3.0, 0.0]), np.array([2, 1, 0]), 3.5, 0.0)  # sums, counts, overall mean, weight
     np.testing.assert_allclose(means_without(totals, np.array([0, 1, 2])), [4.0, 3.0, 3.5])
     # without the user's 5 of item 0 and 3 of item 1 (its only rating: the overall mean)
     np.testing.assert_allclose(means_without(totals, np.array([0, 1]), np.array([5.0, 3.0])), [3.0, 3.5])
+
+
+def test_shrunk_item_means_start_from_the_overall_mean():
+    # two ratings at 3.5 to begin with: item 0 (8 from 2) -> 15 / 4, item 1 (3 from 1) -> 10 / 3
+    totals = (np.array([8.0, 3.0, 0.0]), np.array([2, 1, 0]), 3.5, 2.0)
+    np.testing.assert_allclose(means_without(totals, np.array([0, 1, 2])), [15 / 4, 10 / 3, 3.5], rtol=1e-6)
+    np.testing.assert_allclose(means_without(totals, np.array([1]), np.array([3.0])), [3.5])
