@@ -127,15 +127,21 @@ def run(
     names: list[str] | None = None,
     out: Path | None = None,
     device: str = "cpu",
+    val_rows: int | None = None,
 ) -> dict:
     """`flexserve distill-search`: the family's recipes (or those named) against the trained teacher
-    in `checkpoints`, on the full training split or a seeded subset of `train_rows`."""
+    in `checkpoints`, on the full training and validation splits or seeded subsets of `train_rows` and
+    `val_rows`."""
     if family not in RECIPES:
         raise ValueError(f"no distillation recipes for family {family!r}: there are recipes for {sorted(RECIPES)}")
     known = {r.name: r for r in RECIPES[family]}
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}: the {family} recipes are {list(known)}")
+    for name, rows in (("train_rows", train_rows), ("val_rows", val_rows)):
+        if rows is not None and rows < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} ({flag}) must be >= 1, got {rows}; leave it out for the whole split")
     teacher_path = checkpoints / f"{family}_full"
     if not teacher_path.with_suffix(".safetensors").is_file():
         raise FileNotFoundError(
@@ -148,8 +154,8 @@ def run(
     # The teacher's own split (checkpoints before this field: seed 0), so that validation rows are unseen.
     data_seed = json.loads(teacher_path.with_suffix(".json").read_text()).get("data_seed", 0)
     data = load_dataset(family, seed=data_seed)
-    if train_rows is not None and train_rows < len(data.train):
-        data = data.subset(train_rows, len(data.val), len(data.test), seed=data_seed)
+    if (train_rows or len(data.train)) < len(data.train) or (val_rows or len(data.val)) < len(data.val):
+        data = data.subset(train_rows or len(data.train), val_rows or len(data.val), len(data.test), seed=data_seed)
     recipes = tuple(r for r in RECIPES[family] if not names or r.name in names)
     result = search(task, data, load_checkpoint(task, teacher_path), recipes, seeds, device)
     if out is not None:

@@ -114,7 +114,9 @@ def _distill_search(args: argparse.Namespace) -> int:
     from training.recipes import markdown, run
 
     seeds = tuple(range(args.seed, args.seed + max(args.seeds, 0)))
-    result = run(args.family, args.checkpoints, seeds, args.train_rows, args.recipe, args.out, args.device)
+    result = run(
+        args.family, args.checkpoints, seeds, args.train_rows, args.recipe, args.out, args.device, args.val_rows
+    )
     print(markdown(result))
     if args.out:
         print(f"wrote {args.out}/distill_search_{args.family}.json and .md")
@@ -140,6 +142,12 @@ def add_distill_search(commands) -> None:
     p.add_argument("--seeds", type=int, default=3, help="runs of every recipe, seeds --seed, --seed + 1, ...")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--train-rows", type=int, help="a seeded subset of the training split (default: all of it)")
+    p.add_argument(
+        "--val-rows",
+        type=int,
+        help="a seeded subset of the validation split, for a first look: fewer rows, a noisier comparison "
+        "(default: all of it)",
+    )
     p.add_argument("--recipe", action="append", help="only this recipe (repeatable; default: every one)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--out", type=Path, help="also write the runs as JSON and Markdown into this folder")

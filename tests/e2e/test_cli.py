@@ -104,18 +104,21 @@ def test_distill_search_without_a_teacher_says_how_to_train_one(tmp_path, cli):
     result = cli(["distill-search", "--checkpoints", str(tmp_path)])
     assert result.returncode == 2
     assert "no trained cnn teacher" in result.stderr and "flexserve train --family cnn" in result.stderr
+    result = cli(["distill-search", "--checkpoints", str(tmp_path), "--val-rows", "0"])
+    assert result.returncode == 2 and "val_rows (--val-rows) must be >= 1, got 0" in result.stderr
 
 
 @pytest.mark.slow
 def test_distill_search_pairs_each_recipe_with_its_baseline_on_validation(quick_repo, tmp_path, cli):
     recipes = ["--recipe", "plain", "--recipe", "kd T2 a0.9"]
     checkpoints = quick_repo.parent / "checkpoints"
-    args = ["--checkpoints", str(checkpoints), "--train-rows", "256", "--seeds", "2", "--out", str(tmp_path)]
+    args = ["--checkpoints", str(checkpoints), "--train-rows", "256", "--val-rows", "1000", "--seeds", "2"]
+    args += ["--out", str(tmp_path)]
     result = cli(["distill-search", *args, *recipes, "--device", "cpu"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cnn distillation recipes:" in result.stderr and "ETA" in result.stderr  # progress with an ETA
     found = json.loads((tmp_path / "distill_search_cnn.json").read_text())
-    assert found["rows"]["train"] == 256 and found["seeds"] == [0, 1]
+    assert found["rows"] == {"train": 256, "val": 1000} and found["seeds"] == [0, 1]
     runs = found["runs"]
     assert set(runs) == {"plain", "kd T2 a0.9"} and all(
         len(v) == 2 and 0 < min(v) <= max(v) <= 1 for v in runs.values()
