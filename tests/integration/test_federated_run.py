@@ -44,17 +44,17 @@ def test_the_server_never_holds_a_user_row_and_writes_what_it_has(run):
 
 
 @pytest.fixture(scope="module")
-def federated_repo(synthetic_repo, tmp_path_factory):
-    """A copy of the synthetic repository with federated variants added, and profiled."""
+def federated_repo(profiled_repo, tmp_path_factory):
+    """A copy of the profiled synthetic repository with federated variants added, and profiled."""
     from loadtest.profile import ProfileSettings, profile
     from training.federated import build
     from training.pipeline import BuildConfig
 
     out = tmp_path_factory.mktemp("fed-repo") / "model_repository"
-    shutil.copytree(synthetic_repo, out, symlinks=True)
+    shutil.copytree(profiled_repo, out, symlinks=True)
     config = BuildConfig(out=out, quick=True, synthetic=True, register=False)
     build(config, FederatedSettings(clients=3, rounds=2, fraction=1.0, local_epochs=1))
-    profile(out, ProfileSettings(warmup_runs=2, min_runs=10, seconds_per_point=0.01))
+    profile(out, ProfileSettings(warmup_runs=2, min_runs=10, seconds_per_point=0.01), missing_only=True)
     return out
 
 
