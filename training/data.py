@@ -67,7 +67,7 @@ class Dataset:
     source: str  # where the data came from, for the manifest
     preprocessing: dict = field(default_factory=dict)  # what serving needs to turn raw requests into inputs
 
-    def subset(self, train: int, val: int, test: int, seed: int) -> Dataset:
+    def subset(self, train: int, val: int, test: int, seed: int | list[int]) -> Dataset:
         """A seeded random subset of each split (the --quick run)."""
         rng = np.random.default_rng(seed)
 

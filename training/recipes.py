@@ -154,8 +154,11 @@ def run(
     # The teacher's own split (checkpoints before this field: seed 0), so that validation rows are unseen.
     data_seed = json.loads(teacher_path.with_suffix(".json").read_text()).get("data_seed", 0)
     data = load_dataset(family, seed=data_seed)
-    if (train_rows or len(data.train)) < len(data.train) or (val_rows or len(data.val)) < len(data.val):
-        data = data.subset(train_rows or len(data.train), val_rows or len(data.val), len(data.test), seed=data_seed)
+    if train_rows is not None and train_rows < len(data.train):
+        data = data.subset(train_rows, len(data.val), len(data.test), seed=data_seed)
+    if val_rows is not None and val_rows < len(data.val):
+        # from its own stream: the same validation images whatever --train-rows
+        data = data.subset(len(data.train), val_rows, len(data.test), seed=[data_seed, 1])
     recipes = tuple(r for r in RECIPES[family] if not names or r.name in names)
     result = search(task, data, load_checkpoint(task, teacher_path), recipes, seeds, device)
     if out is not None:

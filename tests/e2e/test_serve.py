@@ -188,7 +188,7 @@ def test_the_built_bento_carries_its_models_and_serves_every_family(profiled_qui
     tag = built.stdout.strip().splitlines()[-1]
     assert tag.startswith("flexserve:") and "flexserve-model-repository:" in built.stderr
     # Moved to another machine's store (`bentoml export` / `import`): the models travel inside it. A
-    # plain tar (a .bento is gzipped: 12% smaller here, and 90 s to write instead of 2).
+    # plain tar (a .bento is xz-compressed: 12% smaller here, and 90 s to write instead of 2).
     exported = tmp_path / "flexserve.tar"
     moved = {**os.environ, "BENTOML_HOME": str(tmp_path / "elsewhere")}
     for args, env in ((["export", tag, str(exported)], store), (["import", str(exported)], moved)):
