@@ -124,10 +124,10 @@ def run(
     checkpoints: Path,
     seeds: tuple[int, ...],
     train_rows: int | None = None,
+    val_rows: int | None = None,
     names: list[str] | None = None,
     out: Path | None = None,
     device: str = "cpu",
-    val_rows: int | None = None,
 ) -> dict:
     """`flexserve distill-search`: the family's recipes (or those named) against the trained teacher
     in `checkpoints`, on the full training and validation splits or seeded subsets of `train_rows` and

@@ -115,7 +115,14 @@ def _distill_search(args: argparse.Namespace) -> int:
 
     seeds = tuple(range(args.seed, args.seed + max(args.seeds, 0)))
     result = run(
-        args.family, args.checkpoints, seeds, args.train_rows, args.recipe, args.out, args.device, args.val_rows
+        args.family,
+        args.checkpoints,
+        seeds,
+        train_rows=args.train_rows,
+        val_rows=args.val_rows,
+        names=args.recipe,
+        out=args.out,
+        device=args.device,
     )
     print(markdown(result))
     if args.out:
