@@ -120,15 +120,17 @@ def test_the_router_follows_the_budget_over_grpc(triton, repo):
 
 
 def test_budget_as_a_request_parameter_over_http(triton, repo):
-    from serving.policy import policy_from_manifest
-
     client = httpclient.InferenceServerClient(triton.http_url)
     feeds = feeds_for(repo, "cnn")
-    outputs = ["VARIANT", "PREDICTED_TO_MEET"]
-    loose = infer(httpclient, client, "cnn_router", feeds, outputs, parameters={"latency_budget_ms": 10_000})
-    tight = infer(httpclient, client, "cnn_router", feeds, outputs, parameters={"latency_budget_ms": 0.001})
-    assert loose[0][0].decode() == policy_from_manifest("cnn", repo.family("cnn")).variant_names[0]
-    assert bool(loose[1][0]) is True and bool(tight[1][0]) is False  # each request's own budget
+    met = {}
+    for budget in (10_000, 0.001):
+        parameters = {"latency_budget_ms": budget}
+        (flag,) = infer(httpclient, client, "cnn_router", feeds, ["PREDICTED_TO_MEET"], parameters=parameters)
+        met[budget] = bool(flag[0])
+    # Each request's own budget reaches the router. (Not which variant it picks: right after a 1 us
+    # request, as in the test above, the router protects tight budgets for a while (a 10 s
+    # half-life) and sends a loose request to the fastest variant too.)
+    assert met == {10_000: True, 0.001: False}
 
 
 def test_raw_text_and_raw_ids_need_only_tritonclient(triton, repo):
