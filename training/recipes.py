@@ -138,8 +138,9 @@ def run(
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}: the {family} recipes are {list(known)}")
-    for name, flag, rows in (("train_rows", "--train-rows", train_rows), ("val_rows", "--val-rows", val_rows)):
+    for name, rows in (("train_rows", train_rows), ("val_rows", val_rows)):
         if rows is not None and rows < 1:
+            flag = "--" + name.replace("_", "-")
             raise ValueError(f"{name} ({flag}) must be >= 1, got {rows}; leave it out for the whole split")
     teacher_path = checkpoints / f"{family}_full"
     if not teacher_path.with_suffix(".safetensors").is_file():
